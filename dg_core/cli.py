@@ -1,0 +1,135 @@
+"""`dguard` — the one entry point for people, tests and the container images.
+
+    dguard <stage> [--config FILE] [key=value ...]     run one stage (see `dguard --help`)
+    dguard <stage> --help                               the stage's documented fields
+    dguard run <pipeline> --local [key=value ...]       run a pipeline with kfp.local
+    dguard submit / schedule                            talk to a Kubeflow Pipelines server
+
+Every stage logs the config it resolved, prints its JSON summary on stdout, and on bad input prints one
+line `dguard <stage>: error: ...` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from dg_core.errors import DGError
+from dg_core.stages import STAGES, get_stage
+
+log = logging.getLogger("dguard")
+
+# Verbs beyond the stages (pipelines, remote runs) register here: name -> (module, summary).
+# Each module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("dg_core.kfp_runner", "Run a pipeline locally with kfp.local (e.g. `dguard run calibrate --local`)."),
+    "submit": ("dg_core.kfp_remote", "Submit a compiled pipeline to a Kubeflow Pipelines server."),
+    "schedule": ("dg_core.kfp_remote", "Create a recurring run (e.g. the re-hardening schedule)."),
+}
+
+
+def _redact(d: dict) -> dict:
+    """Never log secrets, whatever field they arrive in."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _redact(v)
+        elif any(s in k.lower() for s in ("secret", "password", "token", "credential", "access_key")):
+            out[k] = "***" if v else v
+        else:
+            out[k] = v
+    return out
+
+
+def _stage_help(name: str) -> str:
+    from dg_core.config import StageConfig
+
+    stage = get_stage(name)
+    cfg_cls: type[StageConfig] = stage.load().Config
+    lines = [f"dguard {name} [--config FILE] [key=value ...]", "", stage.summary, "", "fields:"]
+    for field, tp, default, help_ in cfg_cls.help_rows():
+        lines.append(f"  {field} ({tp}, default {default!r})")
+        if help_:
+            lines.append(f"      {help_}")
+    return "\n".join(lines)
+
+
+def run_stage(name: str, config_path: str | None, overrides: Sequence[str]) -> dict:
+    """Resolve a stage's config and run it; what the CLI and the KFP components both call."""
+    from dg_core.config import load_config
+
+    stage = get_stage(name)
+    mod = stage.load()
+    cfg = load_config(mod.Config, config_path, overrides, section=name)
+    log.info("%s config: %s", name, json.dumps(_redact(cfg.to_dict()), default=str, sort_keys=True))
+    return mod.run(cfg)
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    lines = ["stages:"] + [f"  {s.name:<10} {s.summary}" for s in STAGES.values()]
+    lines += ["", "commands:"] + [f"  {n:<10} {summary}" for n, (_, summary) in COMMANDS.items()]
+    p = argparse.ArgumentParser(
+        prog="dguard",
+        description="distillation-guards: a calibration knob for LLM distillability.",
+        epilog="\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("verb", nargs="?", help="a stage or command (see below)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _main_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else getattr(logging, os.environ.get("DG_LOG_LEVEL", "INFO")),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.version:
+        from dg_core import __version__
+
+        print(__version__)
+        return 0
+    if not args.verb:
+        parser.print_help()
+        return 0
+    verb, rest = args.verb, args.rest
+    try:
+        if verb in COMMANDS:
+            import importlib
+
+            mod = importlib.import_module(COMMANDS[verb][0])
+            sub = argparse.ArgumentParser(prog=f"dguard {verb}", description=COMMANDS[verb][1])
+            mod.add_arguments(sub, verb)
+            return int(mod.main(sub.parse_args(rest), verb) or 0)
+        get_stage(verb)
+        sp = argparse.ArgumentParser(prog=f"dguard {verb}", add_help=False)
+        sp.add_argument("--config", "-c", default=None)
+        sp.add_argument("-h", "--help", action="store_true")
+        sp.add_argument("overrides", nargs="*")
+        sargs = sp.parse_args(rest)
+        if sargs.help:
+            print(_stage_help(verb))
+            return 0
+        summary = run_stage(verb, sargs.config, sargs.overrides)
+        print(json.dumps(summary, indent=2, default=str, sort_keys=True))
+        return 0
+    except DGError as e:
+        print(f"dguard {verb}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"dguard {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
