@@ -1,0 +1,1 @@
+"""Distillation traps: KL toolkit, across-tokenizer alignment, trap measures, student symptoms, diagnosis stage."""

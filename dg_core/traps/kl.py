@@ -1,0 +1,487 @@
+"""KL toolkit: token-level divergences between a teacher and a student distribution, batched and chunked.
+
+Every function takes logits (or log-probabilities: ``log_softmax`` of log-probs is the identity) of shape
+``[..., V]`` for the **teacher** ``p`` and the **student** ``q`` and returns one value per position ``[...]``.
+Masked-out positions come back as exactly 0 and are never computed, so padding may hold anything (even NaN).
+
+Why chunked: a divergence needs several ``[N, V]`` temporaries (two log-softmaxes, products, a mixture for
+JSD). For a 150k vocabulary and a few thousand positions that is gigabytes. We process ``chunk_rows``
+positions at a time (auto-sized from ``max_chunk_elems``) and optionally ``vocab_chunk`` vocabulary columns at
+a time (two passes: log-normalisers first, then the per-token terms), so peak extra memory stays bounded.
+When gradients are needed each position chunk runs under activation checkpointing, so the backward pass is
+bounded too; these functions are the token-level KD losses of the distillation stage.
+
+Divergences (``kind``), all computed from ``log_softmax(logits / temperature)`` in float32:
+
+- ``forward``: KL(p ‖ q) = Σ p (log p − log q)  (mode-covering; classic KD)
+- ``reverse``: KL(q ‖ p) = Σ q (log q − log p)  (mode-seeking; on-policy GKD / MiniLLM)
+- ``jsd``: generalised JSD(β) = β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q. Following TRL's GKD
+  convention β = 0 is forward KL and β = 1 is reverse KL (the formula itself vanishes at the endpoints).
+- ``skew_forward``: KL(p ‖ α p + (1−α) q); ``skew_reverse``: KL(q ‖ α q + (1−α) p) (DistiLLM; α = 0 is plain KL).
+- ``tvd``: total variation ½ Σ |p − q|.
+
+All of them are sums over the vocabulary of an elementwise term, which is what makes the head/tail and
+token-class decompositions exact: ``head_k + tail_k = full`` for every k.
+
+Temperature divides both sets of logits. Classic KD multiplies the loss by T²; that is left to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from dg_core.errors import DGError
+
+Kind = Literal["forward", "reverse", "jsd", "skew_forward", "skew_reverse", "tvd"]
+KINDS: tuple[str, ...] = ("forward", "reverse", "jsd", "skew_forward", "skew_reverse", "tvd")
+DEFAULT_KS: tuple[int | None, ...] = (1, 5, 20, 100, None)  # None = the full vocabulary
+_NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------------------------- elementwise
+def _plogratio(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    """exp(la) * (la - lb), with 0·log 0 = 0 and finite gradients where la = -inf (double-where trick)."""
+    fin = la > _NEG_INF
+    la_s = torch.where(fin, la, torch.zeros_like(la))
+    lb_s = torch.where(fin, lb, torch.zeros_like(lb))
+    return torch.where(fin, la_s.exp() * (la_s - lb_s), torch.zeros_like(la))
+
+
+def _mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w·a + (1−w)·b) from log a, log b; stable via logaddexp."""
+    if w <= 0.0:
+        return lb
+    if w >= 1.0:
+        return la
+    return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
+
+
+def elementwise_terms(
+    lp: torch.Tensor, lq: torch.Tensor, kind: str = "forward", *, beta: float = 0.5, alpha: float = 0.1
+) -> torch.Tensor:
+    """Per-vocabulary-entry terms whose sum over the last axis is the divergence ``kind`` (see module doc).
+
+    ``lp``/``lq`` are normalised log-probabilities (teacher, student); entries may be -inf (zero mass).
+    """
+    if kind == "forward":
+        return _plogratio(lp, lq)
+    if kind == "reverse":
+        return _plogratio(lq, lp)
+    if kind == "jsd":
+        if beta <= 0.0:
+            return _plogratio(lp, lq)
+        if beta >= 1.0:
+            return _plogratio(lq, lp)
+        lm = _mix(lp, lq, beta)
+        return beta * _plogratio(lp, lm) + (1.0 - beta) * _plogratio(lq, lm)
+    if kind == "skew_forward":
+        return _plogratio(lp, _mix(lp, lq, alpha))
+    if kind == "skew_reverse":
+        return _plogratio(lq, _mix(lq, lp, alpha))
+    if kind == "tvd":
+        return 0.5 * (lp.exp() - lq.exp()).abs()
+    raise DGError(f"divergence kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+# ----------------------------------------------------------------------------------------------- plumbing
+def _check(
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    mask: torch.Tensor | None,
+    kind: str,
+    beta: float,
+    alpha: float,
+    temperature: float,
+) -> None:
+    if kind not in KINDS:
+        raise DGError(f"divergence kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if teacher.shape != student.shape:
+        raise DGError(
+            f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)}: expected the same "
+            "shape [..., V] (align vocabularies first, e.g. with dg_core.traps.align)"
+        )
+    if teacher.dim() < 1 or teacher.shape[-1] < 1:
+        raise DGError(f"logits of shape {tuple(teacher.shape)}: expected [..., V] with V >= 1")
+    if mask is not None and tuple(mask.shape) != tuple(teacher.shape[:-1]):
+        raise DGError(f"mask of shape {tuple(mask.shape)}: expected {tuple(teacher.shape[:-1])} (logits without V)")
+    if not temperature > 0:
+        raise DGError(f"temperature {temperature}: expected a value > 0")
+    if not 0.0 <= beta <= 1.0:
+        raise DGError(f"jsd beta {beta}: expected a value in [0, 1]")
+    if not 0.0 <= alpha < 1.0:
+        raise DGError(f"skew alpha {alpha}: expected a value in [0, 1)")
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _valid_rows(mask: torch.Tensor | None, lead: torch.Size, device: torch.device) -> torch.Tensor:
+    n = math.prod(lead)
+    if mask is None:
+        return torch.arange(n, device=device)
+    return mask.reshape(-1).to(device=device, dtype=torch.bool).nonzero().squeeze(-1)
+
+
+def auto_chunk_rows(vocab: int, max_chunk_elems: int = 1 << 22) -> int:
+    """Positions per chunk so that one [rows, V] float32 temporary holds at most ``max_chunk_elems`` entries."""
+    return max(1, max_chunk_elems // max(1, vocab))
+
+
+def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    x = x.float()
+    if temperature != 1.0:
+        x = x / temperature
+    return torch.log_softmax(x, dim=-1)
+
+
+def _scatter_rows(n: int, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    out = vals.new_zeros((n,) + tuple(vals.shape[1:]))
+    return out.index_put((idx,), vals)
+
+
+# ----------------------------------------------------------------------------------------------- divergences
+def _div_chunk(
+    t: torch.Tensor,
+    s: torch.Tensor,
+    idx: torch.Tensor,
+    kind: str,
+    temperature: float,
+    beta: float,
+    alpha: float,
+    vocab_chunk: int | None,
+) -> torch.Tensor:
+    tt, ss = t.index_select(0, idx), s.index_select(0, idx)
+    v = tt.shape[-1]
+    if not vocab_chunk or vocab_chunk >= v:
+        lp, lq = _log_softmax(tt, temperature), _log_softmax(ss, temperature)
+        return elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha).sum(-1)
+    # Two passes over vocabulary slices: log-normalisers, then the summed terms.
+    bounds = [(a, min(a + vocab_chunk, v)) for a in range(0, v, vocab_chunk)]
+
+    def scaled(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        y = x[:, a:b].float()
+        return y / temperature if temperature != 1.0 else y
+
+    lse_t = torch.stack([torch.logsumexp(scaled(tt, a, b), -1) for a, b in bounds], -1).logsumexp(-1, keepdim=True)
+    lse_s = torch.stack([torch.logsumexp(scaled(ss, a, b), -1) for a, b in bounds], -1).logsumexp(-1, keepdim=True)
+    total = tt.new_zeros(tt.shape[0], dtype=torch.float32)
+    for a, b in bounds:
+        lp, lq = scaled(tt, a, b) - lse_t, scaled(ss, a, b) - lse_s
+        total = total + elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha).sum(-1)
+    return total
+
+
+def token_divergence(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    kind: str = "forward",
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    chunk_rows: int | None = None,
+    vocab_chunk: int | None = None,
+    max_chunk_elems: int = 1 << 22,
+) -> torch.Tensor:
+    """Token-level divergence ``kind`` per position: ``[..., V] x2 -> [...]`` (float32; 0 where ``mask`` is False).
+
+    Differentiable in both inputs; with gradients on, each position chunk is recomputed in backward
+    (checkpointing), so memory stays at inputs + one chunk of temporaries.
+    """
+    _check(teacher_logits, student_logits, mask, kind, beta, alpha, temperature)
+    lead = teacher_logits.shape[:-1]
+    v = teacher_logits.shape[-1]
+    t, s = _rows(teacher_logits), _rows(student_logits)
+    rows = _valid_rows(mask, lead, t.device)
+    step = chunk_rows or auto_chunk_rows(v if not vocab_chunk else min(v, vocab_chunk), max_chunk_elems)
+    grad = torch.is_grad_enabled() and (t.requires_grad or s.requires_grad)
+    pieces = []
+    for a in range(0, rows.numel(), step):
+        idx = rows[a : a + step]
+        if grad and rows.numel() > step:
+            pieces.append(
+                checkpoint(_div_chunk, t, s, idx, kind, temperature, beta, alpha, vocab_chunk, use_reentrant=False)
+            )
+        else:
+            pieces.append(_div_chunk(t, s, idx, kind, temperature, beta, alpha, vocab_chunk))
+    vals = torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+    return _scatter_rows(t.shape[0], rows, vals).reshape(lead)
+
+
+def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kw) -> torch.Tensor:
+    """KL(teacher ‖ student) per position (see :func:`token_divergence` for keyword arguments)."""
+    return token_divergence(teacher_logits, student_logits, "forward", **kw)
+
+
+def reverse_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kw) -> torch.Tensor:
+    """KL(student ‖ teacher) per position: the on-policy (GKD) objective and the paper's Table 4 measure."""
+    return token_divergence(teacher_logits, student_logits, "reverse", **kw)
+
+
+def generalized_jsd(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, beta: float = 0.5, **kw
+) -> torch.Tensor:
+    """Generalised JSD(β) per position (TRL/GKD convention: β=0 forward KL, β=1 reverse KL)."""
+    return token_divergence(teacher_logits, student_logits, "jsd", beta=beta, **kw)
+
+
+def skew_kl(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, alpha: float = 0.1, *, reverse: bool = False, **kw
+) -> torch.Tensor:
+    """Skew KL(α) per position: KL(p ‖ αp+(1−α)q), or with ``reverse`` KL(q ‖ αq+(1−α)p)."""
+    kind = "skew_reverse" if reverse else "skew_forward"
+    return token_divergence(teacher_logits, student_logits, kind, alpha=alpha, **kw)
+
+
+def tvd(teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kw) -> torch.Tensor:
+    """Total variation distance per position, in [0, 1]."""
+    return token_divergence(teacher_logits, student_logits, "tvd", **kw)
+
+
+def token_entropy(
+    logits: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    max_chunk_elems: int = 1 << 22,
+) -> torch.Tensor:
+    """Entropy (nats) of each position's distribution ``[..., V] -> [...]``; 0 where ``mask`` is False."""
+    _check(logits, logits, mask, "forward", 0.5, 0.1, temperature)
+    lead = logits.shape[:-1]
+    x = _rows(logits)
+    rows = _valid_rows(mask, lead, x.device)
+    step = auto_chunk_rows(x.shape[-1], max_chunk_elems)
+    pieces = []
+    for a in range(0, rows.numel(), step):
+        lp = _log_softmax(x.index_select(0, rows[a : a + step]), temperature)
+        pieces.append(-_plogratio(lp, torch.zeros_like(lp)).sum(-1))
+    vals = torch.cat(pieces) if pieces else x.new_zeros(0, dtype=torch.float32)
+    return _scatter_rows(x.shape[0], rows, vals).reshape(lead)
+
+
+def sequence_reduce(values: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "sum") -> torch.Tensor:
+    """Reduce per-token values ``[B, T]`` to one per sequence ``[B]``: ``sum`` or ``mean`` over unmasked tokens.
+
+    A sequence with no unmasked tokens has mean 0 (not NaN), so one empty row cannot poison a batch average.
+    """
+    if reduction not in ("sum", "mean"):
+        raise DGError(f"sequence reduction {reduction!r}: expected 'sum' or 'mean'")
+    if mask is None:
+        mask = torch.ones_like(values, dtype=torch.bool)
+    if mask.shape != values.shape:
+        raise DGError(f"mask of shape {tuple(mask.shape)}: expected {tuple(values.shape)}")
+    m = mask.to(values.dtype)
+    total = (values * m).sum(-1)
+    if reduction == "sum":
+        return total
+    return total / m.sum(-1).clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------- top-k
+def _select_lp(lp: torch.Tensor, lq: torch.Tensor, select: str) -> torch.Tensor:
+    if select == "teacher":
+        return lp
+    if select == "student":
+        return lq
+    raise DGError(f"top-k selection {select!r}: expected 'teacher' or 'student'")
+
+
+def topk_divergence(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    k: int,
+    kind: str = "forward",
+    *,
+    select: str = "teacher",
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    max_chunk_elems: int = 1 << 22,
+) -> torch.Tensor:
+    """Divergence over the k most likely tokens (by ``select``'s distribution) plus one tail bucket.
+
+    Both distributions are coarsened to k+1 categories: the chosen k tokens and "everything else", whose mass
+    is computed directly as a log-sum-exp over the remaining tokens (no 1 − Σ cancellation). This is what
+    sparse/top-k KD sees; with k = V the tail is empty and the result equals :func:`token_divergence`.
+    """
+    _check(teacher_logits, student_logits, mask, kind, beta, alpha, temperature)
+    v = teacher_logits.shape[-1]
+    if not isinstance(k, int) or k < 1:
+        raise DGError(f"top-k k={k!r}: expected an integer >= 1")
+    k = min(k, v)
+    lead = teacher_logits.shape[:-1]
+    t, s = _rows(teacher_logits), _rows(student_logits)
+    rows = _valid_rows(mask, lead, t.device)
+    step = auto_chunk_rows(v, max_chunk_elems)
+    pieces = []
+    for a in range(0, rows.numel(), step):
+        idx = rows[a : a + step]
+        lp = _log_softmax(t.index_select(0, idx), temperature)
+        lq = _log_softmax(s.index_select(0, idx), temperature)
+        top = _select_lp(lp, lq, select).topk(k, dim=-1).indices
+        parts = []
+        for x in (lp, lq):
+            head = x.gather(-1, top)
+            tail = x.scatter(-1, top, _NEG_INF).logsumexp(-1, keepdim=True)
+            parts.append(torch.cat([head, tail], -1))
+        pieces.append(elementwise_terms(parts[0], parts[1], kind, beta=beta, alpha=alpha).sum(-1))
+    vals = torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+    return _scatter_rows(t.shape[0], rows, vals).reshape(lead)
+
+
+@dataclass
+class HeadTail:
+    """Exact split of a divergence into head (top-k tokens by the teacher) and tail contributions.
+
+    ``head[i]`` is ``[...]`` per position for ``ks[i]`` (None = full vocabulary); ``tail = full - head``.
+    With a ``token_class`` mask, the ``*_class`` fields hold the part contributed by class tokens only.
+    """
+
+    ks: list[int | None]
+    full: torch.Tensor
+    head: torch.Tensor
+    full_class: torch.Tensor | None = None
+    head_class: torch.Tensor | None = None
+
+    @property
+    def tail(self) -> torch.Tensor:
+        return self.full.unsqueeze(0) - self.head
+
+    @property
+    def tail_class(self) -> torch.Tensor | None:
+        if self.full_class is None or self.head_class is None:
+            return None
+        return self.full_class.unsqueeze(0) - self.head_class
+
+    def summary(self, mask: torch.Tensor | None = None) -> dict:
+        """Totals over (masked) positions: per k, head/tail mass and the tail's share of the full divergence."""
+        m = torch.ones_like(self.full, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+        full = float(self.full[m].sum())
+        out = {"n_positions": int(m.sum()), "full": full, "per_k": []}
+        for i, k in enumerate(self.ks):
+            head = float(self.head[i][m].sum())
+            row = {
+                "k": "full" if k is None else k,
+                "head": head,
+                "tail": full - head,
+                "tail_share": (full - head) / full if full > 0 else 0.0,
+            }
+            if self.head_class is not None and self.full_class is not None:
+                fc, hc = float(self.full_class[m].sum()), float(self.head_class[i][m].sum())
+                row.update(
+                    {
+                        "class_head": hc,
+                        "class_tail": fc - hc,
+                        "other_head": head - hc,
+                        "other_tail": (full - head) - (fc - hc),
+                    }
+                )
+            out["per_k"].append(row)
+        if self.full_class is not None:
+            fc = float(self.full_class[m].sum())
+            out["class_full"] = fc
+            out["class_share"] = fc / full if full > 0 else 0.0
+        return out
+
+
+def head_tail(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    kind: str = "forward",
+    *,
+    ks: Sequence[int | None] = DEFAULT_KS,
+    token_class: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    max_chunk_elems: int = 1 << 22,
+) -> HeadTail:
+    """Decompose the divergence at each position into its top-k (by teacher probability) head and the tail.
+
+    Answers "how much of the KL signal sits in the tail?" (tail noise): summing a divergence over a large
+    top-k mostly adds many small, uninformative tail terms. ``token_class`` is a boolean ``[V]`` mask (e.g.
+    frequent/function token ids); the class part of head and full is returned alongside.
+    """
+    _check(teacher_logits, student_logits, mask, kind, beta, alpha, temperature)
+    v = teacher_logits.shape[-1]
+    ks = list(ks)
+    for k in ks:
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise DGError(f"head/tail k={k!r}: expected an integer >= 1 or None (full vocabulary)")
+    if token_class is not None and tuple(token_class.shape) != (v,):
+        raise DGError(f"token_class mask of shape {tuple(token_class.shape)}: expected ({v},), one flag per token id")
+    kmax = min(v, max([k for k in ks if k is not None], default=1))
+    lead = teacher_logits.shape[:-1]
+    t, s = _rows(teacher_logits), _rows(student_logits)
+    rows = _valid_rows(mask, lead, t.device)
+    cls = token_class.to(device=t.device, dtype=torch.float32) if token_class is not None else None
+    step = auto_chunk_rows(v, max_chunk_elems)
+    fulls, heads, fulls_c, heads_c = [], [], [], []
+    for a in range(0, rows.numel(), step):
+        idx = rows[a : a + step]
+        lp = _log_softmax(t.index_select(0, idx), temperature)
+        lq = _log_softmax(s.index_select(0, idx), temperature)
+        terms = elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha)
+        top = lp.topk(kmax, dim=-1).indices
+        cum = terms.gather(-1, top).cumsum(-1)
+        full = terms.sum(-1)
+        fulls.append(full)
+        heads.append(torch.stack([full if k is None or k >= v else cum[:, min(k, kmax) - 1] for k in ks], 0))
+        if cls is not None:
+            tc = terms * cls
+            cum_c = tc.gather(-1, top).cumsum(-1)
+            full_c = tc.sum(-1)
+            fulls_c.append(full_c)
+            heads_c.append(torch.stack([full_c if k is None or k >= v else cum_c[:, min(k, kmax) - 1] for k in ks], 0))
+    n = t.shape[0]
+
+    def assemble(parts: list[torch.Tensor], stacked: bool) -> torch.Tensor:
+        if not parts:
+            shape = (len(ks), 0) if stacked else (0,)
+            vals = t.new_zeros(shape, dtype=torch.float32)
+        else:
+            vals = torch.cat(parts, -1)
+        if stacked:
+            return _scatter_rows(n, rows, vals.T).T.reshape((len(ks),) + tuple(lead))
+        return _scatter_rows(n, rows, vals).reshape(lead)
+
+    return HeadTail(
+        ks=ks,
+        full=assemble(fulls, False),
+        head=assemble(heads, True),
+        full_class=assemble(fulls_c, False) if cls is not None else None,
+        head_class=assemble(heads_c, True) if cls is not None else None,
+    )
+
+
+def by_position_class(
+    values: torch.Tensor, labels: torch.Tensor, token_class: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Split per-position values by whether the realised token at that position is in ``token_class``.
+
+    The other view of "frequent tokens": positions whose target is a function/frequent token vs the rest.
+    Returns sums and means for both groups.
+    """
+    if values.shape != labels.shape:
+        raise DGError(f"labels of shape {tuple(labels.shape)}: expected {tuple(values.shape)} like the values")
+    m = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    in_cls = token_class.to(torch.bool)[labels.clamp_min(0).long()] & m
+    rest = m & ~in_cls
+    out = {}
+    for name, sel in (("class", in_cls), ("other", rest)):
+        n = int(sel.sum())
+        total = float(values[sel].sum()) if n else 0.0
+        out[f"{name}_sum"] = total
+        out[f"{name}_mean"] = total / n if n else 0.0
+        out[f"{name}_n"] = n
+    return out
