@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from dg_core.errors import DGError
 from dg_core.stages import STAGES, get_stage

@@ -80,8 +80,10 @@ def _help_rows(cls: type, prefix: str):
         if dataclasses.is_dataclass(tp):
             yield from _help_rows(tp, f"{prefix}{f.name}.")
             continue
-        default = f.default if f.default is not _MISSING else (
-            f.default_factory() if f.default_factory is not _MISSING else "(required)"
+        default = (
+            f.default
+            if f.default is not _MISSING
+            else (f.default_factory() if f.default_factory is not _MISSING else "(required)")
         )
         yield f"{prefix}{f.name}", _type_name(tp), default, f.metadata.get("help", "")
 
@@ -97,8 +99,12 @@ def _validate(obj: Any, prefix: str) -> None:
         m = f.metadata
         if m.get("choices") and value not in m["choices"]:
             raise DGError(f"config field '{name}': got {value!r}, expected one of {list(m['choices'])}")
-        for key, op, word in (("ge", float.__ge__, ">="), ("gt", float.__gt__, ">"),
-                              ("le", float.__le__, "<="), ("lt", float.__lt__, "<")):
+        for key, op, word in (
+            ("ge", float.__ge__, ">="),
+            ("gt", float.__gt__, ">"),
+            ("le", float.__le__, "<="),
+            ("lt", float.__lt__, "<"),
+        ):
             bound = m.get(key)
             if bound is not None and value is not None and not op(float(value), float(bound)):
                 raise DGError(f"config field '{name}': got {value!r}, expected a value {word} {bound}")
@@ -128,9 +134,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return _build(tp, value, prefix=f"{name}.")
     if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [
-                v.strip() for v in value.split(",") if v.strip()
-            ]
+            value = (
+                yaml.safe_load(value)
+                if value.strip().startswith("[")
+                else [v.strip() for v in value.split(",") if v.strip()]
+            )
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
@@ -184,7 +192,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     missing = [
-        f.name for f in dataclasses.fields(cls)
+        f.name
+        for f in dataclasses.fields(cls)
         if f.name not in kwargs and f.default is _MISSING and f.default_factory is _MISSING
     ]
     if missing:

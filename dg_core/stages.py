@@ -32,10 +32,20 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("zoo", "dg_core.models.zoo", "Build the offline tiny-model zoo (teacher, proxy, students) into the store."),
+        Stage(
+            "zoo", "dg_core.models.zoo", "Build the offline tiny-model zoo (teacher, proxy, students) into the store."
+        ),
         Stage("prep", "dg_core.data.prep", "Load, validate, deduplicate and split a task dataset; publish it."),
-        Stage("train", "dg_core.distill.train_stage", "Supervised fine-tuning on a dataset's references (bootstraps zoo models)."),
-        Stage("diagnose", "dg_core.traps.diagnose", "Measure distillation traps for a teacher/student pair and write reports."),
+        Stage(
+            "train",
+            "dg_core.distill.train_stage",
+            "Supervised fine-tuning on a dataset's references (bootstraps zoo models).",
+        ),
+        Stage(
+            "diagnose",
+            "dg_core.traps.diagnose",
+            "Measure distillation traps for a teacher/student pair and write reports.",
+        ),
         Stage("distill", "dg_core.distill.stage", "Distill a probe student from a teacher (sft, kd, gkd, xtok)."),
         Stage("evaluate", "dg_core.evaluate", "Accuracy of a model on a prepared dataset, with bootstrap CIs."),
         Stage("calibrate", "dg_core.calibrate.stage", "RFT calibration of a teacher: the distillability knob (eta)."),

@@ -1,0 +1,116 @@
+"""Load and save causal LMs and tokenizers by reference: store URI, local dir, `zoo:<name>` or hub id.
+
+Safetensors only, and `trust_remote_code` stays off unless the caller turns it on: a model release is
+untrusted input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dg_core import store
+from dg_core.errors import DGError
+from dg_core.utils import pick_device, pick_dtype
+
+log = logging.getLogger(__name__)
+
+
+def _is_uri(ref: str) -> bool:
+    return ref.startswith(("s3://", "file://"))
+
+
+def resolve_model_dir(ref: str) -> Path:
+    """A verified local directory holding the model named by `ref` (building zoo members on first use)."""
+    if not ref:
+        raise DGError("model reference is empty: expected a store URI, a local directory, zoo:<name> or a hub id")
+    if ref.startswith("zoo:"):
+        from dg_core.models.zoo import ensure
+
+        ref = ensure(ref[4:])
+    if _is_uri(ref):
+        return store.fetch(ref)
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or ref.startswith((".", "/")) or os.sep in ref.strip("/").split("/", 1)[0]:
+        raise DGError(f"model path {ref!r} is not a directory: expected a saved model directory")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise DGError(
+            f"model {ref!r} not found: expected a store URI (s3://, file://), a local directory or zoo:<name>; "
+            "hub downloads are disabled (HF_HUB_OFFLINE=1)"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+
+
+def _check_weights(d: Path) -> None:
+    if not (d / "config.json").is_file():
+        raise DGError(f"model directory {str(d)!r} has no config.json: expected a saved Hugging Face model")
+    if not any(d.glob("*.safetensors")):
+        pickles = [p.name for p in d.glob("*.bin")] + [p.name for p in d.glob("*.pt")]
+        hint = f" (found {pickles[0]}; pickled weights are refused)" if pickles else ""
+        raise DGError(f"model directory {str(d)!r} has no .safetensors weights{hint}")
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    d = resolve_model_dir(ref)
+    tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    ref: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) in eval mode on the chosen device; bf16 on CUDA unless told otherwise."""
+    d = resolve_model_dir(ref)
+    _check_weights(d)
+    dev = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(d), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=pick_dtype(dev, dtype)
+    ).to(dev)
+    model.eval()
+    tok = load_tokenizer(str(d), trust_remote_code=trust_remote_code)
+    return model, tok
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    uri: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Save as safetensors and publish atomically to `uri` (merged weights; adapters are saved separately)."""
+    if hasattr(model, "peft_config"):
+        raise DGError("save_model got a PEFT model: merge it (dg_core.models.merge_lora) or use save_adapter")
+    with tempfile.TemporaryDirectory(prefix="dg-model-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if metadata:
+            (Path(tmp) / "dg_model.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+        store.publish(tmp, uri, metadata={"kind": "model", **(metadata or {})})
+    log.info("saved model to %s", uri)
+    return uri
+
+
+def model_info(model: torch.nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    return {
+        "architecture": (getattr(cfg, "architectures", None) or [type(model).__name__])[0],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

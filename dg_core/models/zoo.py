@@ -1,0 +1,261 @@
+"""The offline tiny-model zoo: a teacher, a smaller proxy, and students of other architectures and tokenizers.
+
+Everything is built in code from a seed: tokenizers are trained with `tokenizers` on a fixed corpus, weights are
+random-initialised. Members are cached in the store under ``<root>/zoo/<name>/v<ZOO_VERSION>`` and rebuilt only
+when missing, so `zoo:<name>` is a cheap, reproducible model reference for tests, the demo and the pipelines.
+
+The tokenizers differ on purpose (char-level, byte-level BPE, Unigram): the product must work when the proxy
+and the attacking students do not share the teacher's vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from dg_core import store
+from dg_core.config import StageConfig, option
+from dg_core.errors import DGError
+
+log = logging.getLogger(__name__)
+
+ZOO_VERSION = 1
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))
+
+
+@dataclass(frozen=True)
+class ZooMember:
+    """A tiny model: architecture, size and tokenizer kind. Sizes keep CPU training in seconds to minutes."""
+
+    arch: str  # llama | qwen2 | gpt2
+    tokenizer: str  # char | bpe | unigram
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int | None = None
+    intermediate: int | None = None
+    max_positions: int = 256
+    seed: int = 0
+    role: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ZOO: dict[str, ZooMember] = {
+    "teacher": ZooMember(
+        "llama",
+        "char",
+        hidden=128,
+        layers=4,
+        heads=4,
+        intermediate=384,
+        seed=1,
+        role="teacher to calibrate (~0.8M params)",
+    ),
+    "proxy": ZooMember(
+        "qwen2",
+        "bpe",
+        hidden=48,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        intermediate=128,
+        seed=2,
+        role="calibration proxy q: smaller, other architecture and tokenizer",
+    ),
+    "student-llama": ZooMember(
+        "llama",
+        "char",
+        hidden=64,
+        layers=3,
+        heads=4,
+        intermediate=192,
+        seed=3,
+        role="probe student sharing the teacher's tokenizer (logit KD possible)",
+    ),
+    "student-gpt2": ZooMember(
+        "gpt2",
+        "unigram",
+        hidden=64,
+        layers=3,
+        heads=4,
+        seed=4,
+        role="probe student of another family and tokenizer than the proxy (xtok KD)",
+    ),
+}
+
+
+def _corpus(seed: int = 1234, n: int = 4000) -> list[str]:
+    """A fixed text corpus for training the subword tokenizers: arithmetic, QA-ish and instruction-ish lines."""
+    rng = random.Random(seed)
+    words = (
+        "the answer is what which who where when list write sentence word words each every only "
+        "without using capital letters lower upper json bullet points check step total so then "
+        "question options option correct because of is are was a an and or not in on to with by"
+    ).split()
+    ops = "+-*/="
+    lines = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.5:
+            parts = [str(rng.randint(0, 999))]
+            for _ in range(rng.randint(1, 4)):
+                parts += [rng.choice(ops), str(rng.randint(0, 999))]
+            lines.append("".join(parts) + f" #{rng.randint(0, 9999)}")
+        elif kind < 0.8:
+            lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))).capitalize() + ".")
+        else:
+            lines.append(f"Q: {rng.choice(words)} {rng.choice(words)}? ({rng.choice('ABCD')}) A: {rng.choice('ABCD')}")
+    lines.append("".join(ALPHABET))
+    return lines
+
+
+def build_tokenizer(kind: str, vocab_size: int = 256) -> PreTrainedTokenizerFast:
+    """A fast tokenizer of the given kind, trained deterministically; left padding for batched generation."""
+    if kind == "char":
+        vocab = {t: i for i, t in enumerate(SPECIALS + ALPHABET)}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(
+            _corpus(),
+            trainers.BpeTrainer(
+                vocab_size=vocab_size + 64,
+                special_tokens=SPECIALS,
+                show_progress=False,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            ),
+        )
+    elif kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(
+            _corpus(),
+            trainers.UnigramTrainer(
+                vocab_size=vocab_size,
+                special_tokens=SPECIALS,
+                unk_token="<unk>",
+                show_progress=False,
+                initial_alphabet=ALPHABET,
+            ),
+        )
+    else:
+        raise DGError(f"tokenizer kind {kind!r}: expected char, bpe or unigram")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+    fast.model_max_length = 4096
+    return fast
+
+
+def build_model(spec: ZooMember, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    torch.manual_seed(spec.seed)
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if spec.arch == "llama":
+        cfg = LlamaConfig(
+            hidden_size=spec.hidden,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads or spec.heads,
+            intermediate_size=spec.intermediate or 3 * spec.hidden,
+            max_position_embeddings=spec.max_positions,
+            tie_word_embeddings=True,
+            **common,
+        )
+        model = LlamaForCausalLM(cfg)
+    elif spec.arch == "qwen2":
+        cfg = Qwen2Config(
+            hidden_size=spec.hidden,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads or spec.heads,
+            intermediate_size=spec.intermediate or 3 * spec.hidden,
+            max_position_embeddings=spec.max_positions,
+            tie_word_embeddings=True,
+            **common,
+        )
+        model = Qwen2ForCausalLM(cfg)
+    elif spec.arch == "gpt2":
+        cfg = GPT2Config(
+            n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=spec.max_positions, **common
+        )
+        model = GPT2LMHeadModel(cfg)
+    else:
+        raise DGError(f"zoo architecture {spec.arch!r}: expected llama, qwen2 or gpt2")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def zoo_uri(name: str, root: str | None = None) -> str:
+    return store.join(root or store.default_root(), "zoo", name, f"v{ZOO_VERSION}")
+
+
+def ensure(name: str, root: str | None = None) -> str:
+    """URI of zoo member `name`, building and publishing it first if the store lacks it."""
+    if name not in ZOO:
+        raise DGError(f"unknown zoo model {name!r}: expected one of {', '.join(ZOO)}")
+    uri = zoo_uri(name, root)
+    if not store.is_published(uri):
+        from dg_core.models.io import save_model
+
+        spec = ZOO[name]
+        tok = build_tokenizer(spec.tokenizer)
+        model = build_model(spec, tok)
+        save_model(
+            model, tok, uri, metadata={"zoo": name, "zoo_version": ZOO_VERSION, "role": spec.role, "seed": spec.seed}
+        )
+        log.info("built zoo model %s -> %s", name, uri)
+    return uri
+
+
+@dataclass
+class Config(StageConfig):
+    names: list[str] = option(list(ZOO), "Zoo members to build (default: all).")
+    root: str = option("", "Store root to build into (default: $DG_STORE_ROOT or the embedded file store).")
+
+    def check(self) -> None:
+        for n in self.names:
+            if n not in ZOO:
+                raise DGError(f"config field 'names': got {n!r}, expected members of {list(ZOO)}")
+
+
+def run(cfg: Config) -> dict:
+    from dg_core.models.io import load_model, model_info
+
+    out = {}
+    for name in cfg.names:
+        uri = ensure(name, cfg.root or None)
+        model, tok = load_model(uri, device="cpu")
+        out[name] = {"uri": uri, **model_info(model), "vocab": len(tok), "tokenizer": ZOO[name].tokenizer}
+    return {"models": out}
