@@ -198,7 +198,12 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     ]
     if missing:
         raise DGError(f"config field '{prefix}{missing[0]}' of {cls.__name__} is required but was not given")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except DGError as e:
+        if not prefix:
+            raise
+        raise DGError(str(e).replace("config field '", f"config field '{prefix}")) from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

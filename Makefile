@@ -1,0 +1,40 @@
+# One command sets up and runs the tests; one sets up and runs the main job (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: setup tools test lint demo compile images clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+tools:
+	bash scripts/install-test-tools.sh
+	bash scripts/install-helm.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup tools lint
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/dguard run calibrate --local
+
+compile: setup
+	$(BIN)/dguard compile
+
+images:
+	docker build -f images/Dockerfile.cpu -t distillation-guards:cpu .
+	docker build -f images/Dockerfile.cuda -t distillation-guards:cuda .
+
+clean:
+	rm -rf .dg .pytest_cache .ruff_cache
