@@ -1,0 +1,1 @@
+"""Offline synthetic task families: seeded, any size, deterministic."""

@@ -1,0 +1,198 @@
+"""Tasks: how to prompt for an example and how to score a response to it.
+
+A task's ``score`` is both evaluation accuracy and calibration's ``r_task``, so scorers are strict: a response
+earns reward only for one clearly stated, correct answer (a junk suffix after the answer, two different answers,
+or an empty box earn 0). Tasks are looked up by name with :func:`get_task`; a prep artifact records the name and
+options of its task so :func:`dg_core.data.task_of` rebuilds the same one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from dg_core.data.example import Example, Score
+from dg_core.errors import DGError
+
+
+class RowError(ValueError):
+    """A row that cannot become a valid example: names the offending field and what was expected."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"field '{field}': {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Task:
+    """Base class. Subclasses set ``name``/``family`` and implement :meth:`score` (and :meth:`validate`)."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    #: Plain-text prompt used when the tokenizer has no chat template (the zoo's tiny models).
+    plain_template: ClassVar[str] = "Question: {question}\nAnswer: "
+    #: Appended to the question inside a chat template, telling a real model how to state its answer.
+    chat_instruction: ClassVar[str] = ""
+
+    def __init__(self, **options: Any):
+        self.options = dict(options)
+
+    def spec(self) -> dict[str, Any]:
+        """Name + options: enough for ``get_task(**spec)`` to rebuild this task (stored in ``dataset.json``)."""
+        return {"name": self.name, "options": dict(self.options)}
+
+    def question(self, example: Example) -> str:
+        """The question text shown to the model (multiple-choice tasks add the lettered options)."""
+        return example.prompt
+
+    def prompt(self, example: Example, tokenizer: Any = None) -> str:
+        """The exact text a model is conditioned on: its chat template when it has one, else plain text."""
+        question = self.question(example)
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            content = f"{question}\n\n{self.chat_instruction}".strip() if self.chat_instruction else question
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+            if not isinstance(text, str):
+                raise DGError(f"task {self.name}: the tokenizer's chat template did not return text")
+            return text
+        return self.plain_template.format(question=question)
+
+    def score(self, example: Example, response: str) -> Score:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score_batch(self, examples: Sequence[Example], responses: Sequence[str]) -> list[Score]:
+        """Score many responses (reward-model tasks override this to batch the model)."""
+        if len(examples) != len(responses):
+            raise DGError(f"score_batch: {len(examples)} examples but {len(responses)} responses")
+        return [self.score(e, r) for e, r in zip(examples, responses)]
+
+    def validate(self, example: Example) -> None:
+        """Raise :class:`RowError` when an example cannot be scored by this task (prep rejects it)."""
+        if not example.prompt.strip():
+            raise RowError("prompt", "empty, expected the question text")
+
+    def generate(self, n: int, seed: int) -> list[Example]:
+        """Synthetic tasks: ``n`` examples, deterministic in (options, n, seed)."""
+        raise DGError(f"task '{self.name}' is not synthetic: load it from a dataset source instead")
+
+
+# --------------------------------------------------------------------------------------------- math
+
+
+class MathTask(Task):
+    """Real math data (GSM8K, BigMath): final numeric answer by equivalence, see ``dg_core.data.mathscore``."""
+
+    name = "math"
+    family = "math"
+    chat_instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+
+    def validate(self, example: Example) -> None:
+        super().validate(example)
+        if not example.answer.strip():
+            raise RowError("answer", "empty, expected the final answer")
+
+    def score(self, example: Example, response: str) -> Score:
+        from dg_core.data.mathscore import answers_equal, extract_answer
+
+        parsed, how = extract_answer(response)
+        if parsed is None or not parsed.strip():
+            return Score(0.0, None, "no final answer found")
+        if answers_equal(parsed, example.answer):
+            return Score(1.0, parsed, f"correct ({how})")
+        return Score(0.0, parsed, f"wrong ({how}): {parsed!r} != {example.answer!r}")
+
+
+_SYNTH_ANSWER = re.compile(r"#(-?\d+)")
+
+
+class SyntheticMathTask(Task):
+    """Offline multi-step arithmetic with several solution styles (see ``dg_core.data.synthetic.math``).
+
+    Scoring is strict: the response must end with exactly one marker ``#<n>`` (trailing whitespace allowed),
+    ``n`` written canonically. Anything after the marker, a second marker or ``#007`` scores 0: the guard against
+    calibration learning to append junk a small proxy finds unlikely.
+    """
+
+    name = "synthetic_math"
+    family = "math"
+    plain_template = "{question}\n"
+    chat_instruction = "Show your steps and end with #<answer>, e.g. #42."
+
+    def __init__(self, **options: Any):
+        from dg_core.data.synthetic.math import MathSpec
+
+        super().__init__(**options)
+        try:
+            self.spec_ = MathSpec(**options)
+        except TypeError as e:
+            raise DGError(f"task synthetic_math: bad option ({e}); see dg_core.data.synthetic.math.MathSpec") from None
+
+    def generate(self, n: int, seed: int) -> list[Example]:
+        from dg_core.data.synthetic.math import generate
+
+        return generate(self.spec_, n, seed)
+
+    def validate(self, example: Example) -> None:
+        super().validate(example)
+        if not re.fullmatch(r"-?(0|[1-9]\d*)", example.answer):
+            raise RowError("answer", f"got {example.answer!r}, expected an integer")
+
+    def score(self, example: Example, response: str) -> Score:
+        text = response.rstrip()
+        marks = list(_SYNTH_ANSWER.finditer(text))
+        if not marks:
+            return Score(0.0, None, "no final answer marker #<n>")
+        last = marks[-1]
+        if last.end() != len(text):
+            return Score(0.0, last.group(1), f"text after the final answer: {text[last.end() :][:20]!r}")
+        if text.count("#") > 1:
+            return Score(0.0, last.group(1), "more than one answer marker")
+        got = last.group(1)
+        if not re.fullmatch(r"-?(0|[1-9]\d*)", got) or got == "-0":
+            return Score(0.0, got, f"non-canonical number {got!r}")
+        if got == example.answer:
+            return Score(1.0, got, "correct")
+        return Score(0.0, got, f"wrong: {got} != {example.answer}")
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+_ALIASES: dict[str, str] = {}
+_FAMILY_MODULES: list[str] = []
+
+
+def register_task(cls: type[Task], *aliases: str) -> type[Task]:
+    """Make a task class available to :func:`get_task` under its ``name`` and any aliases."""
+    _REGISTRY[cls.name] = cls
+    for a in aliases:
+        _ALIASES[a] = cls.name
+    return cls
+
+
+register_task(MathTask, "gsm8k", "bigmath")
+register_task(SyntheticMathTask, "synthetic-math")
+
+
+def _load_builtin() -> None:
+    # Other families live in their own modules; importing them registers them.
+    import importlib
+
+    for mod in _FAMILY_MODULES:
+        importlib.import_module(mod)
+
+
+def task_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """The task called ``name`` (or an alias such as ``gsm8k``), built with ``options``."""
+    _load_builtin()
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        raise DGError(f"unknown task {name!r}: expected one of {', '.join(sorted(_REGISTRY) + sorted(_ALIASES))}")
+    return _REGISTRY[key](**options)
