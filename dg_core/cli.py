@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mod = importlib.import_module(COMMANDS[verb][0])
             sub = argparse.ArgumentParser(prog=f"dguard {verb}", description=COMMANDS[verb][1])
             mod.add_arguments(sub, verb)
-            return int(mod.main(sub.parse_args(rest), verb) or 0)
+            return int(mod.main(sub.parse_intermixed_args(rest), verb) or 0)
         get_stage(verb)
         sp = argparse.ArgumentParser(prog=f"dguard {verb}", add_help=False)
         sp.add_argument("--config", "-c", default=None)
