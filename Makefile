@@ -32,9 +32,16 @@ demo: setup
 compile: setup
 	$(BIN)/dguard compile
 
+# Container images (need Docker with BuildKit). Tags match the chart's and components' default image:
+# $(IMAGE_REPO):$(IMAGE_TAG) is the CPU image, $(IMAGE_REPO):$(IMAGE_TAG)-cuda the CUDA one.
+DOCKER     ?= docker
+IMAGE_REPO ?= ghcr.io/distillation-guards/dguard
+IMAGE_TAG  ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
 images:
-	docker build -f images/Dockerfile.cpu -t distillation-guards:cpu .
-	docker build -f images/Dockerfile.cuda -t distillation-guards:cuda .
+	@command -v $(DOCKER) >/dev/null || { echo "make images: '$(DOCKER)' not found; install Docker (BuildKit) to build the images" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.cpu -t $(IMAGE_REPO):$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.cuda -t $(IMAGE_REPO):$(IMAGE_TAG)-cuda .
 
 clean:
 	rm -rf .dg .pytest_cache .ruff_cache
