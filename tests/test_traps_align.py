@@ -7,6 +7,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from dg_core import generate
 from dg_core.errors import DGError
 from dg_core.traps import align
 
@@ -63,61 +64,81 @@ PROMPTS = ["Q: what is 7*6? A:", "the ca", "", "12+34="]
 RESPONSES = [" 42", "t sat on the mat", "a dog", "46"]
 
 
-def _brute(model, tok, prompt, response):
+def _brute_joint(model, tok, prompt, response):
     """Sum of log p over tokens overlapping the response, one sequence at a time, no padding."""
     enc = tok(prompt + response, return_offsets_mapping=True)
     ids, offs = list(enc["input_ids"]), list(enc["offset_mapping"])
-    if not offs or offs[0][1] > offs[0][0]:
+    if not prompt:
         ids, offs = [tok.bos_token_id] + ids, [(0, 0)] + offs
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
     return sum(logp[i - 1, ids[i]].item() for i in range(1, len(ids)) if offs[i][1] > len(prompt))
 
 
+def _brute_separate(model, tok, prompt, response, eos=False):
+    """The training layout of dg_core.generate (pack_texts), scored on the response targets."""
+    if not prompt:
+        prompt_ids = [tok.bos_token_id]
+        batch = generate.pack([prompt_ids], [generate.encode_response(tok, response, add_eos=eos)], tok.pad_token_id)
+    else:
+        batch = generate.pack_texts(tok, [prompt], [response], add_eos=eos)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=batch.input_ids).logits[0, :-1].float(), -1)
+    tgt = batch.input_ids[0, 1:]
+    m = batch.targets_mask()[0]
+    return logp.gather(-1, tgt[:, None])[:, 0][m].sum().item()
+
+
 @pytest.mark.parametrize("side", [0, 1])
-def test_sequence_logprob_matches_unpadded_brute_force(pair, side):
+@pytest.mark.parametrize("layout", ["separate", "joint"])
+def test_sequence_logprob_matches_unpadded_brute_force(pair, side, layout):
     model, tok = pair[side]
-    got = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, batch_size=3)
+    got = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, batch_size=3, layout=layout)
     assert got.shape == (4,)
+    brute = _brute_joint if layout == "joint" else _brute_separate
     for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
-        assert got[i].item() == pytest.approx(_brute(model, tok, p, r), rel=1e-4, abs=1e-4)
-    single = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, batch_size=1)
+        assert got[i].item() == pytest.approx(brute(model, tok, p, r), rel=1e-4, abs=1e-4)
+    single = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, batch_size=1, layout=layout)
     torch.testing.assert_close(single, got, rtol=1e-4, atol=1e-4)
 
 
-def test_chain_rule_with_char_tokenizer(pair):
+def test_separate_layout_with_eos_is_the_training_likelihood(pair):
+    model, tok = pair[1]
+    got = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, append_eos=True, batch_size=2)
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        assert got[i].item() == pytest.approx(_brute_separate(model, tok, p, r, eos=True), rel=1e-4, abs=1e-4)
+    without = align.sequence_logprob(model, tok, PROMPTS, RESPONSES)
+    assert (got < without).all()  # the EOS term is a log-probability < 0
+
+
+@pytest.mark.parametrize("layout", ["separate", "joint"])
+def test_chain_rule_with_char_tokenizer(pair, layout):
     model, tok = pair[0]
-    whole = align.sequence_logprob(model, tok, [""], ["12+34=46"])
-    parts = align.sequence_logprob(model, tok, ["", "12+34="], ["12+34=", "46"])
+    whole = align.sequence_logprob(model, tok, ["Q"], ["12+34=46"], layout=layout)
+    parts = align.sequence_logprob(model, tok, ["Q", "Q12+34="], ["12+34=", "46"], layout=layout)
     assert whole.item() == pytest.approx(parts.sum().item(), rel=1e-5)
 
 
-def test_normalisation_and_eos(pair):
+def test_normalisation(pair):
     model, tok = pair[1]
     total = align.sequence_logprob(model, tok, PROMPTS, RESPONSES)
     per_char = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, normalize="char")
     per_tok = align.sequence_logprob(model, tok, PROMPTS, RESPONSES, normalize=True)
     n_chars = torch.tensor([float(len(r)) for r in RESPONSES])
     torch.testing.assert_close(per_char, total / n_chars)
-    n_tok = []
-    for p, r in zip(PROMPTS, RESPONSES):
-        offs = tok(p + r, return_offsets_mapping=True)["offset_mapping"]
-        n_tok.append(float(sum(align.response_token_mask(offs, len(p)))))
-    torch.testing.assert_close(per_tok, total / torch.tensor(n_tok))
-    with_eos = align.sequence_logprob(model, tok, PROMPTS[:1], RESPONSES[:1], append_eos=True)
-    ids = [tok.bos_token_id] + tok(PROMPTS[0] + RESPONSES[0])["input_ids"]  # this tokenizer adds no BOS itself
-    with torch.no_grad():
-        last = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[tok.eos_token_id]
-    assert with_eos.item() == pytest.approx(total[0].item() + last.item(), rel=1e-4)
+    n_tok = torch.tensor([float(len(tok(r, add_special_tokens=False)["input_ids"])) for r in RESPONSES])
+    torch.testing.assert_close(per_tok, total / n_tok)
 
 
-def test_token_straddling_the_boundary_counts_as_response(pair):
+def test_joint_layout_counts_a_token_straddling_the_boundary_as_response(pair):
     _, tok = pair[1]
-    enc = tok("the cat", return_offsets_mapping=True)
-    toks = tok.convert_ids_to_tokens(enc["input_ids"])
-    assert "Ġcat" in toks  # the BPE merged " cat"; split prompt "the ca" / response "t"
-    mask = align.response_token_mask(enc["offset_mapping"], len("the ca"))
-    assert [t for t, m in zip(toks, mask) if m] == ["Ġcat"]
+    ids, offs, resp = align.encode_pair(tok, "the ca", "t", layout="joint")
+    toks = tok.convert_ids_to_tokens(ids)
+    assert "Ġcat" in toks  # the BPE merged " cat" across the prompt/response cut
+    assert [t for t, m in zip(toks, resp) if m] == ["Ġcat"]
+    ids, offs, resp = align.encode_pair(tok, "the ca", "t", layout="separate")
+    assert [t for t, m in zip(tok.convert_ids_to_tokens(ids), resp) if m] == ["t"]
+    assert [o for o, m in zip(offs, resp) if m] == [(6, 7)]
 
 
 def test_requires_grad_flows_to_parameters(pair):
@@ -177,5 +198,7 @@ def test_bad_input(pair):
         align.sequence_logprob(model, tok, ["a"], ["b"], normalize="byte")
     with pytest.raises(DGError, match="max positions"):
         align.sequence_logprob(model, tok, ["a" * 100], ["b"])
+    with pytest.raises(DGError, match="layout"):
+        align.sequence_logprob(model, tok, ["a"], ["b"], layout="mixed")
     with pytest.raises(DGError, match="expected str"):
         align.sequence_logprob(model, tok, ["a"], [None])

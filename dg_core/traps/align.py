@@ -2,12 +2,12 @@
 
 Two tools, both working on *text* and character offsets rather than token ids:
 
-- :func:`sequence_logprob` — log p(response | prompt) under one model with its **own** tokenizer. The text
-  ``prompt + response`` is tokenized once (as the model would see it); the response tokens are those whose
-  character span overlaps the response (a token straddling the boundary counts as response: it cannot be
-  split, and its probability is conditioned only on prompt tokens). Because every model scores the same
-  characters, scores of different models are comparable without any token alignment; this is what the
-  calibration reward r_cal = log q(y|x) − log π0(y|x) needs.
+- :func:`sequence_logprob` — log p(response | prompt) under one model with its **own** tokenizer. By default
+  the pair is tokenized the way :mod:`dg_core.generate` samples and trains (prompt and response encoded
+  separately), so the score is the probability the model gives its own sample; ``layout="joint"`` instead
+  tokenizes ``prompt + response`` once and finds the response tokens by character offsets. Every model scores
+  the same characters, so scores of different models are comparable without any token alignment; this is what
+  the calibration reward r_cal = log q(y|x) − log π0(y|x) needs.
 - :func:`align_tokens` — groups tokens of two tokenizations of the same text into spans whose boundaries
   coincide (merging tokens until both sides end at the same character), and :func:`aligned_span_logprobs`
   compares the two models' log-probabilities span by span. Summed over spans of a sample drawn from one
@@ -30,18 +30,24 @@ from dg_core.errors import DGError
 
 @dataclass
 class TokenScores:
-    """One text scored by one model: per-token ids, character offsets and log p(token | preceding tokens).
+    """One (prompt, response) scored by one model: token ids, character offsets into ``prompt + response``,
+    which tokens belong to the response, and log p(token | preceding tokens).
 
-    ``logprobs[i]`` is NaN for a token nothing precedes (the first token when no BOS is available).
-    Special tokens (zero-width offsets) are kept with their offsets so positions line up with ``ids``.
+    ``logprobs[i]`` is NaN for a token nothing precedes (the first token when no BOS is prepended).
+    Special tokens have zero-width offsets; an appended EOS sits at ``(len(text), len(text))``.
+    ``entropies[i]`` (optional) is the entropy of the prediction made *at* token i (for token i+1).
     """
 
     text: str
     ids: list[int]
     offsets: list[tuple[int, int]]
+    response: list[bool]
     logprobs: torch.Tensor
     entropies: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+
+
+LAYOUTS = ("separate", "joint")
 
 
 def _norm_mode(normalize: bool | str) -> str:
@@ -63,22 +69,62 @@ def _max_positions(model: torch.nn.Module) -> int | None:
     return None
 
 
-def _encode(tokenizer, text: str, add_bos: bool) -> tuple[list[int], list[tuple[int, int]]]:
-    """Tokenize as the model would see the text; with ``add_bos`` make sure a BOS (or EOS) token leads it."""
+def _offsets(tokenizer, text: str, *, special: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    if not text:
+        enc = tokenizer(text, add_special_tokens=special)
+        return list(enc["input_ids"]), [(0, 0)] * len(enc["input_ids"])
     try:
-        enc = tokenizer(text, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     except (NotImplementedError, ValueError, TypeError) as e:
         raise DGError(
             f"tokenizer {type(tokenizer).__name__} gives no character offsets ({e}); expected a fast tokenizer"
         ) from None
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    if add_bos and (not offsets or offsets[0][1] > offsets[0][0]):
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def encode_pair(
+    tokenizer,
+    prompt: str,
+    response: str,
+    *,
+    layout: str = "separate",
+    append_eos: bool = False,
+    add_bos: bool | None = None,
+) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
+    """Token ids, character offsets (into ``prompt + response``) and response flags for one pair.
+
+    ``separate`` (default) follows :mod:`dg_core.generate`: the prompt is encoded on its own with the
+    tokenizer's special-token convention and the response on its own without special tokens, which is how
+    models are sampled and trained here, so the score is the probability the model actually assigns to its
+    own sample. ``joint`` encodes ``prompt + response`` as one text and marks the tokens overlapping the response
+    (a token straddling the boundary counts as response: it cannot be split). ``add_bos``: None prepends BOS
+    (or EOS) only when the first token would otherwise be unscored (empty prompt); True whenever the text does
+    not already start with a special token; False never.
+    """
+    if layout not in LAYOUTS:
+        raise DGError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+    cut = len(prompt)
+    if layout == "separate":
+        p_ids, p_offs = _offsets(tokenizer, prompt, special=True)
+        r_ids, r_offs = _offsets(tokenizer, response, special=False)
+        ids = p_ids + r_ids
+        offs = p_offs + [(a + cut, b + cut) if b > a else (cut, cut) for a, b in r_offs]
+        resp = [False] * len(p_ids) + [True] * len(r_ids)
+    else:
+        ids, offs = _offsets(tokenizer, prompt + response, special=True)
+        resp = [b > a and b > cut for a, b in offs]
+    starts_special = bool(offs) and offs[0][1] <= offs[0][0] and not resp[0]
+    needs = not ids or resp[0]
+    if (add_bos is None and needs) or (add_bos is True and not starts_special):
         ctx = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if ctx is not None:
-            ids = [ctx] + ids
-            offsets = [(0, 0)] + offsets
-    return ids, offsets
+            ids, offs, resp = [ctx] + ids, [(0, 0)] + offs, [False] + resp
+    if append_eos:
+        if tokenizer.eos_token_id is None:
+            raise DGError(f"append_eos=True but tokenizer {type(tokenizer).__name__} has no eos_token; expected one")
+        end = len(prompt) + len(response)
+        ids, offs, resp = ids + [tokenizer.eos_token_id], offs + [(end, end)], resp + [True]
+    return ids, offs, resp
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -88,28 +134,39 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def score_texts(
+def score_pairs(
     model: torch.nn.Module,
     tokenizer,
-    texts: Sequence[str],
+    prompts: Sequence[str],
+    responses: Sequence[str],
     *,
+    layout: str = "separate",
+    append_eos: bool = False,
+    add_bos: bool | None = None,
     batch_size: int = 8,
     with_entropy: bool = False,
     requires_grad: bool = False,
-    add_bos: bool = True,
 ) -> list[TokenScores]:
-    """Per-token log-probabilities of each text under ``model`` (right-padded batches, own tokenizer).
+    """Per-token log-probabilities of each ``prompt + response`` under ``model`` (right-padded batches).
 
-    ``add_bos``: when the tokenizer does not itself start the text with a special token (GPT-2 style), prepend
-    its BOS (or EOS) so every character is scored under the same kind of context, whatever the prompt.
-    With ``with_entropy`` also returns each position's predictive entropy (of the next token).
+    See :func:`encode_pair` for ``layout``/``append_eos``/``add_bos``. With ``with_entropy`` also returns each
+    position's predictive entropy.
     """
     if batch_size < 1:
         raise DGError(f"batch_size={batch_size}: expected an integer >= 1")
+    if len(prompts) != len(responses):
+        raise DGError(f"got {len(prompts)} prompts and {len(responses)} responses, expected equal counts")
+    for name, seq in (("prompt", prompts), ("response", responses)):
+        for i, x in enumerate(seq):
+            if not isinstance(x, str):
+                raise DGError(f"{name} {i} is {type(x).__name__}, expected str")
     device = _model_device(model)
     limit = _max_positions(model)
-    encoded = [_encode(tokenizer, t, add_bos) for t in texts]
-    for i, (ids, _) in enumerate(encoded):
+    encoded = [
+        encode_pair(tokenizer, p, r, layout=layout, append_eos=append_eos, add_bos=add_bos)
+        for p, r in zip(prompts, responses)
+    ]
+    for i, (ids, _, _) in enumerate(encoded):
         if limit is not None and len(ids) > limit:
             raise DGError(
                 f"text {i} is {len(ids)} tokens under {type(tokenizer).__name__}: expected at most {limit} "
@@ -119,33 +176,26 @@ def score_texts(
     out: list[TokenScores] = []
     ctx = torch.enable_grad() if requires_grad else torch.no_grad()
     with ctx:
-        for a in range(0, len(texts), batch_size):
+        for a in range(0, len(encoded), batch_size):
             chunk = encoded[a : a + batch_size]
-            width = max(1, max(len(ids) for ids, _ in chunk))
+            width = max(1, max(len(ids) for ids, _, _ in chunk))
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attn = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (ids, _) in enumerate(chunk):
+            for r, (ids, _, _) in enumerate(chunk):
                 input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 attn[r, : len(ids)] = 1
             logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], -1)
-            targets = input_ids[:, 1:].to(device)
-            tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            logp = torch.log_softmax(logits, -1)
+            tok_lp = logp[:, :-1].gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
             ent = -(logp.exp() * logp).sum(-1) if with_entropy else None
-            for r, (ids, offs) in enumerate(chunk):
+            nan = torch.full((1,), float("nan"), device=device)
+            for r, (ids, offs, resp) in enumerate(chunk):
                 n = len(ids)
-                nan = torch.full((1,), float("nan"), device=device)
                 lp = torch.cat([nan, tok_lp[r, : max(0, n - 1)]])[:n]
-                e = None
-                if ent is not None:
-                    e = ent[r, :n].detach().cpu()  # e[i]: entropy of the prediction made after token i
-                out.append(TokenScores(texts[a + r], ids, offs, lp if requires_grad else lp.detach().cpu(), e))
+                e = ent[r, :n].detach().cpu() if ent is not None else None
+                text = prompts[a + r] + responses[a + r]
+                out.append(TokenScores(text, ids, offs, resp, lp if requires_grad else lp.detach().cpu(), e))
     return out
-
-
-def response_token_mask(offsets: Sequence[tuple[int, int]], start: int) -> list[bool]:
-    """Which tokens belong to the response that starts at character ``start`` (overlap rule, no zero-width)."""
-    return [e > s and e > start for s, e in offsets]
 
 
 def sequence_logprob(
@@ -156,48 +206,41 @@ def sequence_logprob(
     *,
     normalize: bool | str = False,
     batch_size: int = 8,
+    layout: str = "separate",
     append_eos: bool = False,
-    add_bos: bool = True,
+    add_bos: bool | None = None,
     requires_grad: bool = False,
 ) -> torch.Tensor:
     """log p(response | prompt) for each pair, under the model's own tokenizer: ``[N]`` float32.
 
     ``normalize``: False/'none' (sum), True/'token' (mean per response token of *this* tokenizer) or 'char'
-    (per response character: comparable across tokenizers). ``append_eos`` also scores the end of sequence.
-    ``add_bos`` conditions every text on a leading BOS/EOS (see :func:`score_texts`), so that
-    log p(a+b) = log p(a) + log p(b | a) holds whenever a ends on a token boundary.
-    An empty response scores 0 (−inf would poison group statistics; the task scorer judges empty answers).
+    (per response character: comparable across tokenizers). ``append_eos`` also scores the end of sequence
+    (what a sample that stopped did). ``layout``/``add_bos``: see :func:`encode_pair`. An empty response without
+    EOS scores 0 (−inf would poison group statistics; the task scorer judges empty answers).
     """
     mode = _norm_mode(normalize)
-    if len(prompts) != len(responses):
-        raise DGError(f"sequence_logprob: got {len(prompts)} prompts and {len(responses)} responses, expected equal")
-    for name, seq in (("prompt", prompts), ("response", responses)):
-        for i, x in enumerate(seq):
-            if not isinstance(x, str):
-                raise DGError(f"sequence_logprob: {name} {i} is {type(x).__name__}, expected str")
-    texts = [p + r for p, r in zip(prompts, responses)]
-    scores = score_texts(model, tokenizer, texts, batch_size=batch_size, requires_grad=requires_grad, add_bos=add_bos)
-    eos_lp: list[torch.Tensor] | None = None
-    if append_eos:
-        if tokenizer.eos_token_id is None:
-            raise DGError(f"append_eos=True but tokenizer {type(tokenizer).__name__} has no eos_token; expected one")
-        eos_lp = _eos_logprobs(model, tokenizer, scores, batch_size, requires_grad)
+    scores = score_pairs(
+        model,
+        tokenizer,
+        prompts,
+        responses,
+        layout=layout,
+        append_eos=append_eos,
+        add_bos=add_bos,
+        batch_size=batch_size,
+        requires_grad=requires_grad,
+    )
     vals = []
-    for i, (p, r, sc) in enumerate(zip(prompts, responses, scores)):
-        sel = torch.tensor(response_token_mask(sc.offsets, len(p)), dtype=torch.bool)
-        lp = sc.logprobs[sel.to(sc.logprobs.device)]
+    for i, (r, sc) in enumerate(zip(responses, scores)):
+        sel = torch.tensor(sc.response, dtype=torch.bool, device=sc.logprobs.device)
+        lp = sc.logprobs[sel]
         if torch.isnan(lp).any():
             raise DGError(
                 f"sequence_logprob: response {i} starts the text and tokenizer {type(tokenizer).__name__} has no "
-                "bos/eos token to condition it on (or add_bos=False); expected a non-empty prompt or bos/eos"
+                "bos/eos token to condition it on; expected a non-empty prompt, a bos/eos token, or add_bos=None"
             )
         total = lp.sum()
         n_tok = int(sel.sum())
-        if eos_lp is not None:
-            total = total + eos_lp[i]
-            n_tok += 1
-        if not r and eos_lp is None:
-            total = total * 0.0
         if mode == "token":
             total = total / max(1, n_tok)
         elif mode == "char":
@@ -206,27 +249,6 @@ def sequence_logprob(
     if not vals:
         return torch.zeros(0)
     return torch.stack(vals)
-
-
-def _eos_logprobs(model, tokenizer, scores: list[TokenScores], batch_size: int, requires_grad: bool):
-    """log p(eos | whole text) per scored text (one extra forward on text + eos)."""
-    eos = tokenizer.eos_token_id
-    device = _model_device(model)
-    out = []
-    ctx = torch.enable_grad() if requires_grad else torch.no_grad()
-    with ctx:
-        for a in range(0, len(scores), batch_size):
-            chunk = [sc.ids + [eos] for sc in scores[a : a + batch_size]]
-            width = max(len(c) for c in chunk)
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for r, c in enumerate(chunk):
-                ids[r, : len(c)] = torch.tensor(c)
-                attn[r, : len(c)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-            for r, c in enumerate(chunk):
-                out.append(torch.log_softmax(logits[r, len(c) - 2], -1)[eos])
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- alignment
@@ -322,23 +344,19 @@ def aligned_span_logprobs(
     responses: Sequence[str],
     *,
     batch_size: int = 8,
-    add_bos: bool = True,
+    layout: str = "separate",
 ) -> list[SpanComparison]:
     """Compare two models with different tokenizers span by span over each response.
 
     Each model scores ``prompt + response`` with its own tokenizer; the response tokens of both are aligned on
     character offsets (:func:`align_tokens`) and each span's log-probability is the sum over its tokens.
     """
-    if len(prompts) != len(responses):
-        raise DGError(f"aligned_span_logprobs: got {len(prompts)} prompts and {len(responses)} responses")
-    texts = [p + r for p, r in zip(prompts, responses)]
-    sa = score_texts(model_a, tokenizer_a, texts, batch_size=batch_size, add_bos=add_bos)
-    sb = score_texts(model_b, tokenizer_b, texts, batch_size=batch_size, add_bos=add_bos)
+    sa = score_pairs(model_a, tokenizer_a, prompts, responses, batch_size=batch_size, layout=layout)
+    sb = score_pairs(model_b, tokenizer_b, prompts, responses, batch_size=batch_size, layout=layout)
     out = []
-    for p, x, y in zip(prompts, sa, sb):
-        start = len(p)
-        offs_a = [(s, e) if m else (0, 0) for (s, e), m in zip(x.offsets, response_token_mask(x.offsets, start))]
-        offs_b = [(s, e) if m else (0, 0) for (s, e), m in zip(y.offsets, response_token_mask(y.offsets, start))]
+    for x, y in zip(sa, sb):
+        offs_a = [o if m else (0, 0) for o, m in zip(x.offsets, x.response)]
+        offs_b = [o if m else (0, 0) for o, m in zip(y.offsets, y.response)]
         spans = align_tokens(offs_a, offs_b, text_len=len(x.text))
         lp_a = torch.stack([x.logprobs[list(sp.a)].sum() for sp in spans]) if spans else torch.zeros(0)
         lp_b = torch.stack([y.logprobs[list(sp.b)].sum() for sp in spans]) if spans else torch.zeros(0)
