@@ -1,0 +1,213 @@
+"""The two calibration rewards: task utility ``r_task`` and the across-tokenizer ``r_cal``.
+
+``r_cal(x, y) = sg[log q(y|x) − log π_ref(y|x)]``: how much more (or less) likely a small proxy ``q`` finds a
+response than the teacher's reference ``π_ref`` (the original teacher π₀, or the current π_θ as an option).
+Each model tokenizes the *same text* with its own tokenizer and scores it
+(:func:`dg_core.traps.align.sequence_logprob`), so proxy and teacher need not share a vocabulary. A response that
+small models find likely (r_cal high) is easy to distil; one that surprises them is hard.
+
+Both rewards are also available with TRL's reward-function signature
+``reward(prompts, completions, **kwargs) -> list[float]`` (see :meth:`TaskReward.as_trl` and
+:meth:`CalibrationReward.as_trl`), so users can plug them into ``trl.GRPOTrainer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from dg_core.data.example import Example
+from dg_core.data.tasks import Task
+from dg_core.errors import DGError
+
+NORMALIZE = ("sum", "token", "char")
+COMBINE = ("mean", "min", "max", "worst")
+REFERENCE = ("base", "current")
+
+PromptSource = Sequence[str] | Callable[[Any], Sequence[str]]
+
+
+def _completion_text(c: Any) -> str:
+    """TRL hands completions as text (standard format) or as a list of chat messages (conversational)."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and c and isinstance(c[-1], dict) and "content" in c[-1]:
+        return str(c[-1]["content"])
+    raise DGError(f"reward: completion of type {type(c).__name__}: expected text or a list of chat messages")
+
+
+class TaskReward:
+    """``r_task``: the task's strict scorer, so a reward is earned only for one clearly stated correct answer."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def __call__(self, examples: Sequence[Example], responses: Sequence[str]) -> torch.Tensor:
+        scores = self.task.score_batch(list(examples), list(responses))
+        return torch.tensor([s.reward for s in scores], dtype=torch.float32)
+
+    def as_trl(self, answer_key: str = "answer") -> Callable[..., list[float]]:
+        """TRL signature. The dataset's ``answer`` column (or ``answer_key``) arrives as a keyword list."""
+
+        def r_task(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+            answers = kwargs.get(answer_key)
+            if answers is None or len(answers) != len(completions):
+                raise DGError(f"r_task: the dataset needs a column {answer_key!r} with one gold answer per row")
+            examples = [
+                Example(id=str(i), prompt=_completion_text(p) if not isinstance(p, str) else p, answer=str(a))
+                for i, (p, a) in enumerate(zip(prompts, answers))
+            ]
+            return self(examples, [_completion_text(c) for c in completions]).tolist()
+
+        return r_task
+
+
+def _normalizer(normalize: str) -> str:
+    if normalize not in NORMALIZE:
+        raise DGError(f"r_cal normalize {normalize!r}: expected one of {list(NORMALIZE)}")
+    return normalize
+
+
+def score_text(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    normalize: str = "sum",
+    *,
+    append_eos: bool = True,
+    add_bos: bool = False,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """log p(response | prompt) of each pair under one model, with its own tokenizer (no gradient).
+
+    ``sum``: the sequence log-probability; ``token``: divided by the model's own token count;
+    ``char``: divided by the response's character count (the same divisor for every tokenizer).
+    ``append_eos`` also scores the end of the response, so a proxy's view of where an answer stops (and of a
+    junk suffix after it) counts. ``add_bos=False`` conditions on the prompt exactly as training encoded it.
+    """
+    from dg_core.traps.align import sequence_logprob
+
+    mode = {"sum": "none", "token": "token", "char": "char"}[_normalizer(normalize)]
+    with torch.no_grad():
+        vals = sequence_logprob(
+            model,
+            tokenizer,
+            list(prompts),
+            list(responses),
+            normalize=mode,
+            batch_size=batch_size,
+            append_eos=append_eos,
+            add_bos=add_bos,
+        )
+    return torch.as_tensor(vals, dtype=torch.float32).detach().cpu().reshape(-1)
+
+
+class CalibrationReward:
+    """``r_cal`` against one or several frozen proxies.
+
+    Args:
+        teacher: the policy π_θ (a PEFT model: its adapter is switched off to get π₀) or π₀ itself.
+        teacher_tokenizer: the teacher's tokenizer.
+        proxies: ``(model, tokenizer)`` pairs of the frozen calibration proxies.
+        normalize: ``sum`` (sequence log-prob), ``token`` (per own token) or ``char`` (per character).
+        combine: how several proxies' rewards combine: ``mean``, ``min``, ``max``, or ``worst`` — the proxy
+            least favourable to the knob's direction (``max`` for η < 0, where low r_cal is wanted; ``min`` for
+            η > 0), so calibration must satisfy every proxy, not their average.
+        reference: ``base`` scores with π₀ (adapter off, the paper's term) or ``current`` with π_θ.
+        eta_sign: the sign of η, needed only by ``combine='worst'``.
+        append_eos: score the end of each response too (see :func:`score_text`).
+        add_bos: prepend BOS when a tokenizer adds none (off: score as training encoded the prompt).
+    """
+
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        teacher_tokenizer: Any,
+        proxies: Sequence[tuple[torch.nn.Module, Any]],
+        *,
+        normalize: str = "sum",
+        combine: str = "mean",
+        reference: str = "base",
+        eta_sign: float = -1.0,
+        append_eos: bool = True,
+        add_bos: bool = False,
+        batch_size: int = 64,
+    ):
+        if not proxies:
+            raise DGError("r_cal: no proxy models given, expected at least one (model, tokenizer)")
+        if combine not in COMBINE:
+            raise DGError(f"r_cal combine {combine!r}: expected one of {list(COMBINE)}")
+        if reference not in REFERENCE:
+            raise DGError(f"r_cal reference {reference!r}: expected one of {list(REFERENCE)}")
+        self.teacher = teacher
+        self.teacher_tokenizer = teacher_tokenizer
+        self.proxies = list(proxies)
+        self.normalize = _normalizer(normalize)
+        self.combine = combine
+        self.reference = reference
+        self.eta_sign = eta_sign
+        self.batch_size = batch_size
+        self.append_eos = append_eos
+        self.add_bos = add_bos
+
+    def _score(self, model: torch.nn.Module, tokenizer: Any, prompts: PromptSource, responses: Sequence[str]):
+        return score_text(
+            model,
+            tokenizer,
+            self._prompts_for(prompts, tokenizer),
+            responses,
+            self.normalize,
+            append_eos=self.append_eos,
+            add_bos=self.add_bos,
+            batch_size=self.batch_size,
+        )
+
+    @staticmethod
+    def _prompts_for(prompts: PromptSource, tokenizer: Any) -> list[str]:
+        return list(prompts(tokenizer) if callable(prompts) else prompts)
+
+    def reference_logprob(self, prompts: PromptSource, responses: Sequence[str]) -> torch.Tensor:
+        """log π_ref(y|x) per response (π₀ with the adapter off, or the current π_θ)."""
+        from dg_core.models.lora import adapter_disabled
+
+        ctx = adapter_disabled(self.teacher) if self.reference == "base" else contextlib.nullcontext()
+        with ctx:
+            return self._score(self.teacher, self.teacher_tokenizer, prompts, responses)
+
+    def per_proxy(self, prompts: PromptSource, responses: Sequence[str]) -> torch.Tensor:
+        """``[n_proxies, n]`` matrix of r_cal, one row per proxy."""
+        if len(responses) == 0:
+            return torch.zeros(len(self.proxies), 0)
+        ref = self.reference_logprob(prompts, responses)
+        rows = []
+        for model, tok in self.proxies:
+            rows.append(self._score(model, tok, prompts, responses) - ref)
+        return torch.stack(rows)
+
+    def reduce(self, per_proxy: torch.Tensor) -> torch.Tensor:
+        """Combine the rows of :meth:`per_proxy` into one reward per response."""
+        how = self.combine
+        if how == "worst":
+            how = "max" if self.eta_sign < 0 else "min"
+        if how == "mean":
+            return per_proxy.mean(0)
+        if how == "min":
+            return per_proxy.min(0).values
+        return per_proxy.max(0).values
+
+    def __call__(self, prompts: PromptSource, responses: Sequence[str]) -> torch.Tensor:
+        """r_cal per response (a detached tensor: the stop-gradient of the definition)."""
+        return self.reduce(self.per_proxy(prompts, responses)).detach()
+
+    def as_trl(self) -> Callable[..., list[float]]:
+        """TRL signature; prompts arrive already formatted (TRL applies the chat template itself)."""
+
+        def r_cal(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+            ps = [p if isinstance(p, str) else _completion_text(p) for p in prompts]
+            return self(ps, [_completion_text(c) for c in completions]).tolist()
+
+        return r_cal
