@@ -1,0 +1,265 @@
+"""Release gate: is a calibrated teacher fit to publish?
+
+A calibration is only worth releasing when it did what it was for *and* kept the teacher useful:
+
+- **teacher retention** = acc(calibrated teacher) / acc(original teacher) must be >= ``min_retention``;
+- **student transfer** = acc(student <- calibrated) / acc(student <- original), per (student, method) averaged
+  over seeds, must be <= ``max_transfer`` for the *undistillable* direction (every attack must fail; the
+  worst case decides) or >= ``min_transfer`` for the *distillable* direction.
+
+The gate works on evaluation records, the small dicts the evaluate components emit (one per evaluated model)::
+
+    {"model": "teacher", "teacher": "original" | "calibrated", "accuracy": 0.97, "n": 64, "uri": "..."}
+    {"model": "student", "teacher": "original" | "calibrated", "student": "student-gpt2", "method": "sft",
+     "seed": 0, "accuracy": 0.41, "n": 64, "uri": "..."}
+
+It never raises for a *failing* calibration: it returns ``passed: false`` with one reason per violated rule, so the
+pipeline can show why. It raises :class:`DGError` only for malformed input. The decision is published as
+``gate.json`` (+ ``gate.md``) so :mod:`dg_core.publish` can read it back and check it belongs to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dg_core.config import StageConfig, option
+from dg_core.errors import DGError
+
+GATE_FILE = "gate.json"
+DIRECTIONS = ("undistillable", "distillable")
+_TEACHERS = ("original", "calibrated")
+
+
+@dataclass
+class Config(StageConfig):
+    evaluations: list[dict] = option([], "Evaluation records (see module doc): teachers and attacked students.")
+    direction: str = option("undistillable", "What the calibration was for.", choices=DIRECTIONS)
+    min_retention: float = option(0.95, "Lowest acceptable acc(calibrated)/acc(original) of the teacher.", ge=0.0)
+    max_transfer: float = option(
+        0.5, "Undistillable: highest acceptable student transfer (worst student/method decides).", ge=0.0
+    )
+    min_transfer: float = option(
+        1.10, "Distillable: lowest acceptable student transfer (worst student/method decides).", ge=0.0
+    )
+    aggregate: str = option(
+        "worst",
+        "How per-attack transfers combine: 'worst' (every attack must pass) or 'mean'.",
+        choices=("worst", "mean"),
+    )
+    min_seeds: int = option(1, "Fewest student seeds per (student, method) on each side; 3+ recommended.", ge=1)
+    model: str = option("", "URI of the calibrated model being gated (recorded with its manifest sha).")
+    output: str = option("", "Where to publish gate.json (default: no publish, result only returned).")
+
+    def check(self) -> None:
+        if self.direction == "distillable" and self.min_transfer <= 1.0:
+            raise DGError(
+                f"config field 'min_transfer': got {self.min_transfer}, expected > 1.0 for the distillable direction"
+            )
+
+
+def _record_key(i: int, r: Any) -> dict[str, Any]:
+    if not isinstance(r, dict):
+        raise DGError(f"gate evaluations[{i}]: got {r!r}, expected a mapping with model, teacher, accuracy")
+    for f in ("model", "teacher", "accuracy"):
+        if f not in r:
+            raise DGError(f"gate evaluations[{i}]: field '{f}' missing, expected model, teacher, accuracy")
+    if r["model"] not in ("teacher", "student"):
+        raise DGError(f"gate evaluations[{i}].model: got {r['model']!r}, expected 'teacher' or 'student'")
+    if r["teacher"] not in _TEACHERS:
+        raise DGError(f"gate evaluations[{i}].teacher: got {r['teacher']!r}, expected 'original' or 'calibrated'")
+    acc = r["accuracy"]
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not (0.0 <= float(acc) <= 1.0):
+        raise DGError(f"gate evaluations[{i}].accuracy: got {acc!r}, expected a number in [0, 1]")
+    if r["model"] == "student" and not r.get("student"):
+        raise DGError(f"gate evaluations[{i}]: a student record needs field 'student' (its name)")
+    return r
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def decide(
+    evaluations: list[dict],
+    *,
+    direction: str = "undistillable",
+    min_retention: float = 0.95,
+    max_transfer: float = 0.5,
+    min_transfer: float = 1.10,
+    aggregate: str = "worst",
+    min_seeds: int = 1,
+) -> dict[str, Any]:
+    """The gate decision for a set of evaluation records (pure: no I/O)."""
+    if direction not in DIRECTIONS:
+        raise DGError(f"gate direction: got {direction!r}, expected one of {list(DIRECTIONS)}")
+    teacher: dict[str, list[float]] = {t: [] for t in _TEACHERS}
+    students: dict[str, dict[str, list[float]]] = defaultdict(lambda: {t: [] for t in _TEACHERS})
+    for i, r in enumerate(evaluations):
+        r = _record_key(i, r)
+        if r["model"] == "teacher":
+            teacher[r["teacher"]].append(float(r["accuracy"]))
+        else:
+            name = f"{r['student']}/{r.get('method') or 'default'}"
+            students[name][r["teacher"]].append(float(r["accuracy"]))
+
+    reasons: list[str] = []
+    failures: list[str] = []
+
+    retention = None
+    if not teacher["original"] or not teacher["calibrated"]:
+        missing = [t for t in _TEACHERS if not teacher[t]]
+        failures.append(f"no evaluation of the {' and '.join(missing)} teacher: retention cannot be measured")
+    elif _mean(teacher["original"]) == 0.0:
+        failures.append("the original teacher scores 0: retention is undefined (is the teacher trained on this task?)")
+    else:
+        retention = _mean(teacher["calibrated"]) / _mean(teacher["original"])
+        line = (
+            f"teacher retention {retention:.3f} ({_mean(teacher['calibrated']):.3f} / {_mean(teacher['original']):.3f})"
+        )
+        if retention >= min_retention:
+            reasons.append(f"{line} >= {min_retention}")
+        else:
+            failures.append(f"{line} < {min_retention}: calibration cost too much teacher accuracy")
+
+    transfers: dict[str, float] = {}
+    attacks: dict[str, dict[str, Any]] = {}
+    for name, acc in sorted(students.items()):
+        seeds = {t: len(acc[t]) for t in _TEACHERS}
+        attacks[name] = {
+            "acc_original": _mean(acc["original"]) if acc["original"] else None,
+            "acc_calibrated": _mean(acc["calibrated"]) if acc["calibrated"] else None,
+            "seeds": seeds,
+        }
+        if min(seeds.values()) < min_seeds:
+            failures.append(
+                f"attack {name}: {seeds['original']} seed(s) from the original and {seeds['calibrated']} from the "
+                f"calibrated teacher, {min_seeds} required on each side"
+            )
+            continue
+        if attacks[name]["acc_original"] == 0.0:
+            failures.append(
+                f"attack {name}: the student learned nothing from the original teacher (accuracy 0), "
+                "so transfer is undefined; use a stronger attack budget"
+            )
+            continue
+        transfers[name] = attacks[name]["acc_calibrated"] / attacks[name]["acc_original"]
+        attacks[name]["transfer"] = transfers[name]
+
+    transfer = None
+    if not students:
+        failures.append("no attacked students: student transfer cannot be measured")
+    elif transfers:
+        if aggregate == "mean":
+            transfer = _mean(list(transfers.values()))
+            which = "mean transfer"
+        elif direction == "undistillable":
+            worst = max(transfers, key=transfers.__getitem__)
+            transfer, which = transfers[worst], f"worst transfer ({worst})"
+        else:
+            worst = min(transfers, key=transfers.__getitem__)
+            transfer, which = transfers[worst], f"worst transfer ({worst})"
+        if direction == "undistillable":
+            if transfer <= max_transfer:
+                reasons.append(f"{which} {transfer:.3f} <= {max_transfer}")
+            else:
+                failures.append(f"{which} {transfer:.3f} > {max_transfer}: students still learn from the teacher")
+        else:
+            if transfer >= min_transfer:
+                reasons.append(f"{which} {transfer:.3f} >= {min_transfer}")
+            else:
+                failures.append(f"{which} {transfer:.3f} < {min_transfer}: students do not learn better")
+
+    passed = not failures
+    return {
+        "passed": passed,
+        "direction": direction,
+        "retention": retention,
+        "transfer": transfer,
+        "transfers": transfers,
+        "attacks": attacks,
+        "teacher": {t: (_mean(v) if v else None) for t, v in teacher.items()},
+        "thresholds": {
+            "min_retention": min_retention,
+            "max_transfer": max_transfer if direction == "undistillable" else None,
+            "min_transfer": min_transfer if direction == "distillable" else None,
+            "aggregate": aggregate,
+            "min_seeds": min_seeds,
+        },
+        "reasons": failures if failures else reasons,
+    }
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """A short human summary of a gate decision (what the Kubeflow UI shows)."""
+    head = "PASSED" if result["passed"] else "FAILED"
+    lines = [f"## Release gate: {head} ({result['direction']})", ""]
+    lines += [f"- {r}" for r in result["reasons"]]
+    if result["attacks"]:
+        lines += ["", "| attack | acc <- original | acc <- calibrated | transfer | seeds |", "|---|---|---|---|---|"]
+        for name, a in result["attacks"].items():
+
+            def f(x: float | None) -> str:
+                return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+            seeds = f"{a['seeds']['original']}/{a['seeds']['calibrated']}"
+            lines.append(
+                f"| {name} | {f(a['acc_original'])} | {f(a['acc_calibrated'])} | {f(a.get('transfer'))} | {seeds} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def model_sha(uri: str) -> str:
+    """sha256 of a published artifact's manifest: identifies exactly which model the gate judged."""
+    import hashlib
+
+    from dg_core import store
+
+    manifest = store.read_manifest(uri)
+    files = manifest.get("files", manifest)
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def read_result(uri: str) -> dict[str, Any]:
+    """A published gate decision (``gate.json`` of the artifact at ``uri``)."""
+    from dg_core import store
+
+    path = Path(store.fetch(uri)) / GATE_FILE
+    if not path.is_file():
+        raise DGError(f"{uri}: no {GATE_FILE}, expected an artifact written by `dguard gate`")
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DGError(f"{uri}/{GATE_FILE}: invalid JSON ({e.msg})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("passed"), bool):
+        raise DGError(f"{uri}/{GATE_FILE}: field 'passed' missing, expected a gate decision")
+    return result
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Decide, and publish the decision (with the gated model's identity) when ``output`` is set."""
+    result = decide(
+        cfg.evaluations,
+        direction=cfg.direction,
+        min_retention=cfg.min_retention,
+        max_transfer=cfg.max_transfer,
+        min_transfer=cfg.min_transfer,
+        aggregate=cfg.aggregate,
+        min_seeds=cfg.min_seeds,
+    )
+    if cfg.model:
+        result["model"] = {"uri": cfg.model, "sha256": model_sha(cfg.model)}
+    if cfg.output:
+        from dg_core import store
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / GATE_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+            (Path(tmp) / "gate.md").write_text(to_markdown(result))
+            manifest = store.publish(tmp, cfg.output, metadata={"kind": "gate", "passed": result["passed"]})
+        result["uri"] = manifest["uri"]
+    return result

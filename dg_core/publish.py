@@ -1,0 +1,195 @@
+"""Publish a gated, hardened model with its calibration card — and find releases that still need one.
+
+A hardened model is published as a *twin* of the release it came from: the release
+``<releases_prefix>/<name>`` gets ``<hardened_prefix>/<name>``. The twin holds the calibrated model's files plus
+``calibration_card.json`` / ``calibration_card.md`` (provenance: release and model sha256, the calibration card,
+the gate decision) and its manifest metadata records the release's content sha, so a release re-published with
+new weights is seen as pending again.
+
+Publishing refuses, with one line, unless the gate decision passed *and* names exactly this model (the sha256
+of its manifest's files), so a stale or foreign gate result can never release a model. Nothing is written
+before those checks pass; the store's publish is itself atomic (manifest last).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dg_core import store
+from dg_core.config import StageConfig, option
+from dg_core.errors import DGError
+from dg_core.gate import model_sha, read_result
+
+log = logging.getLogger("dguard.publish")
+
+CARD_JSON = "calibration_card.json"
+CARD_MD = "calibration_card.md"
+KIND = "hardened-model"
+
+
+@dataclass
+class Config(StageConfig):
+    model: str = option("", "URI of the calibrated (merged) model to publish.")
+    gate: str = option("", "URI of the gate decision (the artifact `dguard gate output=...` wrote).")
+    card: str = option("", "URI of the calibration artifact whose card (card.json / card.md) to include.")
+    release: str = option("", "URI of the original release this model hardens (provenance, twin naming).")
+    releases_prefix: str = option("", "Prefix the releases live under (with hardened_prefix: names the twin).")
+    hardened_prefix: str = option("", "Prefix hardened twins are published under.")
+    dest: str = option("", "Explicit destination URI (default: the release's twin under hardened_prefix).")
+
+    def check(self) -> None:
+        for f in ("model", "gate"):
+            if not getattr(self, f):
+                raise DGError(f"config field '{f}' is required: the {f} URI to publish from")
+        if not self.dest and not (self.release and self.releases_prefix and self.hardened_prefix):
+            raise DGError(
+                "config field 'dest' is required unless release, releases_prefix and hardened_prefix are all set"
+            )
+
+
+def _canon(uri: str) -> str:
+    """One spelling per location (a local path, file:// and s3:// forms compare equal to themselves)."""
+    s, key = store.open_store(uri)
+    return s.uri(key).rstrip("/")
+
+
+def _rel(uri: str, prefix: str) -> str | None:
+    """``uri`` relative to ``prefix`` (None when it is not under it)."""
+    u, p = _canon(uri), _canon(prefix)
+    if u.startswith(p + "/"):
+        return u[len(p) + 1 :]
+    return None
+
+
+def twin_uri(release_uri: str, releases_prefix: str, hardened_prefix: str) -> str:
+    """Where the hardened twin of ``release_uri`` lives."""
+    rel = _rel(release_uri, releases_prefix)
+    if not rel:
+        raise DGError(f"release {release_uri}: not under releases prefix {releases_prefix}")
+    return store.join(_canon(hardened_prefix), rel)
+
+
+def content_sha(uri: str) -> str:
+    """Identity of a published artifact's content (the sha256 of its manifest's file list)."""
+    return model_sha(uri)
+
+
+def pending_releases(releases_prefix: str, hardened_prefix: str) -> list[dict[str, str]]:
+    """Releases under ``releases_prefix`` without an up-to-date hardened twin, oldest name first.
+
+    A twin is up to date when it is published and records the release's current content sha. Artifacts under
+    ``hardened_prefix`` are never releases themselves (the prefixes may nest).
+    """
+    if _canon(releases_prefix) == _canon(hardened_prefix):
+        raise DGError(f"releases_prefix and hardened_prefix are both {releases_prefix}: expected different prefixes")
+    if _rel(releases_prefix, hardened_prefix) is not None:
+        raise DGError(f"releases_prefix {releases_prefix} lies inside hardened_prefix {hardened_prefix}")
+    pending = []
+    for uri in store.list_artifacts(releases_prefix):
+        if _rel(uri, hardened_prefix) is not None:
+            continue
+        sha = content_sha(uri)
+        twin = twin_uri(uri, releases_prefix, hardened_prefix)
+        if store.is_published(twin):
+            meta = store.read_manifest(twin).get("metadata", {})
+            if meta.get("release_sha256") == sha:
+                continue
+            log.info("twin %s is stale (release %s changed): re-hardening", twin, uri)
+        pending.append({"release": uri, "name": _rel(uri, releases_prefix) or uri, "sha256": sha, "hardened": twin})
+    return pending
+
+
+def _read_card(uri: str) -> tuple[dict[str, Any], str]:
+    """The calibration card (JSON, Markdown) found in a calibration artifact."""
+    d = Path(store.fetch(uri))
+    for name in (CARD_JSON, "card.json"):
+        if (d / name).is_file():
+            try:
+                card = json.loads((d / name).read_text())
+            except json.JSONDecodeError as e:
+                raise DGError(f"{uri}/{name}: invalid JSON ({e.msg})") from None
+            md_path = d / name.replace(".json", ".md")
+            return card, md_path.read_text() if md_path.is_file() else ""
+    raise DGError(f"{uri}: no card.json or {CARD_JSON}, expected the calibration artifact of `dguard calibrate`")
+
+
+def _card_markdown(card: dict[str, Any], calib_md: str, gate: dict[str, Any]) -> str:
+    from dg_core.gate import to_markdown
+
+    lines = [
+        "# Calibration card",
+        "",
+        f"- release: `{card['release']['uri'] or '-'}` (sha256 `{(card['release']['sha256'] or '-')[:16]}`)",
+        f"- model: `{card['model']['uri']}` (sha256 `{card['model']['sha256'][:16]}`)",
+        f"- published: {card['published_at']}",
+        "",
+    ]
+    if calib_md:
+        lines += [calib_md.strip(), ""]
+    return "\n".join(lines) + "\n" + to_markdown(gate)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Publish ``model`` as the hardened twin, if and only if ``gate`` passed for exactly this model."""
+    gate = read_result(cfg.gate)
+    if not gate["passed"]:
+        raise DGError(f"gate {cfg.gate} did not pass, nothing published: {'; '.join(gate.get('reasons', []))}")
+    sha = model_sha(cfg.model)
+    judged = (gate.get("model") or {}).get("sha256")
+    if not judged:
+        raise DGError(f"gate {cfg.gate} does not name the model it judged: run `dguard gate` with model=<uri>")
+    if judged != sha:
+        raise DGError(
+            f"gate {cfg.gate} judged model sha256 {judged[:16]}..., but {cfg.model} is {sha[:16]}...: gate it again"
+        )
+    dest = cfg.dest or twin_uri(cfg.release, cfg.releases_prefix, cfg.hardened_prefix)
+    for src in filter(None, (cfg.release, cfg.model)):
+        if _canon(dest) == _canon(src) or _rel(dest, src) is not None:
+            raise DGError(f"dest {dest}: would overwrite {src}; expected a separate hardened location")
+    release_sha = content_sha(cfg.release) if cfg.release else None
+
+    if store.is_published(dest):
+        meta = store.read_manifest(dest).get("metadata", {})
+        if meta.get("model_sha256") == sha and meta.get("release_sha256") == release_sha:
+            log.info("%s already holds this hardened model: nothing to do", dest)
+            return {"uri": dest, "published": False, "reason": "already published", "model_sha256": sha}
+
+    calib_card, calib_md = _read_card(cfg.card) if cfg.card else ({}, "")
+    card = {
+        "kind": KIND,
+        "release": {"uri": cfg.release or None, "sha256": release_sha},
+        "model": {"uri": cfg.model, "sha256": sha},
+        "calibration": calib_card,
+        "gate": gate,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+    src_dir = Path(store.fetch(cfg.model))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model"
+        shutil.copytree(src_dir, out, ignore=shutil.ignore_patterns(store.MANIFEST))
+        (out / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+        (out / CARD_MD).write_text(_card_markdown(card, calib_md, gate))
+        metadata = {
+            "kind": KIND,
+            "hardened_from": cfg.release or None,
+            "release_sha256": release_sha,
+            "model_sha256": sha,
+            "direction": gate.get("direction"),
+            "retention": gate.get("retention"),
+            "transfer": gate.get("transfer"),
+        }
+        manifest = store.publish(out, dest, metadata=metadata)
+    return {
+        "uri": manifest["uri"],
+        "published": True,
+        "model_sha256": sha,
+        "release": cfg.release or None,
+        "card": store.join(manifest["uri"], CARD_MD),
+    }

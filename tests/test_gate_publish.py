@@ -1,0 +1,146 @@
+"""Publishing hardened twins: only behind a passed gate for exactly this model; finding pending releases."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from dg_core import gate, publish, store
+from dg_core.config import from_dict
+from dg_core.errors import DGError
+
+GOOD = [
+    {"model": "teacher", "teacher": "original", "accuracy": 1.0},
+    {"model": "teacher", "teacher": "calibrated", "accuracy": 0.99},
+    {"model": "student", "teacher": "original", "student": "s", "method": "sft", "accuracy": 0.9},
+    {"model": "student", "teacher": "calibrated", "student": "s", "method": "sft", "accuracy": 0.2},
+]
+BAD = [dict(r) for r in GOOD]
+BAD[1]["accuracy"] = 0.5
+
+
+def put(tmp_path, uri: str, payload: bytes, extra: dict | None = None) -> str:
+    d = tmp_path / "src" / uuid.uuid4().hex
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(payload)
+    for name, text in (extra or {}).items():
+        (d / name).write_text(text)
+    store.publish(d, uri)
+    return uri
+
+
+@pytest.fixture()
+def root(tmp_path):
+    return (tmp_path / "store").as_uri()
+
+
+def _gate(root, model, evals=GOOD, name="gate"):
+    out = store.join(root, "gates", name)
+    gate.run(from_dict(gate.Config, {"evaluations": evals, "model": model, "output": out}))
+    return out
+
+
+def _cfg(root, model, gate_uri, card="", release_name="team/llm-a"):
+    return from_dict(
+        publish.Config,
+        {
+            "model": model,
+            "gate": gate_uri,
+            "card": card,
+            "release": store.join(root, "releases", release_name),
+            "releases_prefix": store.join(root, "releases"),
+            "hardened_prefix": store.join(root, "hardened"),
+        },
+    )
+
+
+def test_publish_twin_with_card_after_passed_gate(tmp_path, root):
+    release = put(tmp_path, store.join(root, "releases/team/llm-a"), b"original")
+    model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"calibrated")
+    card = put(
+        tmp_path,
+        store.join(root, "runs/r1/calibration"),
+        b"adapter",
+        {"card.json": json.dumps({"eta": -1.0, "beta": 0.05}), "card.md": "eta = -1.0, beta = 0.05"},
+    )
+    out = publish.run(_cfg(root, model, _gate(root, model), card))
+    twin = store.join(root, "hardened/team/llm-a")
+    assert out["published"] is True and out["uri"] == twin
+    d = store.fetch(twin)
+    assert (d / "model.safetensors").read_bytes() == b"calibrated"
+    c = json.loads((d / publish.CARD_JSON).read_text())
+    assert c["calibration"] == {"eta": -1.0, "beta": 0.05}
+    assert c["release"] == {"uri": release, "sha256": publish.content_sha(release)}
+    assert c["model"]["sha256"] == gate.model_sha(model) and c["gate"]["passed"] is True
+    md = (d / publish.CARD_MD).read_text()
+    assert "eta = -1.0" in md and "Release gate: PASSED" in md
+    meta = store.read_manifest(twin)["metadata"]
+    assert meta["release_sha256"] == publish.content_sha(release) and meta["kind"] == "hardened-model"
+    # the release itself is untouched
+    assert (store.fetch(release) / "model.safetensors").read_bytes() == b"original"
+
+    again = publish.run(_cfg(root, model, _gate(root, model), card))
+    assert again["published"] is False and again["reason"] == "already published"
+
+
+def test_failed_gate_publishes_nothing(tmp_path, root):
+    put(tmp_path, store.join(root, "releases/team/llm-a"), b"original")
+    model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"calibrated")
+    with pytest.raises(DGError, match="did not pass, nothing published: teacher retention 0.500"):
+        publish.run(_cfg(root, model, _gate(root, model, BAD)))
+    assert not (tmp_path / "store" / "hardened").exists()
+
+
+def test_gate_of_another_model_is_refused(tmp_path, root):
+    put(tmp_path, store.join(root, "releases/team/llm-a"), b"original")
+    model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"calibrated")
+    g = _gate(root, model)
+    put(tmp_path, model, b"calibrated-but-retrained")  # same URI, new content after gating
+    with pytest.raises(DGError, match="judged model sha256 .* gate it again"):
+        publish.run(_cfg(root, model, g))
+    anonymous = store.join(root, "gates", "anon")
+    gate.run(from_dict(gate.Config, {"evaluations": GOOD, "output": anonymous}))
+    with pytest.raises(DGError, match="does not name the model"):
+        publish.run(_cfg(root, model, anonymous))
+    assert not (tmp_path / "store" / "hardened").exists()
+
+
+def test_refuses_to_overwrite_release_and_needs_a_destination(tmp_path, root):
+    release = put(tmp_path, store.join(root, "releases/a"), b"original")
+    model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"calibrated")
+    g = _gate(root, model)
+    with pytest.raises(DGError, match="would overwrite"):
+        publish.run(from_dict(publish.Config, {"model": model, "gate": g, "release": release, "dest": release}))
+    with pytest.raises(DGError, match="'dest' is required"):
+        from_dict(publish.Config, {"model": model, "gate": g})
+    with pytest.raises(DGError, match="'gate' is required"):
+        from_dict(publish.Config, {"model": model, "dest": store.join(root, "x")})
+    assert (store.fetch(release) / "model.safetensors").read_bytes() == b"original"
+
+
+def test_pending_releases_skips_up_to_date_twins_and_sees_changed_releases(tmp_path, root):
+    rels, hard = store.join(root, "releases"), store.join(root, "hardened")
+    a = put(tmp_path, store.join(rels, "a"), b"a1")
+    b = put(tmp_path, store.join(rels, "team/b"), b"b1")
+    assert [p["release"] for p in publish.pending_releases(rels, hard)] == [a, b]
+    assert publish.pending_releases(rels, hard)[1]["hardened"] == store.join(hard, "team/b")
+
+    model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"cal-a")
+    publish.run(_cfg(root, model, _gate(root, model), release_name="a"))
+    assert [p["release"] for p in publish.pending_releases(rels, hard)] == [b]
+
+    put(tmp_path, a, b"a2")  # a new release under the same name
+    assert [p["name"] for p in publish.pending_releases(rels, hard)] == ["a", "team/b"]
+
+
+def test_pending_releases_with_nested_prefixes(tmp_path, root):
+    put(tmp_path, store.join(root, "models/a"), b"a1")
+    put(tmp_path, store.join(root, "models/hardened/a"), b"twin-without-metadata")
+    pending = publish.pending_releases(store.join(root, "models"), store.join(root, "models/hardened"))
+    assert [p["name"] for p in pending] == ["a"]  # the hardened folder is not a release
+    with pytest.raises(DGError, match="expected different prefixes"):
+        publish.pending_releases(store.join(root, "models"), store.join(root, "models"))
+    with pytest.raises(DGError, match="inside hardened_prefix"):
+        publish.pending_releases(store.join(root, "models/hardened/x"), store.join(root, "models/hardened"))
