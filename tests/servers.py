@@ -1,0 +1,217 @@
+"""Real servers on loopback for contract tests: moto (S3), s3rver (S3 that checks credentials), Pushgateway.
+
+Each server runs as a child process on a free port and is stopped (terminate, then kill) when its context
+exits. Binaries that ``scripts/install-test-tools.sh`` provides are looked up under ``<repo>/.tools``; when
+one is missing the test FAILS with a message saying to run that script (these tests are not optional).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = Path(os.environ.get("DG_TOOLS_DIR") or REPO / ".tools")
+INSTALL_HINT = "run scripts/install-test-tools.sh (needs node/npm and apt-get) to install it"
+
+S3RVER_BIN = TOOLS / "node_modules" / ".bin" / "s3rver"
+PUSHGATEWAY_BIN = TOOLS / "pushgateway" / "usr" / "bin" / "prometheus-pushgateway"
+S3RVER_KEY = "S3RVER"  # the account s3rver has built in (id and secret)
+
+
+def require_tool(path: Path, what: str) -> Path:
+    """The tool's path, or fail the test (not skip) with the command that installs it."""
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"{what} not found at {path}: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def _wait_http(server: Server, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}: {server.log_tail()}")
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means it is serving
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not answer on {server.url} within {timeout}s: {server.log_tail()}")
+
+
+@contextlib.contextmanager
+def _serve(name: str, argv: list[str], port: int, ready_path: str, cwd: Path | None = None) -> Iterator[Server]:
+    with tempfile.TemporaryDirectory(prefix=f"dg-{name}-") as tmp:
+        log = Path(tmp) / "server.log"
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=cwd or tmp)
+        server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+        try:
+            _wait_http(server, ready_path, timeout=60)
+            yield server
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[Server]:
+    """moto's S3 server (accepts any credentials, keeps objects in memory)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _serve("moto", argv, port, "/moto-api/") as s:
+        yield s
+
+
+@contextlib.contextmanager
+def s3rver_server() -> Iterator[Server]:
+    """s3rver (npm): rejects unknown access key ids, so wrong-credential paths can be tested."""
+    exe = require_tool(S3RVER_BIN, "s3rver")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dg-s3rver-data-") as data:
+        argv = [str(exe), "-d", data, "-a", "127.0.0.1", "-p", str(port), "--silent"]
+        with _serve("s3rver", argv, port, "/") as s:
+            yield s
+
+
+@contextlib.contextmanager
+def pushgateway_server() -> Iterator[Server]:
+    """The Debian prometheus-pushgateway binary, persisting nothing."""
+    exe = require_tool(PUSHGATEWAY_BIN, "prometheus-pushgateway")
+    port = free_port()
+    argv = [str(exe), f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    with _serve("pushgateway", argv, port, "/-/ready") as s:
+        yield s
+
+
+def use_s3(monkeypatch: pytest.MonkeyPatch, server: Server, key: str = "test-key", secret: str = "test-secret") -> str:
+    """Point dg_core.store at an S3 server with a fresh bucket (created on first write); returns its URI."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("DG_S3_CREATE_BUCKET", "1")
+    return f"s3://dg-test-{uuid.uuid4().hex[:12]}"
+
+
+class FlakyProxy:
+    """A loopback HTTP proxy to an S3 server that answers the first ``fail_first`` requests (of ``methods``)
+    with an S3 error.
+
+    It is a real server between the SDK and moto, so retry/backoff is exercised over the wire, not mocked.
+    """
+
+    def __init__(
+        self,
+        target: Server,
+        fail_first: int,
+        status: int = 503,
+        code: str = "SlowDown",
+        methods: tuple[str, ...] = ("GET", "PUT", "POST", "DELETE", "HEAD"),
+    ):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.fail_first = fail_first
+        self.requests = 0
+        self.failed = 0
+        lock = threading.Lock()
+        host, port = urlsplit(target.url).hostname, urlsplit(target.url).port
+        proxy = self
+        body_err = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>injected by FlakyProxy</Message><RequestId>flaky</RequestId></Error>"
+        ).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with lock:
+                    proxy.requests += 1
+                    fail = proxy.failed < proxy.fail_first and self.command in methods
+                    proxy.failed += fail
+                if fail:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(body_err)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body_err)
+                    return
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)

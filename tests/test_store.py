@@ -1,0 +1,414 @@
+"""Contract tests of dg_core.store: one suite, run against a local directory and real S3-protocol servers.
+
+Backends: ``file`` (file:// directory), ``moto`` (moto server, in-memory S3) and ``s3rver`` (npm s3rver,
+checks access key ids). The 200 MB round trip runs on file and moto; credential cases need s3rver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from servers import S3RVER_KEY, FlakyProxy, use_s3
+
+from dg_core import store
+from dg_core.errors import DGError
+from dg_core.store import MANIFEST, ArtifactCorrupt, ArtifactNotFound
+
+SECRET = "sUp3r-s3cret-valu3-never-logged"
+
+
+@pytest.fixture(params=["file", "moto", "s3rver"])
+def root(request, clean_env, tmp_path) -> str:
+    """The URI of an empty store root on the backend under test."""
+    if request.param == "file":
+        return (tmp_path / "store").as_uri()
+    if request.param == "moto":
+        return use_s3(clean_env, request.getfixturevalue("moto"), secret=SECRET)
+    return use_s3(clean_env, request.getfixturevalue("s3rver"), key=S3RVER_KEY, secret=S3RVER_KEY)
+
+
+def _write_tree(d: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    return d
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _raw_put(uri: str, data: bytes) -> None:
+    """Overwrite one object/file behind the store's back (as a disk fault or a stray writer would)."""
+    st, key = store.open_store(uri)
+    st.put_bytes(key, data)
+
+
+SMALL = {"config.json": b'{"a": 1}', "weights/w.bin": bytes(range(256)) * 64, "empty.txt": b""}
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("root", ["file", "moto"], indirect=True)
+def test_roundtrip_200mb_directory(root, tmp_path, clean_env, caplog):
+    """Two large files (multipart, ranged parallel downloads) and many small ones survive bit-exact."""
+    clean_env.setenv("DG_S3_PART_SIZE_MB", "16")
+    src = tmp_path / "model"
+    src.mkdir()
+    rng = random.Random(0)
+    (src / "model-00001.safetensors").write_bytes(os.urandom(110 << 20))
+    (src / "model-00002.safetensors").write_bytes(os.urandom(70 << 20))
+    for i in range(160):
+        _write_tree(src, {f"shards/s{i:03d}.bin": os.urandom(rng.randint(64 << 10, 192 << 10))})
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    assert total > 195 << 20
+    want = {p.relative_to(src).as_posix(): _sha(p) for p in src.rglob("*") if p.is_file()}
+
+    uri = store.join(root, "runs", "r1", "model")
+    manifest = store.publish(src, uri, metadata={"kind": "model", "step": 3})
+    assert manifest["total_size"] == total
+    assert {rel: f["sha256"] for rel, f in manifest["files"].items()} == want
+
+    got = store.fetch(uri)
+    assert {p.relative_to(got).as_posix(): _sha(p) for p in got.rglob("*") if p.is_file() and p.name != MANIFEST} == (
+        want
+    )
+    assert json.loads((got / MANIFEST).read_text())["metadata"] == {"kind": "model", "step": 3}
+
+    if uri.startswith("s3://"):
+        st, key = store.open_store(uri)
+        etag = st.client.stat_object(st.bucket, key + "/model-00001.safetensors").etag
+        assert etag.endswith("-7"), f"110 MiB in 16 MiB parts should be a 7-part multipart upload, etag {etag}"
+        assert got.is_relative_to(store.cache_dir())
+        with caplog.at_level(logging.INFO, logger="dg_core.store"):
+            again = store.fetch(uri)
+        assert again == got and "using verified cache" in caplog.text
+    else:
+        assert got == Path(store.parse_uri(uri)[2])  # verified in place, no copy
+
+
+def test_publish_fetch_small_and_metadata(root, tmp_path):
+    src = _write_tree(tmp_path / "a", SMALL)
+    uri = store.join(root, "x", "art")
+    m = store.publish(src, uri, metadata={"eta": -1.0, "note": "ü"})
+    assert m["uri"] == uri and set(m["files"]) == set(SMALL)
+    assert store.is_published(uri)
+    rm = store.read_manifest(uri)
+    assert rm["metadata"] == {"eta": -1.0, "note": "ü"} and rm["files"] == m["files"]
+    got = store.fetch(uri, dest=tmp_path / "dest")
+    assert got == tmp_path / "dest"
+    assert {k: v for k, v in _tree(got).items() if k != MANIFEST} == SMALL
+
+
+def test_republish_replaces_whole_artifact(root, tmp_path):
+    uri = store.join(root, "art")
+    store.publish(_write_tree(tmp_path / "v1", {"a.txt": b"one", "old-only.txt": b"x"}), uri)
+    store.publish(_write_tree(tmp_path / "v2", {"a.txt": b"two!", "new.txt": b"y"}), uri)
+    got = store.fetch(uri, dest=tmp_path / "out")
+    assert {k: v for k, v in _tree(got).items() if k != MANIFEST} == {"a.txt": b"two!", "new.txt": b"y"}
+    st, key = store.open_store(uri)
+    assert sorted(st.list(key)) == [f"{key}/{MANIFEST}", f"{key}/a.txt", f"{key}/new.txt"]
+
+
+def test_list_artifacts_and_low_level_ops(root, tmp_path):
+    src = _write_tree(tmp_path / "a", {"f.txt": b"hello"})
+    for name in ("m/alpha", "m/beta", "m/beta-2/nested"):
+        store.publish(src, store.join(root, name))
+    st, key = store.open_store(store.join(root, "m", "beta", "loose.bin"))
+    st.put_bytes(key, b"not an artifact")  # a stray object does not make an artifact
+    assert store.list_artifacts(store.join(root, "m")) == [
+        store.join(root, "m", "alpha"),
+        store.join(root, "m", "beta"),
+        store.join(root, "m", "beta-2", "nested"),
+    ]
+    assert store.list_artifacts(store.join(root, "m", "beta")) == [store.join(root, "m", "beta")]
+    assert st.exists(key) and st.get_bytes(key) == b"not an artifact"
+    st.get_file(key, tmp_path / "dl" / "loose.bin")
+    assert (tmp_path / "dl" / "loose.bin").read_bytes() == b"not an artifact"
+    st.delete(key)
+    assert not st.exists(key)
+    st.delete(key)  # deleting a missing key is fine
+    with pytest.raises(ArtifactNotFound, match="no (file|object) at"):
+        st.get_bytes(key)
+    prefix = store.open_store(store.join(root, "m", "beta"))[1]
+    assert st.delete_prefix(prefix) == 2
+    assert store.list_artifacts(store.join(root, "m")) == [
+        store.join(root, "m", "alpha"),
+        store.join(root, "m", "beta-2", "nested"),
+    ]
+
+
+def test_put_get_dir(root, tmp_path):
+    src = _write_tree(tmp_path / "a", SMALL)
+    st, key = store.open_store(store.join(root, "raw"))
+    keys = st.put_dir(src, key)
+    assert sorted(keys) == sorted(f"{key}/{rel}" for rel in SMALL)
+    st.get_dir(key, tmp_path / "b")
+    assert _tree(tmp_path / "b") == SMALL
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from dg_core import store
+    point, src, uri = sys.argv[1:4]
+    if point == "before-manifest":
+        real = store._manifest_bytes
+        def die(*a, **k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        store._manifest_bytes = die
+    else:  # mid-payload: die once part of the payload has been written
+        calls = []
+        def wrap(fn):
+            def inner(*a, **k):
+                calls.append(1)
+                if len(calls) == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return fn(*a, **k)
+            return inner
+        store._copy_hashed = wrap(store._copy_hashed)
+        store.S3Store.put_file = wrap(store.S3Store.put_file)
+    store.publish(src, uri)
+    print("publish finished", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["mid-payload", "before-manifest"])
+def test_killed_publish_leaves_nothing_readable(root, tmp_path, point):
+    """A publisher SIGKILLed part-way leaves either the complete old version or nothing readable."""
+    fresh, old = store.join(root, "fresh"), store.join(root, "old")
+    v1 = {f"f{i}.bin": b"v1-%d" % i * 100 for i in range(6)}
+    v2 = {f"f{i}.bin": b"v2-%d" % i * 100 for i in range(6)}
+    store.publish(_write_tree(tmp_path / "v1", v1), old)
+    src2 = _write_tree(tmp_path / "v2", v2)
+    for uri in (fresh, old):
+        proc = subprocess.run(
+            [sys.executable, "-c", _KILLER, point, str(src2), uri], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+
+    assert not store.is_published(fresh)
+    with pytest.raises(ArtifactNotFound, match="MANIFEST.json is missing"):
+        store.fetch(fresh)
+    if root.startswith("file://"):
+        # Local publishes stage into a temp dir and rename: the old version is untouched.
+        assert {k: v for k, v in _tree(store.fetch(old)).items() if k != MANIFEST} == v1
+        assert store.list_artifacts(root) == [old]
+    else:
+        # S3 republishes invalidate the old manifest before writing: nothing is readable, nothing mixed.
+        assert not store.is_published(old)
+        with pytest.raises(ArtifactNotFound, match="never published, or the publish did not finish"):
+            store.read_manifest(old)
+        assert store.list_artifacts(root) == []
+    # A retry completes normally.
+    store.publish(src2, old)
+    assert {k: v for k, v in _tree(store.fetch(old, dest=tmp_path / "o")).items() if k != MANIFEST} == v2
+
+
+def test_corruption_and_truncation_are_detected(root, tmp_path):
+    files = {"a.bin": b"A" * 1000, "b.bin": b"B" * 1000}
+    uri = store.join(root, "art")
+    m = store.publish(_write_tree(tmp_path / "src", files), uri)
+
+    _raw_put(store.join(uri, "b.bin"), b"B" * 999 + b"X")  # same size, different content
+    assert store.is_published(uri)  # sizes still match; only hashing can tell
+    with pytest.raises(ArtifactCorrupt, match=r"'b\.bin' has sha256 [0-9a-f]{16}\.\.\., MANIFEST\.json says") as e:
+        store.fetch(uri)
+    assert m["files"]["b.bin"]["sha256"][:16] in str(e.value)
+
+    _raw_put(store.join(uri, "b.bin"), b"B" * 10)
+    with pytest.raises(ArtifactCorrupt, match=r"'b\.bin' is 10 bytes, MANIFEST\.json says 1000"):
+        store.read_manifest(uri)
+    assert not store.is_published(uri)
+
+    st, key = store.open_store(store.join(uri, "a.bin"))
+    st.delete(key)
+    with pytest.raises(ArtifactCorrupt, match=r"incomplete: 'a\.bin' is listed in MANIFEST\.json but missing"):
+        store.fetch(uri)
+
+    _raw_put(store.join(uri, MANIFEST), b"{not json")
+    with pytest.raises(ArtifactCorrupt, match="MANIFEST.json is not valid JSON"):
+        store.read_manifest(uri)
+
+
+@pytest.mark.parametrize("root", ["moto"], indirect=True)
+def test_tampered_cache_is_redownloaded(root, tmp_path):
+    uri = store.join(root, "art")
+    store.publish(_write_tree(tmp_path / "src", SMALL), uri)
+    first = store.fetch(uri)
+    (first / "config.json").write_bytes(b'{"a": 2}')  # someone edits the cached copy
+    again = store.fetch(uri)
+    assert (again / "config.json").read_bytes() == SMALL["config.json"]
+
+
+def test_wrong_credentials_give_one_clear_line(s3rver, clean_env, tmp_path, caplog):
+    root = use_s3(clean_env, s3rver, key=S3RVER_KEY, secret=S3RVER_KEY)
+    uri = store.join(root, "art")
+    store.publish(_write_tree(tmp_path / "src", SMALL), uri)
+
+    clean_env.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGKEY0000")
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    calls = [
+        lambda: store.publish(tmp_path / "src", store.join(root, "other")),
+        lambda: store.read_manifest(uri),
+        lambda: store.fetch(uri),
+        lambda: store.is_published(uri),
+        lambda: store.open_store(uri)[0].exists("art/config.json"),
+    ]
+    for call in calls:
+        with pytest.raises(DGError) as e:
+            call()
+        msg = str(e.value)
+        assert msg.startswith("S3 authentication failed (InvalidAccessKeyId) at " + s3rver.url), msg
+        assert "AKIA***" in msg and "AKIAWRONGKEY0000" not in msg and SECRET not in msg and "\n" not in msg
+    assert SECRET not in caplog.text and "AKIAWRONGKEY0000" not in caplog.text
+
+    clean_env.setenv("AWS_ACCESS_KEY_ID", S3RVER_KEY)
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", S3RVER_KEY)
+    assert store.list_artifacts(root) == [uri]  # the failed publish wrote nothing
+
+
+@pytest.mark.parametrize("root", ["moto", "s3rver"], indirect=True)
+def test_missing_bucket_reported_or_created(root, tmp_path, clean_env):
+    src = _write_tree(tmp_path / "src", SMALL)
+    uri = store.join(root, "art")
+    bucket = store.parse_uri(root)[1]
+    clean_env.setenv("DG_S3_CREATE_BUCKET", "0")
+    expected = f"S3 bucket '{bucket}' does not exist at .*: create it, or set DG_S3_CREATE_BUCKET=1"
+    with pytest.raises(DGError, match=expected):
+        store.publish(src, uri)
+    with pytest.raises(DGError, match=expected):
+        store.read_manifest(uri)
+    clean_env.setenv("DG_S3_CREATE_BUCKET", "1")
+    store.publish(src, uri)
+    assert store.list_artifacts(root) == [uri]
+
+
+def test_transient_errors_are_retried(moto, clean_env, tmp_path, caplog):
+    """503 SlowDown answers from a real proxy in front of moto are retried with backoff, then succeed."""
+    clean_env.setenv("DG_S3_BACKOFF_S", "0.01")
+    with FlakyProxy(moto, fail_first=3, methods=("PUT",)) as proxy:
+        root = use_s3(clean_env, proxy, secret=SECRET)
+        caplog.set_level(logging.WARNING, logger="dg_core.store")
+        m = store.publish(_write_tree(tmp_path / "src", SMALL), store.join(root, "art"))
+        assert proxy.failed == 3 and proxy.requests > 3
+        assert caplog.text.count("transient error") == 3 and "SlowDown" in caplog.text
+        assert SECRET not in caplog.text
+        assert store.read_manifest(store.join(root, "art"))["files"] == m["files"]
+
+    with FlakyProxy(moto, fail_first=10**6, status=500, code="InternalError") as proxy:
+        clean_env.setenv("AWS_ENDPOINT_URL", proxy.url)
+        clean_env.setenv("DG_S3_RETRIES", "3")
+        with pytest.raises(DGError, match=r"S3 endpoint http://127\.0\.0\.1:\d+ failed after 3 attempts") as e:
+            store.read_manifest(store.join(root, "art"))
+        assert proxy.requests == 3 and "\n" not in str(e.value)
+
+
+def test_unreachable_endpoint(clean_env, tmp_path):
+    from servers import free_port
+
+    clean_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    clean_env.setenv("AWS_ACCESS_KEY_ID", "k")
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    clean_env.setenv("DG_S3_RETRIES", "2")
+    clean_env.setenv("DG_S3_BACKOFF_S", "0.01")
+    with pytest.raises(DGError, match=r"cannot read s3://bkt/a/MANIFEST\.json: S3 endpoint .* failed after 2 attempts"):
+        store.fetch("s3://bkt/a")
+
+
+# ---------------------------------------------------------------------------------------------- URIs, config
+
+
+def test_uris_and_default_root(clean_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert store.default_root() == (tmp_path / ".dg" / "store").as_uri()
+    clean_env.setenv("DG_STORE_ROOT", "s3://my-bucket/pre/")
+    assert store.default_root() == "s3://my-bucket/pre"
+    assert store.join("s3://b12/x/", "r1", "/model/") == "s3://b12/x/r1/model"
+    assert store.join("file:///tmp/s", "a/b") == "file:///tmp/s/a/b"
+    assert store.join("rel/dir", "a") == str(Path("rel/dir/a"))
+    assert store.parse_uri("s3://b12/x/y") == ("s3", "b12", "x/y")
+    assert store.parse_uri("file:///tmp/s/") == ("file", None, "/tmp/s")
+    assert store.parse_uri("plain/dir") == ("file", None, str(tmp_path / "plain" / "dir"))
+    for bad, why in [
+        ("gs://b/x", "unsupported scheme 'gs'"),
+        ("s3://B_ad/x", "not a valid S3 bucket name"),
+        ("file://host/x", "names host 'host'"),
+        ("s3://b12/a/../b", "'..' is not allowed"),
+        ("", "is empty"),
+    ]:
+        with pytest.raises(DGError, match=why):
+            store.parse_uri(bad)
+    with pytest.raises(DGError, match="'..' is not allowed"):
+        store.join("s3://b12/x", "../y")
+
+
+def test_s3_settings_from_env(clean_env):
+    clean_env.setenv("MINIO_ENDPOINT", "minio-service.kubeflow:9000")
+    clean_env.setenv("S3_USE_SSL", "false")
+    clean_env.setenv("MINIO_ACCESS_KEY", "minio")
+    clean_env.setenv("MINIO_SECRET_KEY", SECRET)
+    s = store.S3Settings.from_env()
+    assert (s.endpoint, s.secure, s.access_key, s.masked_key) == (
+        "minio-service.kubeflow:9000",
+        False,
+        "minio",
+        "mini***",
+    )
+    assert SECRET not in repr(s)
+    clean_env.setenv("AWS_ENDPOINT_URL", "https://s3.example.com")
+    clean_env.setenv("S3_VERIFY_SSL", "0")
+    s = store.S3Settings.from_env()
+    assert (s.endpoint, s.secure, s.verify) == ("s3.example.com", True, False)
+    clean_env.delenv("MINIO_SECRET_KEY")
+    with pytest.raises(DGError, match=r"secret key \(AWS_SECRET_ACCESS_KEY\) is not set"):
+        store.S3Settings.from_env()
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    clean_env.setenv("DG_S3_WORKERS", "0")
+    with pytest.raises(DGError, match="DG_S3_WORKERS=0 is out of range"):
+        store.S3Settings.from_env()
+    clean_env.setenv("DG_S3_WORKERS", "4")
+    clean_env.setenv("S3_VERIFY_SSL", "/no/such/ca.pem")
+    with pytest.raises(DGError, match="S3_VERIFY_SSL='/no/such/ca.pem': expected 1/0 or the path"):
+        store.S3Settings.from_env()
+
+
+def test_publish_bad_input(store_root, tmp_path):
+    with pytest.raises(DGError, match="not a directory"):
+        store.publish(tmp_path / "missing", store.join(store_root, "a"))
+    src = _write_tree(tmp_path / "src", SMALL)
+    with pytest.raises(DGError, match="metadata is not JSON-serialisable"):
+        store.publish(src, store.join(store_root, "a"), metadata={"x": object()})
+    with pytest.raises(DGError, match="one directory contains the other"):
+        store.publish(src, (src / "inner").as_uri())
+    assert store.list_artifacts(store_root) == []
+    blocker = Path(store.parse_uri(store_root)[2]) / "blocker"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"x")
+    with pytest.raises(DGError, match="a file is in the way"):
+        store.publish(src, blocker.as_uri())
+    assert store.list_artifacts(store_root) == []
