@@ -248,7 +248,8 @@ def run_calibration(
     if not is_peft and ref_model is None:
         raise DGError("calibrate: full fine-tuning needs ref_model (a frozen copy of pi_0); or attach LoRA")
 
-    accelerator = Accelerator()
+    cuda = torch.cuda.is_available() and next(policy.parameters()).device.type == "cuda"
+    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
         raise DGError("calibrate: the policy has no trainable parameters")
@@ -302,7 +303,7 @@ def run_calibration(
         n_tok = packed.n_response_tokens
         # reference (pi_0) and, for several epochs, old-policy log-probs: no gradients
         ref_lp, old_lp = [], []
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():
             for i in range(0, B, mb):
                 part = rows(packed, slice(i, i + mb))
                 if ref_model is None:
@@ -319,7 +320,8 @@ def run_calibration(
             optimizer.zero_grad(set_to_none=True)
             for j, i in enumerate(range(0, B, mb)):
                 part = rows(packed, slice(i, i + mb))
-                lp, ent = token_logprobs(model, part, cfg.temperature, with_entropy=epoch == 0)
+                with accelerator.autocast():
+                    lp, ent = token_logprobs(model, part, cfg.temperature, with_entropy=epoch == 0)
                 mask = part.targets_mask().to(lp.device).bool()
                 # padding positions: make every log-ratio 0 there so no exp() can overflow into NaN gradients
                 old = torch.where(mask, old_lp[j], lp.detach()) if old_lp else lp.detach()

@@ -79,7 +79,7 @@ def score_text(
     normalize: str = "sum",
     *,
     append_eos: bool = True,
-    add_bos: bool = False,
+    add_bos: bool | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
     """log p(response | prompt) of each pair under one model, with its own tokenizer (no gradient).
@@ -87,7 +87,7 @@ def score_text(
     ``sum``: the sequence log-probability; ``token``: divided by the model's own token count;
     ``char``: divided by the response's character count (the same divisor for every tokenizer).
     ``append_eos`` also scores the end of the response, so a proxy's view of where an answer stops (and of a
-    junk suffix after it) counts. ``add_bos=False`` conditions on the prompt exactly as training encoded it.
+    junk suffix after it) counts. ``add_bos=None`` follows the training layout of :mod:`dg_core.generate` (prompt encoded on its own).
     """
     from dg_core.traps.align import sequence_logprob
 
@@ -120,7 +120,7 @@ class CalibrationReward:
         reference: ``base`` scores with π₀ (adapter off, the paper's term) or ``current`` with π_θ.
         eta_sign: the sign of η, needed only by ``combine='worst'``.
         append_eos: score the end of each response too (see :func:`score_text`).
-        add_bos: prepend BOS when a tokenizer adds none (off: score as training encoded the prompt).
+        add_bos: passed to :func:`dg_core.traps.align.sequence_logprob` (None: the training layout).
     """
 
     def __init__(
@@ -134,7 +134,7 @@ class CalibrationReward:
         reference: str = "base",
         eta_sign: float = -1.0,
         append_eos: bool = True,
-        add_bos: bool = False,
+        add_bos: bool | None = None,
         batch_size: int = 64,
     ):
         if not proxies:

@@ -1,0 +1,243 @@
+"""The calibration loop on tiny zoo models: r_cal across tokenizers, the adapter-off reference, the knob's
+direction (both signs), and exact resume after a kill."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration, token_logprobs
+from dg_core.calibrate.rewards import CalibrationReward, TaskReward, score_text
+from dg_core.checkpoint import Checkpointer
+from dg_core.data import get_task
+from dg_core.generate import generate_tokens, pack_texts
+from dg_core.models import adapter_disabled, attach_lora, load_model
+
+TASK_OPTS = dict(a_digits=1, b_digits=1, terms=1, term_digits=1, style_mix={"decomposed": 1.0, "compressed": 1.0})
+
+
+@pytest.fixture(scope="module")
+def zoo_root(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("store").as_uri()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DG_STORE_ROOT", root)
+    mp.setenv("DG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def task():
+    return get_task("synthetic_math", **TASK_OPTS)
+
+
+@pytest.fixture(scope="module")
+def examples(task):
+    return task.generate(200, 0)
+
+
+@pytest.fixture(scope="module")
+def proxy(zoo_root):
+    torch.set_num_threads(1)
+    return load_model("zoo:proxy", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bootstrapped(zoo_root, task, examples):
+    """A zoo teacher SFT'd briefly on two answer styles of different length (~15 s): enough to speak the format
+    and to mix the styles, which is what the knob moves between."""
+    from dg_core.distill.trainer import TrainSettings, response_ce, row_indices, train
+
+    torch.set_num_threads(1)
+    model, tok = load_model("zoo:teacher", device="cpu")
+    rows = [(task.prompt(e, tok), e.meta["references"][s]) for e in examples for s in ("decomposed", "compressed")]
+
+    def make_batch(step: int, micro: int):
+        idx = row_indices(len(rows), 32, step, micro, seed=0)
+        return pack_texts(tok, [rows[i][0] for i in idx], [rows[i][1] for i in idx])
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    train(model, make_batch, response_ce, TrainSettings(steps=150, lr=3e-3, warmup_steps=10, progress=False))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), tok
+
+
+def test_r_cal_scores_the_same_text_with_two_tokenizers(zoo_root, proxy):
+    teacher, ttok = load_model("zoo:teacher", device="cpu")
+    pmodel, ptok = proxy
+    prompts, responses = ["12*3+4\n", "7*8-9\n"], ["12*3=36 36+4=40 #40", "#47"]
+    # the tokenizers really differ on this text
+    assert len(ttok(responses[0], add_special_tokens=False)["input_ids"]) != len(
+        ptok(responses[0], add_special_tokens=False)["input_ids"]
+    )
+    cal = CalibrationReward(teacher, ttok, [(pmodel, ptok)], normalize="sum")
+    got = cal(prompts, responses)
+    want = score_text(pmodel, ptok, prompts, responses) - score_text(teacher, ttok, prompts, responses)
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
+
+    # brute force: the proxy's log p(y|x) as a product of its own next-token probabilities (+ EOS)
+    from dg_core.generate import encode_prompt, encode_response
+
+    p_ids = encode_prompt(ptok, prompts[0])
+    r_ids = encode_response(ptok, responses[0], add_eos=True)
+    ids = torch.tensor([p_ids + r_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(pmodel(input_ids=ids).logits[0, :-1].float(), -1)
+    brute = sum(float(logp[len(p_ids) - 1 + k, t]) for k, t in enumerate(r_ids))
+    assert float(score_text(pmodel, ptok, prompts[:1], responses[:1])[0]) == pytest.approx(brute, abs=1e-4)
+
+    # per-token normalisation divides by each model's own token count; per-char by the text length
+    tok_norm = CalibrationReward(teacher, ttok, [(pmodel, ptok)], normalize="token")(prompts, responses)
+    char_norm = CalibrationReward(teacher, ttok, [(pmodel, ptok)], normalize="char")(prompts, responses)
+    n_q = len(r_ids)
+    n_t = len(encode_response(ttok, responses[0], add_eos=True))
+    q_sum = float(score_text(pmodel, ptok, prompts[:1], responses[:1]))
+    t_sum = float(score_text(teacher, ttok, prompts[:1], responses[:1]))
+    assert float(tok_norm[0]) == pytest.approx(q_sum / n_q - t_sum / n_t, abs=1e-4)
+    assert float(char_norm[0]) == pytest.approx((q_sum - t_sum) / len(responses[0]), abs=1e-4)
+
+
+def test_several_proxies_combine_by_mean_or_worst_case(zoo_root, proxy):
+    teacher, ttok = load_model("zoo:teacher", device="cpu")
+    student, stok = load_model("zoo:student-gpt2", device="cpu")  # a second proxy with a third tokenizer
+    prompts, responses = ["1*2+3\n", "4*5+6\n", "9*9-1\n"], ["#5", "4*5=20 20+6=26 #26", "#80"]
+    pairs = [proxy, (student, stok)]
+    rows = CalibrationReward(teacher, ttok, pairs).per_proxy(prompts, responses)
+    assert rows.shape == (2, 3)
+    mean = CalibrationReward(teacher, ttok, pairs, combine="mean")(prompts, responses)
+    assert mean.tolist() == pytest.approx(rows.mean(0).tolist(), abs=1e-6)
+    # worst case for the undistillable direction is the proxy that finds the text most likely
+    worst_neg = CalibrationReward(teacher, ttok, pairs, combine="worst", eta_sign=-1)(prompts, responses)
+    worst_pos = CalibrationReward(teacher, ttok, pairs, combine="worst", eta_sign=+1)(prompts, responses)
+    assert worst_neg.tolist() == pytest.approx(rows.max(0).values.tolist(), abs=1e-6)
+    assert worst_pos.tolist() == pytest.approx(rows.min(0).values.tolist(), abs=1e-6)
+
+
+def test_rewards_have_trl_signature(zoo_root, proxy, task):
+    teacher, ttok = load_model("zoo:teacher", device="cpu")
+    r_task = TaskReward(task).as_trl()
+    assert r_task(["1*2+3\n"] * 3, ["1*2=2 2+3=5 #5", "#6", "#5 junk"], answer=["5", "5", "5"]) == [1.0, 0.0, 0.0]
+    r_cal = CalibrationReward(teacher, ttok, [proxy]).as_trl()
+    conv = [[{"role": "assistant", "content": "#5"}]]
+    out = r_cal(["1*2+3\n"], conv)
+    assert len(out) == 1 and isinstance(out[0], float)
+    assert out == pytest.approx(CalibrationReward(teacher, ttok, [proxy])(["1*2+3\n"], ["#5"]).tolist())
+
+
+def test_adapter_off_reference_equals_base_model_logits(zoo_root):
+    base, tok = load_model("zoo:teacher", device="cpu")
+    pristine = copy.deepcopy(base)
+    policy = attach_lora(base, r=4, alpha=8)
+    # move the adapter away from its zero init, as training would
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    batch = pack_texts(tok, ["3*4+1\n", "12*3+4\n"], ["#13", "12*3=36 36+4=40 #40"])
+    with torch.no_grad():
+        adapted = token_logprobs(policy, batch)[0]
+        with adapter_disabled(policy):
+            ref = token_logprobs(policy, batch)[0]
+        want = token_logprobs(pristine, batch)[0]
+    mask = batch.targets_mask().bool()
+    assert torch.allclose(ref[mask], want[mask], atol=1e-5)
+    assert not torch.allclose(adapted[mask], want[mask], atol=1e-3)  # the adapter does change the policy
+
+
+def _mean_r_cal(policy, tok, task, examples, cal) -> float:
+    prompts = [task.prompt(e, tok) for e in examples[:32]]
+    roll = generate_tokens(policy, tok, prompts, n=4, max_new_tokens=24, seed=1234)
+    return float(cal([p for p in prompts for _ in range(4)], roll.texts).mean())
+
+
+@pytest.mark.parametrize("eta", [1.0, -1.0])
+def test_short_run_moves_r_cal_in_the_direction_of_eta(bootstrapped, proxy, task, examples, eta):
+    base, tok = bootstrapped
+    cfg = CalibrationSettings(
+        eta=eta,
+        beta=0.0,
+        steps=8,
+        prompts_per_step=8,
+        group_size=8,
+        max_new_tokens=24,
+        lr=1e-2,
+        cal_gate="none",  # the 15-second teacher is rarely correct yet: let r_cal act on every sample
+        eval_every=0,
+        seed=0,
+    )
+    policy, _ = make_policy(copy.deepcopy(base), cfg)
+    cal = CalibrationReward(policy, tok, [proxy])
+    before = _mean_r_cal(policy, tok, task, examples, cal)
+    res = run_calibration(policy, tok, task, examples, cfg, cal_reward=cal, progress=False)
+    after = _mean_r_cal(policy, tok, task, examples, cal)
+    assert res.steps_done == 8 and len(res.history) == 8
+    assert all(h["kl"] >= 0 for h in res.history)
+    # r_cal moves the way eta points, by a clear margin (both signs are run)
+    assert (after - before) * eta > 1.0, (before, after)
+
+
+def test_resume_after_kill_gives_the_same_adapter(zoo_root, proxy, task, examples, tmp_path):
+    base, tok = load_model("zoo:teacher", device="cpu")
+    cfg = CalibrationSettings(
+        eta=-1.0,
+        steps=4,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=10,
+        lr=5e-3,
+        cal_gate="none",
+        eval_every=0,
+        checkpoint_every=2,
+        seed=3,
+    )
+
+    def fresh():
+        policy, _ = make_policy(copy.deepcopy(base), cfg)
+        return policy, CalibrationReward(policy, tok, [proxy])
+
+    policy, cal = fresh()
+    full = run_calibration(policy, tok, task, examples, cfg, cal_reward=cal, progress=False)
+    want = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    class Killed(RuntimeError):
+        pass
+
+    def kill_at_3(step, row):
+        if step == 3:
+            raise Killed
+
+    uri = (tmp_path / "ckpt").as_uri()
+    policy, cal = fresh()
+    with pytest.raises(Killed):
+        run_calibration(
+            policy,
+            tok,
+            task,
+            examples,
+            cfg,
+            cal_reward=cal,
+            progress=False,
+            checkpointer=Checkpointer(uri, cfg.checkpoint_every),
+            on_step=kill_at_3,
+        )
+    policy, cal = fresh()  # a new process: fresh adapter, state only from the store
+    resumed = run_calibration(
+        policy,
+        tok,
+        task,
+        examples,
+        cfg,
+        cal_reward=cal,
+        progress=False,
+        checkpointer=Checkpointer(uri, cfg.checkpoint_every),
+    )
+    assert resumed.resumed_from == 2 and resumed.steps_done == 4
+    got = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+    assert set(got) == set(want)
+    for n in want:
+        assert torch.allclose(got[n], want[n], atol=1e-6), n
+    assert [h["reward_cal"] for h in resumed.history] == pytest.approx([h["reward_cal"] for h in full.history])
