@@ -1,0 +1,387 @@
+"""The Helm chart, checked with the real helm binary (`scripts/install-helm.sh`) and kubernetes-validate.
+
+Renders with the default values and with every file under charts/distillation-guards/ci/ (existing Secret,
+Pushgateway on, tolerations, upload only, ...), validates each manifest against the Kubernetes OpenAPI schemas,
+and checks that the schema refuses bad values with a message that names the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "distillation-guards"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+HELM = Path(os.environ.get("DG_HELM", ROOT / ".tools" / "bin" / "helm"))
+# The oldest Kubernetes the chart claims (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
+KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+CREDS = ["--set", "s3.accessKeyId=minio,s3.secretAccessKey=minio123"]
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    if not (HELM.is_file() and os.access(HELM, os.X_OK)):
+        pytest.fail(f"helm not found at {HELM}: run `bash scripts/install-helm.sh` (or `make tools`) first")
+    return HELM
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def render(helm: Path, *args: str, namespace: str = "ml-team", kube_version: str | None = None) -> list[dict]:
+    cmd = ["template", "rel", str(CHART), "--namespace", namespace, *args]
+    if kube_version:
+        cmd += ["--kube-version", kube_version]
+    proc = run_helm(helm, *cmd)
+    assert proc.returncode == 0, f"helm template {' '.join(args)} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def render_error(helm: Path, *args: str) -> str:
+    proc = run_helm(helm, "template", "rel", str(CHART), *args)
+    assert proc.returncode != 0, f"helm template {' '.join(args)} should have been refused"
+    return proc.stderr
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def job_containers(job: dict) -> list[dict]:
+    spec = job["spec"]["template"]["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def values_of(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# -------------------------------------------------------------------------------------- lint and validate
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_helm_lint_strict(helm: Path, values: Path) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(values), "--kube-version", KUBE_VERSIONS[-1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_rendered_manifests_are_valid_kubernetes(helm: Path, values: Path, kube_version: str) -> None:
+    docs = render(helm, "-f", str(values), kube_version=kube_version)
+    assert {"ConfigMap", "Job"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{values.stem}: {doc['kind']}/{doc['metadata']['name']} invalid for {kube_version}: {e}")
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "rel" and labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert doc["metadata"]["namespace"] == "ml-team"
+
+
+def test_validator_rejects_a_broken_manifest(helm: Path) -> None:
+    """The validation above is live: the same Job with a misspelt field is refused."""
+    job = one(render(helm, *CREDS), "Job")
+    job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_schema_is_valid_draft7_and_accepts_the_shipped_values() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    defaults = values_of(CHART / "values.yaml")
+    jsonschema.Draft7Validator(schema).validate(defaults)
+    assert set(defaults) <= set(schema["properties"]), "every top-level value is described by the schema"
+    for path in CI_VALUES:
+        merged = _deep_merge(defaults, values_of(path))
+        jsonschema.Draft7Validator(schema).validate(merged)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ bad values
+
+
+BAD_VALUES = [
+    # (helm args, text the error must contain)
+    (["--set-json", 'setupJob.backoffLimit="3"'], "at '/setupJob/backoffLimit': got string, want integer"),
+    (["--set", "reharden.cron=0 3 * *"], "at '/reharden/cron'"),
+    (["--set", "reharden.cron=every day at 3"], "at '/reharden/cron'"),
+    (["--set", "reharden.cron=@fortnightly"], "at '/reharden/cron'"),
+    (["--set", "reharden.crn=0 0 3 * * *"], "additional properties 'crn' not allowed"),
+    (["--set", "imagee.tag=1.0"], "additional properties 'imagee' not allowed"),
+    (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy': value must be one of"),
+    (["--set", "kfp.host=ml-pipeline.kubeflow:8888"], "at '/kfp/host'"),
+    (["--set", "s3.endpoint=http://minio:9000/bucket"], "at '/s3/endpoint'"),
+    (["--set", "reharden.releasesPrefix=models/releases"], "at '/reharden/releasesPrefix'"),
+    (["--set", "reharden.params.releases_prefix=s3://x/y"], "at '/reharden/params/releases_prefix'"),
+    (["--set", "reharden.params.bad-name=1"], "at '/reharden/params': additional properties 'bad-name' not allowed"),
+    (["--set-json", "reharden.params.eta=[1,2]"], "at '/reharden/params/eta'"),
+    (["--set", "kfp.serviceAccountToken.expirationSeconds=300"], "at '/kfp/serviceAccountToken/expirationSeconds'"),
+    (["--set-json", 'tolerations=[{"key":"gpu","effect":"NoScheduel"}]'], "at '/tolerations/0/effect'"),
+    (["--set-json", 'tolerations=[{"key":"gpu","operatr":"Exists"}]'], "additional properties 'operatr' not allowed"),
+    (["--set", "setupJob.resources.requests.memory=lots"], "at '/setupJob/resources/requests/memory'"),
+    (["--set", "pushgateway.port=70000"], "at '/pushgateway/port'"),
+    (["--set", "fullnameOverride=My_Release"], "at '/fullnameOverride'"),
+    (["--set-json", "kfp.host=null"], "/kfp"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=[" ".join(a[1:]) for a, _ in BAD_VALUES])
+def test_schema_rejects_bad_values(helm: Path, args: list[str], message: str) -> None:
+    err = render_error(helm, *CREDS, *args)
+    assert "don't meet the specifications of the schema" in err, err
+    assert message in err, f"expected {message!r} in:\n{err}"
+
+
+CROSS_FIELD = [
+    ([], "set s3.existingSecret to a Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    (["--set", "s3.accessKeyId=a"], "or set both s3.accessKeyId and s3.secretAccessKey"),
+    ([*CREDS, "--set", "s3.existingSecret=mine"], 'existingSecret "mine" and accessKeyId/secretAccessKey are both set'),
+    (
+        [*CREDS, "--set", "reharden.hardenedPrefix=s3://models/releases/hardened"],
+        'hardenedPrefix "s3://models/releases/hardened" and releasesPrefix "s3://models/releases" overlap',
+    ),
+    (
+        [*CREDS, "--set", "serviceAccount.create=false"],
+        "set serviceAccount.name when serviceAccount.create is false",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CROSS_FIELD, ids=["no-creds", "half-creds", "both", "overlap", "sa"])
+def test_cross_field_mistakes_fail_with_one_clear_line(helm: Path, args: list[str], message: str) -> None:
+    err = render_error(helm, *args)
+    assert message in err, err
+    # the same prefixes are fine when they only share a name prefix, not a path
+    if "overlap" in message:
+        render(helm, *CREDS, "--set", "reharden.hardenedPrefix=s3://models/releases-hardened")
+
+
+# --------------------------------------------------------------------------------------- what it renders
+
+
+def test_defaults_create_secret_configmap_rbac_and_the_hook_job(helm: Path) -> None:
+    docs = render(helm, *CREDS)
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Job"]
+    ), "Pushgateway is off by default"
+    secret = one(docs, "Secret")
+    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    cm = one(docs, "ConfigMap")["data"]
+    assert cm["AWS_ENDPOINT_URL"] == "http://minio-service.kubeflow:9000"
+    assert "DG_PUSHGATEWAY_URL" not in cm
+
+    job = one(docs, "Job")
+    ann = job["metadata"]["annotations"]
+    assert set(ann["helm.sh/hook"].split(",")) == {"post-install", "post-upgrade"}
+    assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    upload, schedule = job_containers(job)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    defaults = values_of(CHART / "values.yaml")
+    assert upload["image"] == schedule["image"] == f"ghcr.io/distillation-guards/dguard:{chart['appVersion']}"
+    # the init container uploads, then the main container schedules: `dguard` is the image's entry point
+    assert upload["args"] == ["upload", "--all", "--host", "$(KFP_HOST)"]
+    args = schedule["args"]
+    assert args[:4] == ["schedule", "reharden", "--host", "$(KFP_HOST)"]
+    assert args[args.index("--cron") + 1] == defaults["reharden"]["cron"]
+    assert f"releases_prefix={defaults['reharden']['releasesPrefix']}" in args
+    assert f"hardened_prefix={defaults['reharden']['hardenedPrefix']}" in args
+    for c in (upload, schedule):
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow:8888"
+        assert env["KF_PIPELINES_SA_TOKEN_PATH"] == "/var/run/secrets/kubeflow/pipelines/token"
+        assert not any("AWS_SECRET" in e["name"] for e in c["env"]), "the Job needs no store credentials"
+
+
+def test_existing_secret_is_referenced_not_created(helm: Path) -> None:
+    docs = render(helm, "--set", "s3.existingSecret=team-s3")
+    assert not by_kind(docs, "Secret")
+    proc = run_helm(helm, "install", "rel", str(CHART), "--dry-run=client", "--set", "s3.existingSecret=team-s3")
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "Secret    team-s3" in notes and "not managed by this chart" in notes
+    assert "kubectl -n default logs job/rel-distillation-guards-setup --all-containers" in notes
+
+
+def test_pushgateway_on_is_wired_to_the_configmap(helm: Path) -> None:
+    docs = render(helm, *CREDS, "--set", "pushgateway.enabled=true,pushgateway.port=9092", namespace="obs")
+    dep, svc = one(docs, "Deployment"), one(docs, "Service")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items(), "the Service must select the Pushgateway pod"
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["ports"][0]["containerPort"] == 9092
+    assert "--web.listen-address=:9092" in container["args"]
+    assert svc["spec"]["ports"][0]["port"] == 9092
+    url = one(docs, "ConfigMap")["data"]["DG_PUSHGATEWAY_URL"]
+    assert url == f"http://{svc['metadata']['name']}.obs.svc:9092"
+    assert not by_kind(docs, "PersistentVolumeClaim"), "no PVC unless persistence is on"
+
+    docs = render(helm, *CREDS, "--set", "pushgateway.enabled=true,pushgateway.persistence.enabled=true")
+    pvc = one(docs, "PersistentVolumeClaim")
+    dep = one(docs, "Deployment")
+    assert (
+        dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    )
+    assert "--persistence.file=/data/metrics" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # an external Pushgateway: its URL, no Deployment
+    docs = render(helm, *CREDS, "--set", "pushgateway.url=http://pgw.monitoring:9091")
+    assert not by_kind(docs, "Deployment")
+    assert one(docs, "ConfigMap")["data"]["DG_PUSHGATEWAY_URL"] == "http://pgw.monitoring:9091"
+
+
+def test_full_values_reach_the_pods(helm: Path) -> None:
+    values = values_of(CHART / "ci" / "full-values.yaml")
+    docs = render(helm, "-f", str(CHART / "ci" / "full-values.yaml"))
+    job = one(docs, "Job")
+    for pod in (job["spec"]["template"]["spec"], one(docs, "Deployment")["spec"]["template"]["spec"]):
+        assert pod["tolerations"] == values["tolerations"]
+        assert pod["nodeSelector"] == values["nodeSelector"]
+        assert pod["affinity"] == values["affinity"]
+        assert pod["imagePullSecrets"] == values["imagePullSecrets"]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "dguard-setup"
+    upload, schedule = job_containers(job)
+    assert upload["image"] == "registry.example.com:5000/ml/dguard:0.1.0-rc1"
+    assert upload["resources"] == values["setupJob"]["resources"]
+    assert upload["args"][-2:] == ["--namespace", "team-a"]
+    args = schedule["args"]
+    assert args[args.index("--namespace") + 1] == "team-a"
+    assert args[args.index("--experiment") + 1] == "hardening"
+    assert args[args.index("--service-account") + 1] == "default-editor"
+    assert args[args.index("--cron") + 1] == "@every 6h"
+    # extra pipeline arguments, integers printed as integers (not 1e+05)
+    assert {"eta=-1", "beta=0.2", "max_steps=100000", "attack_suite=sft,kd", "publish=true"} <= set(args)
+    cm = one(docs, "ConfigMap")["data"]
+    assert (cm["S3_VERIFY_SSL"], cm["DG_S3_CREATE_BUCKET"], cm["AWS_REGION"]) == ("0", "1", "eu-west-1")
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "a"
+
+
+def test_upload_only_runs_one_container_and_no_rbac(helm: Path) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "upload-only-values.yaml"))
+    assert not by_kind(docs, "Role") and not by_kind(docs, "ServiceAccount")
+    job = one(docs, "Job")
+    spec = job["spec"]["template"]["spec"]
+    assert "initContainers" not in spec
+    (c,) = spec["containers"]
+    assert c["args"][:2] == ["upload", "--all"]
+    assert spec["serviceAccountName"] == "pipeline-runner"
+    assert not any(v["name"] == "kfp-token" for v in spec["volumes"])
+    assert "KF_PIPELINES_SA_TOKEN_PATH" not in {e["name"] for e in c["env"]}
+    assert not by_kind(render(helm, *CREDS, "--set", "setupJob.enabled=false"), "Job")
+
+
+def test_rbac_is_least_privilege_and_bound_to_the_jobs_account(helm: Path) -> None:
+    docs = render(helm, *CREDS)
+    role, binding, sa = one(docs, "Role"), one(docs, "RoleBinding"), one(docs, "ServiceAccount")
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["pipelines.kubeflow.org"], "the Job touches no Kubernetes API group"
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert not {"update", "patch", "deletecollection"} & set(rule["verbs"])
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert ("jobs", "delete") in granted, "`schedule --replace` deletes the previous recurring run"
+    assert ("pipelines/versions", "create") in granted and ("experiments", "create") in granted
+    assert not any(r == "runs" for r, _ in granted), "the schedule creates runs server-side"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ml-team"}]
+    job = one(docs, "Job")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["automountServiceAccountToken"] is False and spec["automountServiceAccountToken"] is False
+    (token,) = [v for v in spec["volumes"] if v["name"] == "kfp-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+
+
+def test_pods_are_restricted_and_match_the_images_user(helm: Path) -> None:
+    users = re.findall(r"^USER\s+(\d+)", (ROOT / "images" / "Dockerfile.cpu").read_text(), re.M)
+    assert users, "images/Dockerfile.cpu sets no numeric USER"
+    image_uid = int(users[-1])
+    docs = render(helm, *CREDS, "--set", "pushgateway.enabled=true")
+    for pod in (one(docs, "Job")["spec"]["template"]["spec"], one(docs, "Deployment")["spec"]["template"]["spec"]):
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["limits"]["memory"]
+    job_pod = one(docs, "Job")["spec"]["template"]["spec"]
+    assert job_pod["securityContext"]["runAsUser"] == image_uid
+    # read-only root: kfp.Client writes ~/.config/kfp, so $HOME and /tmp are emptyDirs
+    mounts = {m["mountPath"] for m in job_pod["containers"][0]["volumeMounts"]}
+    assert {"/home/dguard", "/tmp"} <= mounts
+
+
+def test_job_arguments_parse_with_the_dguard_cli(helm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook Job's arguments go through `dguard`'s real dispatch and argument parsing (flags, cron form);
+    only the verb's network step is replaced by a recorder, since the example hosts are not to be contacted."""
+    from dg_core import cli
+
+    for values in CI_VALUES:
+        job = one(render(helm, "-f", str(values)), "Job")
+        for c in job_containers(job):
+            env = {e["name"]: e["value"] for e in c["env"]}
+            argv = [re.sub(r"\$\((\w+)\)", lambda m, env=env: env[m.group(1)], a) for a in c["args"]]
+            verb = argv[0]
+            assert verb in cli.COMMANDS, f"{values.stem}: `dguard {verb}` is not a dguard command"
+            mod = importlib.import_module(cli.COMMANDS[verb][0])
+            seen: list[argparse.Namespace] = []
+            monkeypatch.setattr(mod, "main", lambda ns, v, seen=seen: seen.append(ns) or 0)
+            try:
+                rc = cli.main(argv)
+            except SystemExit as e:
+                pytest.fail(f"{values.stem}: `dguard {' '.join(argv)}` is rejected by the CLI (exit {e.code})")
+            assert rc == 0 and len(seen) == 1
+            ns = seen[0]
+            assert ns.host == env["KFP_HOST"]
+            if verb == "schedule":
+                assert ns.pipeline == "reharden" and ns.replace
+                mod.normalise_cron(ns.cron)  # raises DGError on a cron the CLI would refuse
+                assert {o.split("=", 1)[0] for o in ns.overrides} >= {"releases_prefix", "hardened_prefix"}
+            else:
+                assert ns.all
+
+
+def test_cron_forms_the_schema_accepts_are_the_ones_the_cli_accepts(helm: Path) -> None:
+    from dg_core.errors import DGError
+    from pipelines.remote import normalise_cron
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["reharden"]["properties"]["cron"]["pattern"])
+    cases = ["0 3 * * *", "0 0 3 * * *", "*/15 * * * *", "0 0 9 ? * MON-FRI", "@daily", "@every 6h", "@every 1h30m"]
+    cases += ["0 3 * *", "0 0 0 3 * * * *", "@fortnightly", "every day", "@every", "0 3 * * * * *"]
+    for expr in cases:
+        try:
+            normalise_cron(expr)
+            cli_ok = True
+        except DGError:
+            cli_ok = False
+        assert bool(pattern.search(expr)) == cli_ok, f"cron {expr!r}: schema and `dguard schedule` disagree"
