@@ -241,3 +241,128 @@ def test_resume_after_kill_gives_the_same_adapter(zoo_root, proxy, task, example
     for n in want:
         assert torch.allclose(got[n], want[n], atol=1e-6), n
     assert [h["reward_cal"] for h in resumed.history] == pytest.approx([h["reward_cal"] for h in full.history])
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+def _dataset(tmp_path, task, examples) -> str:
+    """A prepared dataset artifact written by hand (the layout `dguard prep` publishes)."""
+    from dg_core.data.artifact import write_manifest
+    from dg_core.data.example import write_jsonl
+
+    d = tmp_path / "dataset"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", examples[:150])
+    write_jsonl(d / "validation.jsonl", examples[150:])
+    write_manifest(
+        d,
+        {
+            "task": task.spec(),
+            "splits": {
+                "train": {"file": "train.jsonl", "rows": 150},
+                "validation": {"file": "validation.jsonl", "rows": 50},
+            },
+        },
+    )
+    return str(d)
+
+
+def _stage_cfg(**kw):
+    from dg_core.calibrate.stage import Config
+    from dg_core.config import from_dict
+
+    base = dict(
+        proxies=["zoo:proxy"],
+        steps=2,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=24,
+        eval_n=16,
+        sampled_k=2,
+        device="cpu",
+        progress=False,
+        checkpoint_every=0,
+    )
+    base.update(kw)
+    return from_dict(Config, base)
+
+
+def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrapped, task, examples, tmp_path):
+    import json
+
+    from dg_core import store
+    from dg_core.calibrate import stage
+    from dg_core.models import save_model
+
+    model, tok = bootstrapped
+    teacher_uri = save_model(copy.deepcopy(model), tok, (tmp_path / "teacher").as_uri())
+    out = (tmp_path / "calib").as_uri()
+    cfg = _stage_cfg(
+        teacher=teacher_uri,
+        dataset=_dataset(tmp_path, task, examples),
+        output=out,
+        preflight_accuracy=0.0,
+        min_retention=0.0,
+        eta=-0.5,
+    )
+    summary = stage.run(cfg)
+    assert summary["status"] == "passed"
+    assert store.is_published(summary["model"]) and store.is_published(summary["adapter"])
+    card = json.loads((store.fetch(summary["card"]) / "card.json").read_text())
+    assert card["status"] == "passed" and card["eta"] == -0.5 and card["direction"] == "undistillable"
+    assert card["teacher"]["sha256"] and card["proxies"][0]["uri"] == "zoo:proxy"
+    assert set(card["teacher_metrics"]["before"]) >= {"greedy_accuracy", "sampled_accuracy", "r_cal_mean"}
+    assert len(card["training"]["history"]) == 2
+    md = (store.fetch(summary["card"]) / "card.md").read_text()
+    assert "Status: passed" in md and "greedy_accuracy" in md
+    # the merged model loads and answers like the calibrated policy did
+    merged, mtok = load_model(summary["model"], device="cpu")
+    from dg_core.calibrate.grpo import sampled_accuracy
+
+    held = examples[150:166]
+    acc, _ = sampled_accuracy(merged, mtok, task, held, greedy=True, max_new_tokens=24)
+    assert acc == pytest.approx(summary["after"]["greedy_accuracy"])
+
+
+def test_stage_gate_failure_publishes_only_the_card(zoo_root, task, examples, tmp_path):
+    import json
+
+    from dg_core import store
+    from dg_core.calibrate import stage
+
+    out = (tmp_path / "calib").as_uri()
+    cfg = _stage_cfg(
+        teacher="zoo:teacher", dataset=_dataset(tmp_path, task, examples), output=out, preflight_accuracy=0
+    )
+    summary = stage.run(cfg)  # an untrained teacher: accuracy 0, retention undefined
+    assert summary["status"] == "failed" and "retention is undefined" in summary["reason"]
+    assert summary["model"] is None and not store.is_published(store.join(out, "model"))
+    assert not store.is_published(store.join(out, "adapter"))
+    card = json.loads((store.fetch(summary["card"]) / "card.json").read_text())
+    assert card["status"] == "failed" and card["reason"] == summary["reason"]
+
+
+def test_stage_preflight_refuses_an_unsound_teacher(zoo_root, task, examples, tmp_path):
+    from dg_core import store
+    from dg_core.calibrate import stage
+    from dg_core.errors import DGError
+
+    out = (tmp_path / "calib").as_uri()
+    cfg = _stage_cfg(
+        teacher="zoo:teacher", dataset=_dataset(tmp_path, task, examples), output=out, preflight_accuracy=0.9
+    )
+    with pytest.raises(DGError, match="pre-flight: teacher not sound on the task: sampled accuracy 0.000"):
+        stage.run(cfg)
+    assert store.list_artifacts(out) == []  # nothing half-written
+
+
+def test_stage_config_errors_are_one_line(zoo_root):
+    from dg_core.errors import DGError
+
+    with pytest.raises(DGError, match="'teacher' is required"):
+        _stage_cfg(dataset="x")
+    with pytest.raises(DGError, match="config field 'cal_gate'"):
+        _stage_cfg(teacher="zoo:teacher", dataset="x", cal_gate="sometimes")
+    with pytest.raises(DGError, match="config field 'group_size'"):
+        _stage_cfg(teacher="zoo:teacher", dataset="x", group_size=1)

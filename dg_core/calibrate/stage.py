@@ -1,0 +1,249 @@
+"""Stage ``calibrate``: RFT of a teacher with the distillability knob η, guarded and gated.
+
+Flow: load the prepared dataset, the teacher and the frozen proxies → measure the original teacher (held-out
+greedy and sampled accuracy, r_cal of its samples) → pre-flight: refuse a teacher that is not sound on the task
+→ calibrate (LoRA on π₀, checkpoints with resume, early stopping) → measure again → gate on teacher retention →
+publish the adapter and the merged model (only when the gate passed) and the calibration card (always).
+
+Outputs under ``output``: ``adapter/``, ``model/`` (merged, loadable by any stage), ``card/`` (card.json,
+card.md), ``checkpoint/`` (resume state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dg_core import store
+from dg_core.calibrate.card import build_card, write_card
+from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration, sampled_accuracy
+from dg_core.calibrate.guards import gate, preflight
+from dg_core.calibrate.rewards import CalibrationReward
+from dg_core.config import option
+from dg_core.errors import DGError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Config(CalibrationSettings):
+    teacher: str = option("", "The teacher to calibrate: store URI, local dir, zoo:<name> or hub id.")
+    proxies: list[str] = option(["zoo:proxy"], "Frozen calibration proxies q (smaller than the students).")
+    dataset: str = option("", "Prepared dataset artifact (from `dguard prep`).")
+    train_split: str = option("train", "Split whose prompts calibration samples on.")
+    eval_split: str = option("validation", "Held-out split for teacher evaluation (before/during/after).")
+    output: str = option("", "Output URI (default: <store root>/calibrate/<teacher>-eta<eta>-<config hash>).")
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda.")
+    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")
+    sampled_k: int = option(4, "Samples per held-out prompt for sampled accuracy and r_cal measurements.", ge=1)
+    preflight_accuracy: float = option(
+        0.9,
+        "Guard: calibrate only a teacher whose sampled held-out accuracy is at least this (0: skip the check).",
+        ge=0,
+        le=1,
+    )
+    min_retention: float = option(
+        0.95, "Gate: calibrated/original held-out greedy accuracy below this marks the run failed.", ge=0
+    )
+    run_id: str = option("", "Run id attached to pushed metrics.")
+    progress: bool = option(True, "Show a progress bar.")
+
+    def check(self) -> None:
+        if not self.teacher:
+            raise DGError("config field 'teacher' is required: expected a model reference (e.g. zoo:teacher)")
+        if not self.dataset:
+            raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
+        if not self.proxies:
+            raise DGError("config field 'proxies': empty, expected at least one proxy model reference")
+
+
+SETTINGS_FIELDS = tuple(f for f in CalibrationSettings.__dataclass_fields__)
+
+
+def settings_of(cfg: Config) -> dict[str, Any]:
+    """The loop's settings plus the guard/gate fields (what the card records and the output hash covers)."""
+    keys = SETTINGS_FIELDS + (
+        "proxies",
+        "train_split",
+        "eval_split",
+        "sampled_k",
+        "preflight_accuracy",
+        "min_retention",
+    )
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def default_output(cfg: Config) -> str:
+    body = json.dumps({"teacher": cfg.teacher, "dataset": cfg.dataset, **settings_of(cfg)}, sort_keys=True)
+    h = hashlib.sha256(body.encode()).hexdigest()[:10]
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in cfg.teacher.split("/")[-1]) or "teacher"
+    return store.join(store.default_root(), "calibrate", f"{name}-eta{cfg.eta:+g}-{h}")
+
+
+def measure_teacher(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Any,
+    examples: list,
+    cal: CalibrationReward,
+    cfg: CalibrationSettings,
+    k: int,
+    seed: int,
+) -> dict[str, float]:
+    """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples."""
+    greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
+    sampled, texts = sampled_accuracy(
+        model,
+        tokenizer,
+        task,
+        examples,
+        n=k,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed,
+    )
+    reps = [e for e in examples for _ in range(k)]
+    prompts = lambda tok: [task.prompt(e, tok) for e in reps]  # noqa: E731
+    r_cal = cal(prompts, texts)
+    correct = torch.tensor([s.correct for s in task.score_batch(reps, texts)])
+    return {
+        "greedy_accuracy": greedy,
+        "sampled_accuracy": sampled,
+        "r_cal_mean": float(r_cal.mean()),
+        "r_cal_correct_mean": float(r_cal[correct].mean()) if bool(correct.any()) else float("nan"),
+        "response_chars": sum(len(t) for t in texts) / max(1, len(texts)),
+        "n": float(len(examples)),
+    }
+
+
+def run(cfg: Config) -> dict:
+    from dg_core.checkpoint import Checkpointer
+    from dg_core.data import load_split, task_of
+    from dg_core.distill.trainer import stage_metrics
+    from dg_core.models import load_model, merge_lora, save_adapter, save_model
+    from dg_core.utils import seed_everything, set_threads_from_env
+
+    set_threads_from_env()
+    t_all = time.perf_counter()
+    out = cfg.output or default_output(cfg)
+    task = task_of(cfg.dataset)
+    train = load_split(cfg.dataset, cfg.train_split)
+    held = load_split(cfg.dataset, cfg.eval_split)[: cfg.eval_n]
+    if not held:
+        raise DGError(f"{cfg.dataset}: split {cfg.eval_split!r} is empty, expected held-out examples")
+    seed_everything(cfg.seed)
+    teacher, tok = load_model(cfg.teacher, device=cfg.device, dtype=cfg.dtype)
+    device = next(teacher.parameters()).device
+    proxies = []
+    for ref in cfg.proxies:
+        m, t = load_model(ref, device=str(device), dtype=cfg.dtype)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        proxies.append((m, t))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    cal_kw = dict(normalize=cfg.normalize, combine=cfg.combine, reference=cfg.reference, eta_sign=cfg.eta or -1.0)
+
+    t0 = time.perf_counter()
+    before = measure_teacher(
+        teacher, tok, task, held, CalibrationReward(teacher, tok, proxies, **cal_kw), cfg, cfg.sampled_k, cfg.seed
+    )
+    log.info("teacher before calibration: %s", before)
+    pf = preflight(before["sampled_accuracy"], len(held) * cfg.sampled_k, cfg.preflight_accuracy)
+    if cfg.preflight_accuracy > 0 and not pf.ok:
+        raise DGError(
+            f"pre-flight: {pf.reason}; calibrating an unsound teacher invites reward hacking "
+            "(train it further, or set preflight_accuracy=0 to skip this guard)"
+        )
+    t_measure = time.perf_counter() - t0
+
+    policy, ref_model = make_policy(teacher, cfg)
+    cal = CalibrationReward(policy, tok, proxies, **cal_kw)
+    metrics = stage_metrics("calibrate", cfg.run_id or None)
+    ckpt = Checkpointer(store.join(out, "checkpoint"), cfg.checkpoint_every)
+    result = run_calibration(
+        policy,
+        tok,
+        task,
+        train,
+        cfg,
+        cal_reward=cal,
+        eval_examples=held,
+        base_accuracy=before["greedy_accuracy"],
+        checkpointer=ckpt,
+        metrics=metrics,
+        ref_model=ref_model,
+        progress=cfg.progress,
+    )
+    t1 = time.perf_counter()
+    after = measure_teacher(policy, tok, task, held, cal, cfg, cfg.sampled_k, cfg.seed)
+    t_measure += time.perf_counter() - t1
+    log.info("teacher after calibration: %s", after)
+    verdict = gate(before["greedy_accuracy"], after["greedy_accuracy"], cfg.min_retention, result.stopped_reason)
+    metrics.set("calibrate_retention", verdict.retention or 0.0)
+    metrics.set("calibrate_passed", 1.0 if verdict.passed else 0.0)
+    metrics.flush()
+
+    outputs: dict[str, str | None] = {"adapter": None, "model": None}
+    meta = {"stage": "calibrate", "eta": cfg.eta, "teacher": cfg.teacher}
+    if verdict.passed:
+        if cfg.lora_r > 0:
+            outputs["adapter"] = save_adapter(policy, store.join(out, "adapter"), metadata=meta)
+            merged = merge_lora(policy)
+        else:
+            merged = policy
+        outputs["model"] = save_model(merged, tok, store.join(out, "model"), metadata=meta)
+    else:
+        log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
+    hist = result.history
+    training = {
+        "steps_done": result.steps_done,
+        "resumed_from": result.resumed_from,
+        "stopped_early": result.stopped_reason,
+        "train_seconds": result.seconds,
+        "measure_seconds": t_measure,
+        "total_seconds": time.perf_counter() - t_all,
+        "final_kl": hist[-1]["kl"] if hist else None,
+        "final_reward_cal": hist[-1]["reward_cal"] if hist else None,
+        "final_sampled_accuracy": hist[-1]["accuracy"] if hist else None,
+        "retention": verdict.retention,
+        "preflight": pf.reason,
+        "history": hist,
+        "evals": result.evals,
+    }
+    card = build_card(
+        settings=settings_of(cfg),
+        teacher=cfg.teacher,
+        proxies=list(cfg.proxies),
+        dataset=cfg.dataset,
+        before=before,
+        after=after,
+        training=training,
+        status="passed" if verdict.passed else "failed",
+        reason=verdict.reason,
+        outputs=outputs,
+    )
+    with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
+        write_card(card, tmp)
+        store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
+    return {
+        "status": card["status"],
+        "reason": verdict.reason,
+        "retention": verdict.retention,
+        "output": out,
+        "card": store.join(out, "card"),
+        "model": outputs["model"],
+        "adapter": outputs["adapter"],
+        "before": before,
+        "after": after,
+        "steps": result.steps_done,
+        "stopped_early": result.stopped_reason,
+        "seconds": time.perf_counter() - t_all,
+    }
