@@ -141,8 +141,10 @@ BAD_VALUES = [
     (["--set", "s3.endpoint=http://minio:9000/bucket"], "at '/s3/endpoint'"),
     (["--set", "reharden.releasesPrefix=models/releases"], "at '/reharden/releasesPrefix'"),
     (["--set", "reharden.params.releases_prefix=s3://x/y"], "at '/reharden/params/releases_prefix'"),
+    (["--set", "reharden.params.s3_secret=other"], "at '/reharden/params/s3_secret'"),
+    (["--set", "reharden.gpu.acceleratorCount=two"], "at '/reharden/gpu/acceleratorCount'"),
+    (["--set", "reharden.storeRoot=/data/dguard"], "at '/reharden/storeRoot'"),
     (["--set", "reharden.params.bad-name=1"], "at '/reharden/params': additional properties 'bad-name' not allowed"),
-    (["--set-json", "reharden.params.eta=[1,2]"], "at '/reharden/params/eta'"),
     (["--set", "kfp.serviceAccountToken.expirationSeconds=300"], "at '/kfp/serviceAccountToken/expirationSeconds'"),
     (["--set-json", 'tolerations=[{"key":"gpu","effect":"NoScheduel"}]'], "at '/tolerations/0/effect'"),
     (["--set-json", 'tolerations=[{"key":"gpu","operatr":"Exists"}]'], "additional properties 'operatr' not allowed"),
@@ -213,6 +215,9 @@ def test_defaults_create_secret_configmap_rbac_and_the_hook_job(helm: Path) -> N
     assert args[args.index("--cron") + 1] == defaults["reharden"]["cron"]
     assert f"releases_prefix={defaults['reharden']['releasesPrefix']}" in args
     assert f"hardened_prefix={defaults['reharden']['hardenedPrefix']}" in args
+    assert f"s3_secret={secret['metadata']['name']}" in args
+    assert f"env_config_map={one(docs, 'ConfigMap')['metadata']['name']}" in args
+    assert not any(a.startswith("store_root=") for a in args), "empty storeRoot keeps the pipeline's default"
     for c in (upload, schedule):
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow:8888"
@@ -278,8 +283,17 @@ def test_full_values_reach_the_pods(helm: Path) -> None:
     assert args[args.index("--experiment") + 1] == "hardening"
     assert args[args.index("--service-account") + 1] == "default-editor"
     assert args[args.index("--cron") + 1] == "@every 6h"
-    # extra pipeline arguments, integers printed as integers (not 1e+05)
-    assert {"eta=-1", "beta=0.2", "max_steps=100000", "attack_suite=sft,kd", "publish=true"} <= set(args)
+    # the store wiring and GPU placement of the scheduled runs
+    assert {"s3_secret=team-a-s3", "env_config_map=dguard-env", "store_root=s3://team-a-dguard/runs"} <= set(args)
+    assert {"accelerator_type=nvidia.com/gpu", "accelerator_count=2"} <= set(args)
+    gpu = {a.split("=", 1)[0]: json.loads(a.split("=", 1)[1]) for a in args if a.startswith("gpu_")}
+    assert gpu == {
+        "gpu_node_selector": values["reharden"]["gpu"]["nodeSelector"],
+        "gpu_tolerations": values["reharden"]["gpu"]["tolerations"],
+    }
+    # extra pipeline arguments: integers printed as integers (not 1e+05), lists and mappings as JSON
+    assert {"eta=-1", "beta=0.2", "max_steps=100000", "publish=true"} <= set(args)
+    assert {'attack_suite=["sft","kd"]', 'prep_options={"limit":512}'} <= set(args)
     cm = one(docs, "ConfigMap")["data"]
     assert (cm["S3_VERIFY_SSL"], cm["DG_S3_CREATE_BUCKET"], cm["AWS_REGION"]) == ("0", "1", "eu-west-1")
     assert job["spec"]["template"]["metadata"]["labels"]["team"] == "a"
