@@ -20,7 +20,8 @@ S3 settings come from the environment, under the names KFP and MinIO users alrea
 - ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; ``S3_VERIFY_SSL`` (``0`` disables, a file path is a CA bundle)
 - ``DG_S3_CREATE_BUCKET=1`` creates a missing bucket on write (otherwise a missing bucket is an error)
 - tuning: ``DG_S3_WORKERS`` (parallel transfers, 8), ``DG_S3_PART_SIZE_MB`` (multipart part size and
-  ranged-download chunk, 32), ``DG_S3_RETRIES`` (attempts on transient errors, 5), ``DG_S3_BACKOFF_S`` (0.5)
+  ranged-download chunk, 32; upload memory is about workers x part size), ``DG_S3_RETRIES`` (attempts on
+  transient errors, 5), ``DG_S3_BACKOFF_S`` (first backoff, doubling, 0.5)
 
 Secrets never appear in logs or errors; the access key id is shown masked. Downloads of s3 artifacts go to
 ``$DG_CACHE_DIR`` (default ``~/.cache/dguard``) under a key derived from the manifest, and a verified cached
@@ -569,6 +570,8 @@ class S3Store(Store):
         self.bucket = bucket
         self.settings = settings or S3Settings.from_env()
         self.client = _client(self.settings)
+        self._part_threads = min(4, self.settings.workers)
+        self._multipart_slots = threading.BoundedSemaphore(max(1, self.settings.workers // self._part_threads))
 
     def __repr__(self) -> str:
         return f"S3Store({self.bucket!r}, endpoint={self.settings.url!r})"
@@ -674,17 +677,25 @@ class S3Store(Store):
     # -- objects
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Upload one file; files over one part go up as a multipart upload with parallel parts.
+
+        At most ``workers`` parts are in flight per store, so memory stays near ``workers * part_size``.
+        """
         self.ensure_bucket()
         key = _clean_key(key, key)
         size = os.stat(path).st_size
-        parallel = max(1, min(4, self.settings.workers)) if size > self.settings.part_size else 1
-        self._call(
-            "upload",
-            key,
-            lambda: self.client.fput_object(
-                self.bucket, key, os.fspath(path), part_size=self.settings.part_size, num_parallel_uploads=parallel
-            ),
-        )
+        part_size = max(self.settings.part_size, -(-size // 9000))  # S3 allows at most 10000 parts
+        if size <= part_size:
+            self._call("upload", key, lambda: self.client.fput_object(self.bucket, key, os.fspath(path)))
+            return
+        with self._multipart_slots:
+            self._call(
+                "upload",
+                key,
+                lambda: self.client.fput_object(
+                    self.bucket, key, os.fspath(path), part_size=part_size, num_parallel_uploads=self._part_threads
+                ),
+            )
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.ensure_bucket()
@@ -1010,7 +1021,8 @@ def _publish_local(store: LocalStore, src: Path, key: str, metadata: Mapping[str
 def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:
     """Remove temp/old siblings of ``dest`` left by publishes that died more than an hour ago."""
     now = time.time()
-    for p in dest.parent.glob(f".{_glob_escape(dest.name)}.[to][ml][pd]-*"):
+    name = _glob_escape(dest.name)
+    for p in [*dest.parent.glob(f".{name}.tmp-*"), *dest.parent.glob(f".{name}.old-*")]:
         with contextlib.suppress(OSError):
             if now - p.stat().st_mtime > max_age_s:
                 shutil.rmtree(p, ignore_errors=True)

@@ -49,6 +49,15 @@ def moto() -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def moto_iam() -> Iterator:
+    """A moto S3 server enforcing IAM, with an admin and a read-only user (see servers.IamMoto)."""
+    from servers import moto_iam_server
+
+    with moto_iam_server() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def s3rver() -> Iterator:
     """An s3rver S3 server (checks access key ids) on loopback for the whole session."""
     from servers import s3rver_server

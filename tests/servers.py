@@ -75,11 +75,15 @@ def _wait_http(server: Server, path: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def _serve(name: str, argv: list[str], port: int, ready_path: str, cwd: Path | None = None) -> Iterator[Server]:
+def _serve(
+    name: str, argv: list[str], port: int, ready_path: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix=f"dg-{name}-") as tmp:
         log = Path(tmp) / "server.log"
         with open(log, "wb") as logf:
-            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=cwd or tmp)
+            proc = subprocess.Popen(
+                argv, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, **(env or {})}
+            )
         server = Server(name, f"http://127.0.0.1:{port}", proc, log)
         try:
             _wait_http(server, ready_path, timeout=60)
@@ -100,6 +104,55 @@ def moto_server() -> Iterator[Server]:
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with _serve("moto", argv, port, "/moto-api/") as s:
         yield s
+
+
+@dataclass
+class IamMoto:
+    """A moto server that enforces IAM: ``admin`` may do anything, ``reader`` only GetObject + ListBucket."""
+
+    server: Server
+    keys: dict[str, tuple[str, str]]  # user -> (access key id, secret)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@contextlib.contextmanager
+def moto_iam_server() -> Iterator[IamMoto]:
+    """moto with authentication on (INITIAL_NO_AUTH_ACTION_COUNT): real AccessDenied/SignatureDoesNotMatch."""
+    import json
+
+    import boto3
+
+    port = free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    # Three unauthenticated calls bootstrap the admin user; after that every request is authenticated.
+    with _serve("moto-iam", argv, port, "/moto-api/", env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as server:
+
+        def iam(key: str = "bootstrap", secret: str = "bootstrap"):
+            return boto3.client(
+                "iam",
+                endpoint_url=server.url,
+                region_name="us-east-1",
+                aws_access_key_id=key,
+                aws_secret_access_key=secret,
+            )
+
+        def policy(actions: list[str]) -> str:
+            return json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+            )
+
+        keys: dict[str, tuple[str, str]] = {}
+        boot = iam()
+        for user, actions in (("admin", ["*"]), ("reader", ["s3:GetObject", "s3:ListBucket"])):
+            boot.create_user(UserName=user)
+            boot.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=policy(actions))
+            k = boot.create_access_key(UserName=user)["AccessKey"]
+            keys[user] = (k["AccessKeyId"], k["SecretAccessKey"])
+            boot = iam(*keys["admin"])
+        yield IamMoto(server, keys)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -290,6 +291,28 @@ def test_wrong_credentials_give_one_clear_line(s3rver, clean_env, tmp_path, capl
     clean_env.setenv("AWS_ACCESS_KEY_ID", S3RVER_KEY)
     clean_env.setenv("AWS_SECRET_ACCESS_KEY", S3RVER_KEY)
     assert store.list_artifacts(root) == [uri]  # the failed publish wrote nothing
+
+
+def test_permission_and_signature_errors(moto_iam, clean_env, tmp_path, caplog):
+    """With IAM enforced: a read-only key can fetch but not publish; a wrong secret is a clear auth error."""
+    admin, reader = moto_iam.keys["admin"], moto_iam.keys["reader"]
+    root = use_s3(clean_env, moto_iam, *admin)
+    uri = store.join(root, "art")
+    store.publish(_write_tree(tmp_path / "src", SMALL), uri)
+
+    use_s3(clean_env, moto_iam, *reader)
+    assert {k: v for k, v in _tree(store.fetch(uri)).items() if k != MANIFEST} == SMALL
+    with pytest.raises(DGError) as e:
+        store.publish(tmp_path / "src", store.join(root, "new"))
+    assert re.match(rf"S3 access denied: cannot (delete|upload) {root}/new/\S+ at http://127", str(e.value)), e.value
+    assert f"with access key {reader[0][:4]}***" in str(e.value) and reader[1] not in str(e.value)
+    assert store.list_artifacts(root) == [uri]  # nothing of the refused publish is visible
+
+    use_s3(clean_env, moto_iam, admin[0], "not-the-secret")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DGError, match=r"^S3 authentication failed \(SignatureDoesNotMatch\) at http://127"):
+        store.read_manifest(uri)
+    assert admin[1] not in caplog.text and "not-the-secret" not in caplog.text
 
 
 @pytest.mark.parametrize("root", ["moto", "s3rver"], indirect=True)
