@@ -81,6 +81,11 @@ def content_sha(uri: str) -> str:
     return model_sha(uri)
 
 
+def list_releases(releases_prefix: str, hardened_prefix: str) -> list[str]:
+    """Every published artifact under ``releases_prefix`` that is not itself under ``hardened_prefix``."""
+    return [u for u in store.list_artifacts(releases_prefix) if _rel(u, hardened_prefix) is None]
+
+
 def pending_releases(releases_prefix: str, hardened_prefix: str) -> list[dict[str, str]]:
     """Releases under ``releases_prefix`` without an up-to-date hardened twin, oldest name first.
 
@@ -92,9 +97,7 @@ def pending_releases(releases_prefix: str, hardened_prefix: str) -> list[dict[st
     if _rel(releases_prefix, hardened_prefix) is not None:
         raise DGError(f"releases_prefix {releases_prefix} lies inside hardened_prefix {hardened_prefix}")
     pending = []
-    for uri in store.list_artifacts(releases_prefix):
-        if _rel(uri, hardened_prefix) is not None:
-            continue
+    for uri in list_releases(releases_prefix, hardened_prefix):
         sha = content_sha(uri)
         twin = twin_uri(uri, releases_prefix, hardened_prefix)
         if store.is_published(twin):

@@ -62,6 +62,8 @@ def _coerce(name: str, raw: str, kind: str) -> Any:
             raise DGError(f"{where}: got {raw!r}, expected a number")
         return float(value)
     if kind == "LIST":
+        if isinstance(value, str) and not raw.strip().startswith("["):
+            value = [v.strip() for v in raw.split(",") if v.strip()]  # a,b,c as in `dguard <stage>` overrides
         if not isinstance(value, list):
             raise DGError(f"{where}: got {raw!r}, expected a list such as [a, b]")
         return value

@@ -248,7 +248,7 @@ def test_submit_no_cache_disables_every_task(kfp_server, compiled):
         ("steps=2.5", "pipeline argument 'steps': got '2.5', expected an integer"),
         ("eta=abc", "pipeline argument 'eta': got 'abc', expected a number"),
         ("dry=maybe", "expected true or false"),
-        ("students=x", "expected a list"),
+        ("students={a: 1}", "expected a list"),
         ("eta", "expected key=value"),
     ],
 )

@@ -1,0 +1,1 @@
+"""KFP component: calibrate (see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component: diagnose (see README.md)."""

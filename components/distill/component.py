@@ -1,0 +1,49 @@
+# No `from __future__ import annotations`: kfp reads the real annotations of component signatures.
+from kfp import dsl
+from kfp.dsl import Metrics, Model, Output
+
+from components._common import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def distill(
+    teacher: str,
+    student: str,
+    dataset: str,
+    method: str,
+    seed: int,
+    steps: int,
+    n_samples: int,
+    max_new_tokens: int,
+    batch_size: int,
+    lr: float,
+    limit: int,
+    options: dict,
+    store_root: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> str:
+    """Distill a probe student from a teacher (the attack): sft, kd, gkd or xtok, for `steps` optimizer steps.
+
+    Teacher samples are generated once per teacher and shared by every student. `options` takes any further
+    field of `dguard distill` (e.g. {"kind": "reverse", "lora": true}). Returns the pinned student reference.
+    """
+    from components._common import log_metrics, run_stage, setup, unpin, write_ref
+
+    setup(store_root)
+    params = {
+        "teacher": unpin(teacher),
+        "student": unpin(student),
+        "dataset": unpin(dataset),
+        "method": method,
+        "seed": seed,
+        "steps": steps,
+        "n_samples": n_samples,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "lr": lr,
+        "limit": limit,
+    }
+    result = run_stage("distill", params, options)
+    log_metrics(metrics, {k: v for k, v in result.items() if k != "model"})
+    return write_ref(model, result["model"], method=method, seed=seed, teacher=teacher, reused=result.get("reused"))

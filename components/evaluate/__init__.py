@@ -1,0 +1,1 @@
+"""KFP component: evaluate (see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component: gate (see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component: pin (see README.md)."""

@@ -1,0 +1,35 @@
+# No `from __future__ import annotations`: kfp reads the real annotations of component signatures.
+
+from kfp import dsl
+
+from components._common import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def plan_attacks(students: list, methods: list, seeds: int, store_root: str) -> list[dict]:
+    """Expand the attack suite: one item per (probe student, method, seed), students pinned to their content.
+
+    Never cached (it pins mutable references). Each item is {name, student, method, seed}; the attack loop
+    distills every item from the original and from the calibrated teacher.
+    """
+    from components._common import pin, setup
+    from dg_core.distill.methods import METHODS
+    from dg_core.errors import DGError
+
+    setup(store_root)
+    if not students or not methods:
+        raise DGError("attack suite is empty: expected at least one student and one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise DGError(f"attack method {bad[0]!r}: expected one of {', '.join(METHODS)}")
+    if seeds < 1:
+        raise DGError(f"attack seeds: got {seeds}, expected >= 1")
+    items = []
+    for s in students:
+        ref = pin(s)
+        name = s[4:] if s.startswith("zoo:") else s.rstrip("/").rsplit("/", 1)[-1]
+        for m in methods:
+            for seed in range(seeds):
+                items.append({"name": name, "student": ref, "method": m, "seed": seed})
+    print(f"attack suite: {len(items)} attacks ({len(students)} students x {len(methods)} methods x {seeds} seeds)")
+    return items

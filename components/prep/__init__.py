@@ -1,0 +1,1 @@
+"""KFP component: prep (see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component: publish (see README.md)."""

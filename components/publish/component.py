@@ -1,0 +1,53 @@
+# No `from __future__ import annotations`: kfp reads the real annotations of component signatures.
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Markdown, Model, Output
+
+from components._common import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def publish(
+    model: str,
+    decision: Input[Artifact],
+    calibration: str,
+    release: str,
+    releases_prefix: str,
+    hardened_prefix: str,
+    dest: str,
+    store_root: str,
+    hardened: Output[Model],
+    card: Output[Markdown],
+) -> str:
+    """Publish the calibrated model with its calibration card as the hardened twin of `release`.
+
+    Runs only when the gate passed, and re-checks that itself: the gate decision must have passed and name
+    exactly this model's sha256. Destination: `dest`, else the release's twin under `hardened_prefix`, else
+    `<store_root>/hardened/<release path>`. Idempotent: an identical twin is left as it is.
+    """
+    import os
+
+    from components._common import read_ref, run_stage, setup, unpin, write_ref, write_text
+    from dg_core import store
+
+    setup(store_root)
+    release_uri = unpin(release)
+    if not dest and not (releases_prefix and hardened_prefix):
+        root = store.default_root()
+        releases_prefix, hardened_prefix = root, store.join(root, "hardened")
+        if not release_uri.startswith(root.rstrip("/") + "/"):
+            dest = store.join(hardened_prefix, release_uri.rstrip("/").rsplit("/", 1)[-1])
+    params = {
+        "model": unpin(model),
+        "gate": unpin(read_ref(decision)),
+        "card": unpin(calibration),
+        "release": release_uri,
+        "releases_prefix": releases_prefix,
+        "hardened_prefix": hardened_prefix,
+        "dest": dest,
+    }
+    result = run_stage("publish", params)
+    write_ref(hardened, result["uri"], release=release_uri, published=result["published"])
+    card_path = os.path.join(store.fetch(result["uri"]), "calibration_card.md")
+    write_text(card, open(card_path).read())
+    print(f"hardened model: {result['uri']}" + ("" if result["published"] else " (already published)"))
+    return result["uri"]

@@ -1,0 +1,1 @@
+"""KFP component: releases (see README.md)."""

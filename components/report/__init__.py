@@ -1,0 +1,1 @@
+"""KFP component: report (see README.md)."""
