@@ -534,14 +534,33 @@ def _client(s: S3Settings):
                 region=s.region,
                 http_client=http,
             )
+            if not s.verify and s.secure:
+                import warnings
+
+                # The user opted out (S3_VERIFY_SSL=0): say so once instead of once per request.
+                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+                log.warning("S3_VERIFY_SSL=0: TLS certificates of %s are not verified", s.url)
             _CLIENTS[s] = c
         return c
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    import ssl
+
+    import urllib3
+
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLError) or isinstance(
+        reason, urllib3.exceptions.SSLError | ssl.SSLError
+    )
 
 
 def _is_transient(exc: BaseException) -> bool:
     import urllib3
     from minio.error import InvalidResponseError, S3Error, ServerError
 
+    if _is_tls_error(exc):
+        return False  # a certificate problem does not go away by retrying
     if isinstance(exc, S3Error):
         status = getattr(exc.response, "status", 0) or 0
         return exc.code in _TRANSIENT_CODES or status >= 500 or status == 429
@@ -587,6 +606,11 @@ class S3Store(Store):
 
         s = self.settings
         target = self.uri(key)
+        if _is_tls_error(exc):
+            return DGError(
+                f"cannot {what} {target}: TLS with {s.url} failed ({_short(exc)}); set S3_VERIFY_SSL to the CA "
+                "bundle that signed the server's certificate, or S3_VERIFY_SSL=0 to skip verification"
+            )
         if _is_transient(exc):
             return DGError(
                 f"cannot {what} {target}: S3 endpoint {s.url} failed after {s.retries} attempts ({_short(exc)})"

@@ -67,6 +67,15 @@ def s3rver() -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def s3rver_tls() -> Iterator:
+    """s3rver over https with a self-signed certificate (``.cert``)."""
+    from servers import s3rver_server
+
+    with s3rver_server(tls=True) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def pushgateway() -> Iterator:
     """A real prometheus-pushgateway on loopback for the whole session."""
     from servers import pushgateway_server

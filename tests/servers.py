@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ class Server:
     url: str
     proc: subprocess.Popen
     log: Path
+    cert: Path | None = None  # the server's self-signed certificate, when it serves https
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -65,7 +67,7 @@ def _wait_http(server: Server, path: str, timeout: float) -> None:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.proc.returncode}: {server.log_tail()}")
         try:
-            with urllib.request.urlopen(server.url + path, timeout=2):
+            with urllib.request.urlopen(server.url + path, timeout=2, context=ssl._create_unverified_context()):
                 return
         except urllib.error.HTTPError:
             return  # any HTTP answer means it is serving
@@ -76,7 +78,7 @@ def _wait_http(server: Server, path: str, timeout: float) -> None:
 
 @contextlib.contextmanager
 def _serve(
-    name: str, argv: list[str], port: int, ready_path: str, env: dict[str, str] | None = None
+    name: str, argv: list[str], port: int, ready_path: str, env: dict[str, str] | None = None, scheme: str = "http"
 ) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix=f"dg-{name}-") as tmp:
         log = Path(tmp) / "server.log"
@@ -84,7 +86,7 @@ def _serve(
             proc = subprocess.Popen(
                 argv, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, **(env or {})}
             )
-        server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+        server = Server(name, f"{scheme}://127.0.0.1:{port}", proc, log)
         try:
             _wait_http(server, ready_path, timeout=60)
             yield server
@@ -155,14 +157,57 @@ def moto_iam_server() -> Iterator[IamMoto]:
         yield IamMoto(server, keys)
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A throwaway CA-less certificate for 127.0.0.1/localhost: (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
-def s3rver_server() -> Iterator[Server]:
-    """s3rver (npm): rejects unknown access key ids, so wrong-credential paths can be tested."""
+def s3rver_server(tls: bool = False) -> Iterator[Server]:
+    """s3rver (npm): rejects unknown access key ids, so wrong-credential paths can be tested.
+
+    With ``tls`` it serves https with a fresh self-signed certificate (``server.cert``).
+    """
     exe = require_tool(S3RVER_BIN, "s3rver")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="dg-s3rver-data-") as data:
         argv = [str(exe), "-d", data, "-a", "127.0.0.1", "-p", str(port), "--silent"]
-        with _serve("s3rver", argv, port, "/") as s:
+        if tls:
+            cert, key = self_signed_cert(Path(data))
+            argv += ["--cert", str(cert), "--key", str(key)]
+        with _serve("s3rver", argv, port, "/", scheme="https" if tls else "http") as s:
+            s.cert = cert if tls else None
             yield s
 
 

@@ -351,6 +351,21 @@ def test_transient_errors_are_retried(moto, clean_env, tmp_path, caplog):
         assert proxy.requests == 3 and "\n" not in str(e.value)
 
 
+def test_tls_endpoint_verification(s3rver_tls, clean_env, tmp_path):
+    """https endpoints: a self-signed server is refused by default, accepted with its CA bundle or verify off."""
+    root = use_s3(clean_env, s3rver_tls, key=S3RVER_KEY, secret=S3RVER_KEY)
+    assert s3rver_tls.url.startswith("https://")
+    src = _write_tree(tmp_path / "src", SMALL)
+    with pytest.raises(
+        DGError, match=r"TLS with https://127\.0\.0\.1:\d+ failed \(.*CERTIFICATE_VERIFY_FAILED.*S3_VERIFY_SSL"
+    ):
+        store.publish(src, store.join(root, "a"))
+    clean_env.setenv("S3_VERIFY_SSL", str(s3rver_tls.cert))
+    store.publish(src, store.join(root, "a"))
+    clean_env.setenv("S3_VERIFY_SSL", "0")
+    assert {k: v for k, v in _tree(store.fetch(store.join(root, "a"))).items() if k != MANIFEST} == SMALL
+
+
 def test_unreachable_endpoint(clean_env, tmp_path):
     from servers import free_port
 
