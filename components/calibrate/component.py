@@ -29,13 +29,14 @@ def calibrate(
     eta < 0 makes students distilled from the teacher collapse (undistillable), eta > 0 helps them (distillable),
     eta = 0 is plain RFT. beta anchors the teacher to itself (KL). `options` takes any further field of
     `dguard calibrate` (guards, LoRA rank, reward normalisation...). Returns the pinned calibrated model and the
-    calibration artifact (adapter + calibration card).
+    pinned calibration card. Fails, naming the reason and the card, when the pre-flight check or the stage's own
+    retention gate rejects the calibration: nothing downstream may use such a teacher.
     """
-    import os
     from collections import namedtuple
 
-    from components._common import log_metrics, run_stage, setup, unpin, write_ref, write_text
+    from components._common import PIN, content_sha, log_metrics, run_stage, setup, unpin, write_ref, write_text
     from dg_core import store
+    from dg_core.errors import DGError
 
     setup(store_root)
     params = {
@@ -44,23 +45,26 @@ def calibrate(
         "dataset": unpin(dataset),
         "eta": eta,
         "beta": beta,
-        "max_steps": max_steps,
+        "steps": max_steps,
         "group_size": group_size,
         "lr": lr,
         "seed": seed,
+        "progress": False,
     }
     summary = run_stage("calibrate", params, options)
-    model_ref = write_ref(model, summary["model"], eta=eta, beta=beta)
-    calibration = summary.get("uri") or summary["model"]
-    d = store.fetch(calibration)
-    for name in ("card.md", "calibration_card.md"):
-        if os.path.isfile(os.path.join(d, name)):
-            write_text(card, open(os.path.join(d, name)).read())
-            break
-    else:
-        write_text(card, f"eta={eta} beta={beta}\n")
-    log_metrics(metrics, {k: v for k, v in summary.items() if k not in ("model", "uri")})
+    card_dir = store.fetch(summary["card"])
+    write_text(card, (card_dir / "card.md").read_text() if (card_dir / "card.md").is_file() else "")
+    log_metrics(
+        metrics,
+        {
+            "retention": summary.get("retention"),
+            "steps": summary.get("steps"),
+            "before": summary.get("before", {}),
+            "after": summary.get("after", {}),
+        },
+    )
+    if summary.get("status") != "passed" or not summary.get("model"):
+        raise DGError(f"calibration failed its retention gate: {summary.get('reason')} (card: {summary['card']})")
+    model_ref = write_ref(model, summary["model"], eta=eta, beta=beta, card=summary["card"])
     out = namedtuple("Calibrated", ["model_ref", "calibration"])
-    from components._common import PIN, content_sha
-
-    return out(model_ref, f"{calibration}{PIN}{content_sha(calibration)}")
+    return out(model_ref, f"{summary['card']}{PIN}{content_sha(summary['card'])}")
