@@ -46,11 +46,16 @@ class Task:
         """The question text shown to the model (multiple-choice tasks add the lettered options)."""
         return example.prompt
 
+    def instruction(self, example: Example) -> str:
+        """How a chat model should state its answer (added inside the chat template only)."""
+        return self.chat_instruction
+
     def prompt(self, example: Example, tokenizer: Any = None) -> str:
         """The exact text a model is conditioned on: its chat template when it has one, else plain text."""
         question = self.question(example)
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            content = f"{question}\n\n{self.chat_instruction}".strip() if self.chat_instruction else question
+            instruction = self.instruction(example)
+            content = f"{question}\n\n{instruction}" if instruction else question
             text = tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
@@ -161,7 +166,7 @@ class SyntheticMathTask(Task):
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 _ALIASES: dict[str, str] = {}
-_FAMILY_MODULES: list[str] = []
+_FAMILY_MODULES: list[str] = ["dg_core.data.qa_tasks", "dg_core.data.instruction_tasks"]
 
 
 def register_task(cls: type[Task], *aliases: str) -> type[Task]:
