@@ -241,16 +241,22 @@ def compare_positions(
     token_class: torch.Tensor | None = None,
     ks: Sequence[int | None] = kl.DEFAULT_KS,
     finished: Sequence[bool] | None = None,
+    student_prompts: Sequence[str] | None = None,
     batch_size: int = 8,
 ) -> PositionTable:
     """Measure both models' next-token distributions along each response (see module docstring).
 
+    ``student_prompts`` gives the student its own prompt texts (e.g. its chat template) for the same responses;
+    positions are matched on offsets into the response, so the prompts may differ.
     ``finished[i]`` (default: all True) says response i ended with EOS, so the position after it (predicting EOS)
     is measured too; for a response cut at the length limit it is not.
     """
     if len(prompts) != len(responses):
         raise DGError(f"compare_positions: {len(prompts)} prompts but {len(responses)} responses")
     finished = [True] * len(prompts) if finished is None else list(finished)
+    s_prompts = list(prompts) if student_prompts is None else list(student_prompts)
+    if len(s_prompts) != len(prompts):
+        raise DGError(f"compare_positions: {len(prompts)} prompts but {len(s_prompts)} student prompts")
     if len(finished) != len(prompts):
         raise DGError(f"compare_positions: {len(prompts)} prompts but {len(finished)} finished flags")
     ks = list(ks)
@@ -279,18 +285,22 @@ def compare_positions(
         ps, rs = prompts[a : a + batch_size], responses[a : a + batch_size]
         fs = finished[a : a + batch_size]
         enc_t = [encode_pair(teacher_tokenizer, p, r, append_eos=f) for p, r, f in zip(ps, rs, fs)]
-        enc_s = [encode_pair(student_tokenizer, p, r, append_eos=f) for p, r, f in zip(ps, rs, fs)]
+        enc_s = [
+            encode_pair(student_tokenizer, p, r, append_eos=f) for p, r, f in zip(s_prompts[a : a + batch_size], rs, fs)
+        ]
         lt = _forward_logits(teacher, teacher_tokenizer, enc_t)
         ls = _forward_logits(student, student_tokenizer, enc_s)
         for r, p in enumerate(ps):
-            cut, end = len(p), len(p) + len(rs[r])
-            st, ss = _starts(enc_t[r][1], enc_t[r][2], end), _starts(enc_s[r][1], enc_s[r][2], end)
+            # keys: character offsets into the response (each side's prompt may differ)
+            cut, cut_s = len(p), len(s_prompts[a + r])
+            st = {c - cut: i for c, i in _starts(enc_t[r][1], enc_t[r][2], cut + len(rs[r])).items()}
+            ss = {c - cut_s: i for c, i in _starts(enc_s[r][1], enc_s[r][2], cut_s + len(rs[r])).items()}
             t_pos = sorted(st)
             if t_pos:
                 rows = torch.tensor([st[c] - 1 for c in t_pos])
                 logits = lt[r].index_select(0, rows)
                 cols["t_sample"].append(torch.full((len(t_pos),), a + r, dtype=torch.long))
-                cols["t_prefix"].append(torch.tensor([c - cut for c in t_pos], dtype=torch.long))
+                cols["t_prefix"].append(torch.tensor(t_pos, dtype=torch.long))
                 cols["t_ent"].append(kl.token_entropy(logits))
                 probs = torch.softmax(logits, -1)
                 top = probs.topk(min(max(native_ks, default=1), probs.shape[-1]), -1).values.cumsum(-1)
@@ -301,7 +311,7 @@ def compare_positions(
                 tl_rows.append(lt[r][st[c] - 1])
                 sl_rows.append(ls[r][ss[c] - 1])
             cols["sample"].append(torch.full((len(both),), a + r, dtype=torch.long))
-            cols["prefix"].append(torch.tensor([c - cut for c in both], dtype=torch.long))
+            cols["prefix"].append(torch.tensor(both, dtype=torch.long))
         flush()
 
     def cat(name: str, empty_shape=(0,), dtype=torch.float32) -> torch.Tensor:

@@ -200,7 +200,7 @@ def overconfidence(
     """Confidence of the model in its greedy answers, against their correctness.
 
     ``consistency``: the share of ``n_samples`` sampled answers that agree with the greedy answer (answer-level
-    confidence; needs no access to how the answer is phrased). ``token``: the geometric-mean token probability
+    confidence; needs no access to how the answer is phrased; 0 when the greedy response states no answer). ``token``: the geometric-mean token probability
     of the greedy response. Reports ECE, the reliability diagram, mean confidence on wrong and right answers and
     the rate of wrong answers given with confidence >= ``high`` (overconfident hallucinations).
     """
@@ -227,7 +227,8 @@ def overconfidence(
         conf = []
         for e, g, samples in zip(examples, greedy.parsed, nested):
             parsed = [s.parsed for s in task.score_batch([e] * len(samples), samples)]
-            conf.append(sum(p == g for p in parsed) / len(parsed))
+            # no parsed greedy answer = no answer to be confident in (None never "agrees")
+            conf.append(sum(p is not None and p == g for p in parsed) / len(parsed))
     else:
         lp = sequence_logprob(
             model, tokenizer, prompts, greedy.texts, normalize="token", batch_size=batch_size, append_eos=True
