@@ -20,7 +20,9 @@ _ANSWER_SPAN = re.compile(
     r"\s*(?:is|:|=|would\s+be|should\s+be)\s*:?\s*(?P<span>[^\n]*)",
     re.IGNORECASE,
 )
-_LEAD_LETTER = re.compile(r"^(?:option|choice)?\s*[\(\[]?(?P<l>[A-Za-z])[\)\]]?(?=$|[\s.:,;)!])(?P<rest>.*)$", re.S)
+_LEAD_LETTER = re.compile(
+    r"^(?:[Oo]ption|[Cc]hoice)?\s*[\(\[]?(?P<l>[A-Za-z])[\)\]]?(?=$|[\s.:,;)!])(?P<rest>.*)$", re.S
+)
 _PAREN_LETTER = re.compile(r"\((?P<l>[A-Z])\)")
 
 
