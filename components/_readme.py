@@ -18,6 +18,7 @@ USED_IN = {
     "evaluate": "calibrate, reharden: both teachers (`evaluate-teacher`) and every attacked student (GPU)",
     "report": "calibrate, reharden (after the attack loop)",
     "gate": "calibrate, reharden (after the attack loop)",
+    "train": "calibrate (bootstrap SFT of the teacher before calibration; a pass-through with 0 steps) (GPU)",
     "publish": "calibrate, reharden (only when the gate passed and `publish` is true; never cached)",
 }
 

@@ -19,6 +19,7 @@ from components.plan.component import plan_attacks
 from components.prep.component import prep
 from components.publish.component import publish
 from components.report.component import report
+from components.train.component import train
 from pipelines._k8s import cached, on_gpu, renamed, with_store
 
 evaluate_teacher = renamed(evaluate, "evaluate-teacher")
@@ -119,6 +120,8 @@ def harden(
     teacher: str,
     proxies: list,
     release: str,
+    teacher_sft_steps: int,
+    teacher_sft_options: dict,
     task: str,
     source: str,
     data_seed: int,
@@ -174,6 +177,11 @@ def harden(
         return cached(on_gpu(with_store(e.set_display_name(f"evaluate {side} teacher"), s3_secret,
                                         env_config_map), **gpu))
 
+    # Optional bootstrap SFT of the teacher (0 steps: passes the teacher through; used for the zoo demo).
+    boot = train(model=teacher, dataset=dataset, steps=teacher_sft_steps, batch_size=64, lr=2e-3,
+                 options=teacher_sft_options, store_root=store_root).set_display_name("bootstrap teacher")
+    cached(on_gpu(with_store(boot, s3_secret, env_config_map), **gpu))
+    teacher = boot.outputs["Output"]
     ev0 = teacher_eval(teacher, "original")
     cal = calibrate_op(teacher=teacher, proxies=proxies, dataset=dataset, eta=eta, beta=beta,
                        max_steps=max_steps, group_size=group_size, lr=lr, seed=calibrate_seed,
@@ -205,6 +213,8 @@ def harden(
 def calibrate_pipeline(
     teacher: str = "zoo:teacher",
     proxies: list = ["zoo:proxy"],  # noqa: B006 - KFP takes literal defaults
+    teacher_sft_steps: int = 0,
+    teacher_sft_options: dict = {},  # noqa: B006
     task: str = "math",
     source: str = "",
     data_seed: int = 0,
@@ -249,7 +259,8 @@ def calibrate_pipeline(
     pinned = cached(with_store(pin_models(teacher=teacher, proxies=proxies, student="", store_root=store_root),
                                s3_secret, env_config_map), False)
     h = harden(teacher=pinned.outputs["teacher"], proxies=pinned.outputs["proxies"],
-               release=pinned.outputs["teacher"], task=task, source=source, data_seed=data_seed,
+               release=pinned.outputs["teacher"], teacher_sft_steps=teacher_sft_steps,
+               teacher_sft_options=teacher_sft_options, task=task, source=source, data_seed=data_seed,
                prep_options=prep_options, eta=eta, beta=beta, max_steps=max_steps, group_size=group_size, lr=lr,
                calibrate_seed=calibrate_seed, calibrate_options=calibrate_options, eval_split=eval_split,
                eval_limit=eval_limit, eval_options=eval_options, attack_students=attack_students,

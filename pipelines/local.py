@@ -34,6 +34,7 @@ LOCAL_DEFAULTS: dict[str, dict[str, Any]] = {
         "attack_limit": 64,
         "attack_batch_size": 16,
         "attack_max_new_tokens": 48,
+        "eval_options": {"k": 0},
     },
     "reharden": {
         "max_steps": 8,
@@ -43,6 +44,7 @@ LOCAL_DEFAULTS: dict[str, dict[str, Any]] = {
         "attack_limit": 64,
         "attack_batch_size": 16,
         "attack_max_new_tokens": 48,
+        "eval_options": {"k": 0},
     },
     "diagnose": {"limit": 16},
 }

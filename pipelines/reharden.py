@@ -63,7 +63,8 @@ def harden_each(
 ):
     # One release at a time: each one already fans out over the attack suite.
     with dsl.ParallelFor(releases, parallelism=1) as rel:
-        harden(teacher=rel.ref, proxies=proxies, release=rel.ref, task=task, source=source, data_seed=data_seed,
+        harden(teacher=rel.ref, proxies=proxies, release=rel.ref, teacher_sft_steps=0, teacher_sft_options={},
+               task=task, source=source, data_seed=data_seed,
                prep_options=prep_options, eta=eta, beta=beta, max_steps=max_steps, group_size=group_size, lr=lr,
                calibrate_seed=calibrate_seed, calibrate_options=calibrate_options, eval_split=eval_split,
                eval_limit=eval_limit, eval_options=eval_options, attack_students=attack_students,

@@ -30,23 +30,14 @@ def evaluate(
     from components._common import log_metrics, run_stage, setup, unpin, write_ref
 
     setup(store_root)
-    params = {"model": unpin(model), "dataset": unpin(dataset), "split": split, "limit": limit}
-    summary = run_stage("evaluate", params, options)
-    record = {
-        "model": role,
-        "teacher": teacher,
-        "accuracy": float(summary["accuracy"]),
-        "n": int(summary.get("n", 0)),
-        "uri": summary.get("uri", ""),
-        "model_ref": model,
-    }
+    label = {"model": role, "teacher": teacher}
     if role == "student":
-        record.update({"student": student, "method": method, "seed": seed})
-    if summary.get("uri"):
-        write_ref(result, summary["uri"], **{k: v for k, v in record.items() if k not in ("uri", "model_ref")})
-    log_metrics(metrics, {k: v for k, v in summary.items() if k != "uri"})
-    print(
-        f"{role} ({teacher}{'/' + student + '/' + method if role == 'student' else ''}): "
-        f"accuracy {record['accuracy']:.3f} on {record['n']} examples"
-    )
+        label.update({"student": student, "method": method, "seed": seed})
+    params = {"model": unpin(model), "dataset": unpin(dataset), "split": split, "limit": limit, "label": label}
+    summary = run_stage("evaluate", params, options)
+    record = {**summary["record"], "eval": summary["eval"], "model_ref": model}
+    write_ref(result, summary["eval"], **label, accuracy=record["accuracy"])
+    log_metrics(metrics, {k: v for k, v in summary.items() if k not in ("record", "eval")})
+    what = f"{role} ({teacher}" + (f", {student}/{method}/seed {seed})" if role == "student" else ")")
+    print(f"{what}: accuracy {record['accuracy']:.3f} on {record['n']} examples")
     return record
