@@ -21,19 +21,17 @@ def diagnose(
     """Measure the distillation traps of a teacher/student pair: tail noise, off-policy instability, the
     teacher-student gap, wrong-trace preference; plus the student's symptoms. Writes JSON + HTML reports.
     """
-    import os
-
     from components._common import log_metrics, run_stage, setup, unpin, write_ref, write_text
     from dg_core import store
 
     setup(store_root)
-    params = {"teacher": unpin(teacher), "student": unpin(student), "dataset": unpin(dataset), "limit": limit}
+    params = {"teacher": unpin(teacher), "student": unpin(student), "dataset": unpin(dataset), "n_examples": limit}
     out = run_stage("diagnose", params, options)
-    d = store.fetch(out["uri"])
-    for name in os.listdir(d):
-        if name.endswith(".html"):
-            write_text(html, open(os.path.join(d, name)).read())
-            break
-    write_text(summary, str(out.get("summary", out.get("headline", ""))) + "\n")
-    log_metrics(metrics, {k: v for k, v in out.items() if k != "uri"})
-    return write_ref(result, out["uri"])
+    d = store.fetch(out["report"])
+    write_text(html, (d / out["report_html"].rsplit("/", 1)[-1]).read_text())
+    lines = [f"**{out['distillability']}**", "", str(out["summary"])]
+    lines += [f"- {f}" for f in out.get("flags") or []]
+    write_text(summary, "\n".join(lines) + "\n")
+    log_metrics(metrics, {"teacher_accuracy": out["teacher_accuracy"], "student_accuracy": out["student_accuracy"]})
+    print(f"diagnosis: {out['report_html']}")
+    return write_ref(result, out["report"], distillability=out["distillability"])
