@@ -19,7 +19,7 @@ USED_IN = {
     "report": "calibrate, reharden (after the attack loop)",
     "gate": "calibrate, reharden (after the attack loop)",
     "train": "calibrate (bootstrap SFT of the teacher before calibration; a pass-through with 0 steps) (GPU)",
-    "publish": "calibrate, reharden (only when the gate passed and `publish` is true; never cached)",
+    "publish": "calibrate, reharden: `publish` only when the gate passed and `publish` is true, `reject` when it failed (never cached)",
 }
 
 
@@ -28,9 +28,12 @@ def main() -> None:
         if not (d / "component.py").is_file():
             continue
         mod = importlib.import_module(f"components.{d.name}.component")
+        lines: list[str] = []
         for c in [v for v in vars(mod).values() if hasattr(v, "component_spec")]:
             spec = c.component_spec
-            lines = [f"# `{spec.name}` component", ""]
+            lines += (
+                ["" if lines else "", f"# `{spec.name}` component", ""] if lines else [f"# `{spec.name}` component", ""]
+            )
             lines += [spec.description.strip(), ""]
             lines += [
                 f"Defined in `components/{d.name}/component.py` (`from components.{d.name}.component import {c.python_func.__name__}`).",
@@ -52,8 +55,8 @@ def main() -> None:
             lines += ["", "## Outputs", "", "| name | type |", "|---|---|"]
             for n, o in (spec.outputs or {}).items():
                 lines.append(f"| `{n}` | {o.type} |")
-            (d / "README.md").write_text("\n".join(lines) + "\n")
-            print(d / "README.md")
+        (d / "README.md").write_text("\n".join(lines) + "\n")
+        print(d / "README.md")
 
 
 if __name__ == "__main__":

@@ -86,10 +86,42 @@ def list_releases(releases_prefix: str, hardened_prefix: str) -> list[str]:
     return [u for u in store.list_artifacts(releases_prefix) if _rel(u, hardened_prefix) is None]
 
 
-def pending_releases(releases_prefix: str, hardened_prefix: str) -> list[dict[str, str]]:
-    """Releases under ``releases_prefix`` without an up-to-date hardened twin, oldest name first.
+REJECTED = "_rejected"
 
-    A twin is up to date when it is published and records the release's current content sha. Artifacts under
+
+def rejection_uri(release_uri: str, releases_prefix: str, hardened_prefix: str) -> str:
+    """Where a failed gate for ``release_uri`` is recorded (beside the twins, never mistaken for one)."""
+    rel = _rel(release_uri, releases_prefix)
+    if not rel:
+        raise DGError(f"release {release_uri}: not under releases prefix {releases_prefix}")
+    return store.join(_canon(hardened_prefix), REJECTED, rel)
+
+
+def record_rejection(release_uri: str, releases_prefix: str, hardened_prefix: str, gate_uri: str) -> str:
+    """Record that the gate rejected the hardening of this release content, so a recurring run does not spend
+    another calibration on the same weights with the same outcome (``retry_rejected`` overrides)."""
+    gate = read_result(gate_uri)
+    if gate["passed"]:
+        raise DGError(f"gate {gate_uri} passed: nothing to reject, publish the model instead")
+    uri = rejection_uri(release_uri, releases_prefix, hardened_prefix)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "gate.json").write_text(json.dumps(gate, indent=2, sort_keys=True, default=str) + "\n")
+        meta = {
+            "kind": "rejection",
+            "release": release_uri,
+            "release_sha256": content_sha(release_uri),
+            "reasons": gate.get("reasons", []),
+        }
+        return store.publish(tmp, uri, metadata=meta)["uri"]
+
+
+def pending_releases(
+    releases_prefix: str, hardened_prefix: str, *, retry_rejected: bool = False
+) -> list[dict[str, str]]:
+    """Releases under ``releases_prefix`` without an up-to-date hardened twin, in name order.
+
+    A twin is up to date when it is published and records the release's current content sha. A release whose
+    current content the gate already rejected is skipped unless ``retry_rejected``. Artifacts under
     ``hardened_prefix`` are never releases themselves (the prefixes may nest).
     """
     if _canon(releases_prefix) == _canon(hardened_prefix):
@@ -101,10 +133,14 @@ def pending_releases(releases_prefix: str, hardened_prefix: str) -> list[dict[st
         sha = content_sha(uri)
         twin = twin_uri(uri, releases_prefix, hardened_prefix)
         if store.is_published(twin):
-            meta = store.read_manifest(twin).get("metadata", {})
-            if meta.get("release_sha256") == sha:
+            if store.read_manifest(twin).get("metadata", {}).get("release_sha256") == sha:
                 continue
             log.info("twin %s is stale (release %s changed): re-hardening", twin, uri)
+        rejected = rejection_uri(uri, releases_prefix, hardened_prefix)
+        if not retry_rejected and store.is_published(rejected):
+            if store.read_manifest(rejected).get("metadata", {}).get("release_sha256") == sha:
+                log.info("release %s: the gate rejected this content before (%s); skipped", uri, rejected)
+                continue
         pending.append({"release": uri, "name": _rel(uri, releases_prefix) or uri, "sha256": sha, "hardened": twin})
     return pending
 

@@ -17,7 +17,7 @@ from components.gate.component import gate
 from components.pin.component import pin_models
 from components.plan.component import plan_attacks
 from components.prep.component import prep
-from components.publish.component import publish
+from components.publish.component import publish, reject
 from components.report.component import report
 from components.train.component import train
 from pipelines._k8s import cached, on_gpu, renamed, with_store
@@ -112,6 +112,10 @@ def judge(
                         release=release, releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
                         dest=publish_to, store_root=store_root)
             cached(with_store(p, s3_secret, env_config_map), False)
+    with dsl.If(g.outputs["Output"] == False, name="gate-failed"):  # noqa: E712
+        no = reject(decision=g.outputs["decision"], release=release, releases_prefix=releases_prefix,
+                    hardened_prefix=hardened_prefix, store_root=store_root)
+        cached(with_store(no, s3_secret, env_config_map), False)
     return r.outputs["Output"]
 
 

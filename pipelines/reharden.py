@@ -87,6 +87,7 @@ def harden_each(
 def reharden_pipeline(
     releases_prefix: str = "s3://models/releases",
     hardened_prefix: str = "s3://models/hardened",
+    retry_rejected: bool = False,
     proxies: list = ["zoo:proxy"],  # noqa: B006 - KFP takes literal defaults
     task: str = "math",
     source: str = "",
@@ -126,6 +127,7 @@ def reharden_pipeline(
     gpu_tolerations: list = [],  # noqa: B006
 ):
     pending = cached(with_store(list_releases(releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
+                                              retry_rejected=retry_rejected,
                                               store_root=store_root), s3_secret, env_config_map), False)
     pinned = cached(with_store(pin_models(teacher="", proxies=proxies, student="", store_root=store_root),
                                s3_secret, env_config_map), False)

@@ -128,11 +128,11 @@ def test_publish_runs_only_behind_a_passed_gate(env):
 def test_list_releases_component_says_when_nothing_is_new(env):
     root, tmp = env
     rels, hard = store.join(root, "releases"), store.join(root, "hardened")
-    empty = list_releases(releases_prefix=rels, hardened_prefix=hard, store_root=root)
+    empty = list_releases(releases_prefix=rels, hardened_prefix=hard, retry_rejected=False, store_root=root)
     assert empty.outputs["Output"] == []
     assert "Nothing new to harden" in Path(empty.outputs["summary"].path).read_text()
     a = put(tmp / "a", store.join(rels, "a"), b"a1")
-    one = list_releases(releases_prefix=rels, hardened_prefix=hard, store_root=root)
+    one = list_releases(releases_prefix=rels, hardened_prefix=hard, retry_rejected=False, store_root=root)
     (item,) = one.outputs["Output"]
     assert item["release"] == a and item["ref"] == _common.pin(a) and item["hardened"] == store.join(hard, "a")
     assert "1 of 1 release(s)" in Path(one.outputs["summary"].path).read_text()

@@ -144,3 +144,20 @@ def test_pending_releases_with_nested_prefixes(tmp_path, root):
         publish.pending_releases(store.join(root, "models"), store.join(root, "models"))
     with pytest.raises(DGError, match="inside hardened_prefix"):
         publish.pending_releases(store.join(root, "models/hardened/x"), store.join(root, "models/hardened"))
+
+
+def test_rejected_release_is_skipped_until_it_changes_or_retry(tmp_path, root):
+    rels, hard = store.join(root, "releases"), store.join(root, "hardened")
+    a = put(tmp_path, store.join(rels, "a"), b"a1")
+    model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"cal-a")
+    failed = _gate(root, model, BAD)
+    uri = publish.record_rejection(a, rels, hard, failed)
+    assert uri == store.join(hard, "_rejected", "a")
+    meta = store.read_manifest(uri)["metadata"]
+    assert meta["kind"] == "rejection" and "teacher retention 0.500" in meta["reasons"][0]
+    assert publish.pending_releases(rels, hard) == []
+    assert [p["name"] for p in publish.pending_releases(rels, hard, retry_rejected=True)] == ["a"]
+    put(tmp_path, a, b"a2")  # new weights: worth another try
+    assert [p["name"] for p in publish.pending_releases(rels, hard)] == ["a"]
+    with pytest.raises(DGError, match="passed: nothing to reject"):
+        publish.record_rejection(a, rels, hard, _gate(root, model))

@@ -51,3 +51,25 @@ def publish(
     write_text(card, open(card_path).read())
     print(f"hardened model: {result['uri']}" + ("" if result["published"] else " (already published)"))
     return result["uri"]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def reject(decision: Input[Artifact], release: str, releases_prefix: str, hardened_prefix: str, store_root: str) -> str:
+    """Record a failed gate for a release (re-hardening only), so the recurring run does not calibrate the same
+    weights again with the same outcome; a new release content, or `retry_rejected=true`, tries again.
+
+    In the calibrate pipeline (no releases prefix) it only says that nothing was published.
+    """
+    from components._common import read_ref, setup, unpin
+    from dg_core.gate import read_result
+    from dg_core.publish import record_rejection
+
+    setup(store_root)
+    gate_uri = unpin(read_ref(decision))
+    reasons = "; ".join(read_result(gate_uri).get("reasons", []))
+    if not releases_prefix:
+        print(f"gate failed, nothing published: {reasons}")
+        return ""
+    uri = record_rejection(unpin(release), releases_prefix, hardened_prefix, gate_uri)
+    print(f"gate failed for {unpin(release)}, recorded at {uri}: {reasons}")
+    return uri

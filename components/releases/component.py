@@ -7,17 +7,20 @@ from components._common import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def list_releases(releases_prefix: str, hardened_prefix: str, store_root: str, summary: Output[Markdown]) -> list[dict]:
+def list_releases(
+    releases_prefix: str, hardened_prefix: str, retry_rejected: bool, store_root: str, summary: Output[Markdown]
+) -> list[dict]:
     """Model releases under `releases_prefix` that have no up-to-date hardened twin under `hardened_prefix`.
 
     Never cached: it looks at the store as it is now. Each item is {name, release, ref (pinned), hardened}.
-    With nothing new it returns an empty list and says so, and the re-hardening run does nothing else.
+    A release whose current content the gate rejected before is skipped unless `retry_rejected`. With nothing
+    new it returns an empty list and says so, and the re-hardening run does nothing else.
     """
     from components._common import PIN, setup, write_text
     from dg_core.publish import list_releases, pending_releases
 
     setup(store_root)
-    pending = pending_releases(releases_prefix, hardened_prefix)
+    pending = pending_releases(releases_prefix, hardened_prefix, retry_rejected=retry_rejected)
     total = len(list_releases(releases_prefix, hardened_prefix))
     items = [{**p, "ref": f"{p['release']}{PIN}{p['sha256']}"} for p in pending]
     if items:
