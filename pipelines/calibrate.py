@@ -172,7 +172,7 @@ def harden(
     gpu = dict(accelerator_type=accelerator_type, accelerator_count=accelerator_count,
                node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     data = cached(with_store(prep(task=task, source=source, seed=data_seed, options=prep_options,
-                                  store_root=store_root), s3_secret, env_config_map))
+                                  store_root=store_root), s3_secret, env_config_map), False)
     dataset = data.outputs["Output"]
 
     def teacher_eval(model, side):
@@ -219,8 +219,8 @@ def calibrate_pipeline(
     proxies: list = ["zoo:proxy"],  # noqa: B006 - KFP takes literal defaults
     teacher_sft_steps: int = 0,
     teacher_sft_options: dict = {},  # noqa: B006
-    task: str = "math",
-    source: str = "",
+    task: str = "synthetic_math",
+    source: str = "synthetic",
     data_seed: int = 0,
     prep_options: dict = {},  # noqa: B006
     eta: float = -1.0,

@@ -19,8 +19,8 @@ from pipelines.calibrate import INFRA
 def diagnose_pipeline(
     teacher: str = "zoo:teacher",
     student: str = "zoo:student-gpt2",
-    task: str = "math",
-    source: str = "",
+    task: str = "synthetic_math",
+    source: str = "synthetic",
     data_seed: int = 0,
     prep_options: dict = {},  # noqa: B006 - KFP takes literal defaults
     limit: int = 32,
@@ -36,7 +36,7 @@ def diagnose_pipeline(
     pinned = cached(with_store(pin_models(teacher=teacher, proxies=[], student=student, store_root=store_root),
                                s3_secret, env_config_map), False)
     data = cached(with_store(prep(task=task, source=source, seed=data_seed, options=prep_options,
-                                  store_root=store_root), s3_secret, env_config_map))
+                                  store_root=store_root), s3_secret, env_config_map), False)
     d = diagnose(teacher=pinned.outputs["teacher"], student=pinned.outputs["student"], dataset=data.outputs["Output"], limit=limit,
                  options=diagnose_options, store_root=store_root)
     cached(on_gpu(with_store(d, s3_secret, env_config_map), accelerator_type, accelerator_count,

@@ -149,7 +149,7 @@ def main(args: argparse.Namespace, verb: str = "run") -> int:
     if args.pipeline == "calibrate" and result["output"]:
         print(f"report: {store.join(result['output'], 'report.html')}")
     elif args.pipeline == "diagnose" and result["output"]:
-        print(f"diagnosis: {result['output'].split('#', 1)[0]}")
+        print(f"diagnosis: {store.join(result['output'].split('#', 1)[0], 'report.html')}")
     elif args.pipeline == "reharden":
         for summary in sorted(result["run_dir"].rglob("list-releases/summary")):
             print(summary.read_text().strip())

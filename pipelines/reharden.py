@@ -89,8 +89,8 @@ def reharden_pipeline(
     hardened_prefix: str = "s3://models/hardened",
     retry_rejected: bool = False,
     proxies: list = ["zoo:proxy"],  # noqa: B006 - KFP takes literal defaults
-    task: str = "math",
-    source: str = "",
+    task: str = "synthetic_math",
+    source: str = "synthetic",
     data_seed: int = 0,
     prep_options: dict = {},  # noqa: B006
     eta: float = -1.0,

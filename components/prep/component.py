@@ -9,16 +9,19 @@ from components._common import IMAGE
 def prep(task: str, source: str, seed: int, options: dict, store_root: str, dataset: Output[Dataset]) -> str:
     """Load, validate, deduplicate and split a task dataset, and publish it to the store.
 
-    `source` is a hub id, a file or s3:// URI, or empty for the task's offline synthetic generator. The same
-    inputs give a byte-identical artifact. `options` takes any further field of `dguard prep`. Returns the
-    pinned dataset reference.
+    `source` is "synthetic" (the task's offline generator), a JSONL/Parquet/Arrow file or artifact as a path,
+    file:// or s3:// URI, or a hub dataset id. `task` names the scorer (default: the source's). The same inputs
+    give a byte-identical artifact, published under a URI derived from the inputs. `options` takes any further
+    field of `dguard prep` (n, splits, task_options...). Not cached: a source file may change under the same
+    URI; the returned reference pins the content, so everything downstream caches exactly when data is equal.
     """
-    from components._common import pin, run_stage, setup, unpin, write_ref
+    from components._common import output_uri, run_stage, setup, write_ref
 
     setup(store_root)
-    params = {"task": task, "seed": seed}
-    if source:
-        params["source"] = unpin(pin(source)) if source.startswith(("s3://", "file://", "/")) else source
+    params = {"source": source or "synthetic", "seed": seed}
+    if task:
+        params["task"] = task
+    params["out"] = output_uri(store_root, "datasets", {**params, **options})
     summary = run_stage("prep", params, options)
-    print(f"dataset: {summary['uri']}")
-    return write_ref(dataset, summary["uri"], task=task)
+    print(f"dataset: {summary['uri']} ({summary['splits']})")
+    return write_ref(dataset, summary["uri"], task=summary["task"], splits=summary["splits"])
