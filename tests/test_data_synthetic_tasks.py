@@ -1,0 +1,82 @@
+"""Synthetic knowledge QA and instruction families: deterministic, answerable, and strict about their options."""
+
+from __future__ import annotations
+
+import pytest
+
+from dg_core.data import get_task
+from dg_core.data.choice import LETTERS
+from dg_core.data.constraints import check_all
+from dg_core.data.synthetic.instructions import _CONFLICTS, _STRUCTURE
+from dg_core.data.synthetic.qa import QASpec, build_world
+from dg_core.errors import DGError
+
+
+def test_qa_deterministic_and_world_fixed_by_world_seed():
+    t = get_task("synthetic_qa", hops=2)
+    a = [e.to_json() for e in t.generate(150, seed=1)]
+    assert a == [e.to_json() for e in get_task("synthetic_qa", hops=2).generate(150, seed=1)]
+    assert a != [e.to_json() for e in t.generate(150, seed=2)]
+    w0, w1 = build_world(QASpec(world_seed=0)), build_world(QASpec(world_seed=1))
+    assert w0 == build_world(QASpec(world_seed=0)) and w0.capitals != w1.capitals
+
+
+def test_qa_questions_are_answerable_from_context_with_valid_options():
+    t = get_task("synthetic_qa", hops=2, n_choices=5, mc_fraction=0.5)
+    w = build_world(QASpec(hops=2))
+    exs = t.generate(400, seed=0)
+    assert {e.meta["format"] for e in exs} == {"mc", "short"} and {e.meta["hops"] for e in exs} == {1, 2}
+    for e in exs:
+        gold = e.meta.get("answer_text", e.answer)
+        if e.choices:
+            assert len(e.choices) == 5 and len(set(e.choices)) == 5
+            assert e.choices[LETTERS.index(e.answer)] == gold
+        # the facts the answer rests on are stated in the prompt
+        subj, rel = e.meta["subject"], e.meta["relation"]
+        if rel == "born":
+            assert f"{subj} was born in {gold}." in e.prompt and w.born[subj] == gold
+        if rel == "born_country":
+            city = w.born[subj]
+            assert f"{subj} was born in {city}." in e.prompt and f"{city} is in {gold}." in e.prompt
+        assert t.score(e, e.reference).reward == 1.0
+    mc = [e for e in exs if e.choices]
+    wrong = [LETTERS[(LETTERS.index(e.answer) + 1) % 5] for e in mc]
+    assert all(t.score(e, w_).reward == 0.0 for e, w_ in zip(mc, wrong))
+
+
+def test_qa_without_context_and_bad_options():
+    e = get_task("synthetic_qa", context=False, mc_fraction=0.0).generate(20, seed=0)
+    facts = (" was born in ", " is the capital of ", " is based in ", " founded ")
+    assert all(x.prompt.endswith("?") and not any(f in x.prompt for f in facts) for x in e)
+    assert all(not x.choices for x in e)
+    with pytest.raises(DGError, match="hops"):
+        get_task("synthetic_qa", hops=3)
+    with pytest.raises(DGError, match="n_choices"):
+        get_task("synthetic_qa", n_choices=1)
+    with pytest.raises(DGError, match="distinct questions"):
+        get_task("synthetic_qa", world_size=20).generate(10_000, seed=0)
+
+
+def test_instructions_deterministic_references_pass_and_no_conflicts():
+    t = get_task("synthetic_instructions", n_constraints=3)
+    exs = t.generate(300, seed=2)
+    assert [e.to_json() for e in exs] == [e.to_json() for e in t.generate(300, seed=2)]
+    for e in exs:
+        kinds = [c["type"] for c in e.constraints]
+        assert len(kinds) >= 3 and len(set(kinds)) == len(kinds)
+        assert sum(k in _STRUCTURE for k in kinds) <= 1
+        assert not any((a, b) in _CONFLICTS for a in kinds for b in kinds)
+        assert all(ok for _, ok, _ in check_all(e.reference, e.constraints))
+        assert t.score(e, e.reference).reward == 1.0
+        assert t.score(e, "").reward == 0.0
+
+
+def test_instructions_types_knob_and_errors():
+    t = get_task("synthetic_instructions", n_constraints=1, types=["bullets"])
+    for e in t.generate(5, seed=0):
+        assert [c["type"] for c in e.constraints] == ["bullets"]
+        assert "bullet points" in e.prompt
+    with pytest.raises(DGError, match="types"):
+        get_task("synthetic_instructions", types=["haiku"])
+    with pytest.raises(DGError, match="n_constraints"):
+        get_task("synthetic_instructions", n_constraints=3, types=["bullets", "json"])
