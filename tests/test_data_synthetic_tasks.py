@@ -46,7 +46,7 @@ def test_qa_questions_are_answerable_from_context_with_valid_options():
 
 def test_qa_without_context_and_bad_options():
     e = get_task("synthetic_qa", context=False, mc_fraction=0.0).generate(20, seed=0)
-    facts = (" was born in ", " is the capital of ", " is based in ", " founded ")
+    facts = (" was born in ", " is the capital of ", " is based in ", " is in ")
     assert all(x.prompt.endswith("?") and not any(f in x.prompt for f in facts) for x in e)
     assert all(not x.choices for x in e)
     with pytest.raises(DGError, match="hops"):
