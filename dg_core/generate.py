@@ -221,17 +221,23 @@ def generate_tokens(
         raise DGError("generate: a prompt encodes to zero tokens, expected a non-empty prompt")
     flat = [i for i in range(len(prompts)) for _ in range(n)]  # prompt-major
     order = sorted(range(len(flat)), key=lambda j: (len(encoded[flat[j]]), j))
+    sampling = (
+        {
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": max(top_k, 0),
+            # Explicit neutral values: a checkpoint's generation_config fills in whatever is left as None.
+            "min_p": 0.0,
+            "typical_p": 1.0,
+            "epsilon_cutoff": 0.0,
+            "eta_cutoff": 0.0,
+        }
+        if do_sample
+        else {}
+    )
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=max(top_k, 0) if do_sample else None,
-        # Explicit neutral values: a checkpoint's generation_config fills in whatever is left as None.
-        typical_p=1.0,
-        min_p=0.0,
-        epsilon_cutoff=0.0,
-        eta_cutoff=0.0,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
         num_beams=1,
@@ -239,6 +245,7 @@ def generate_tokens(
         pad_token_id=pad,
         eos_token_id=eos if stop_at_eos else [],  # [] (not None) so the model's own EOS is not filled in
         bos_token_id=tokenizer.bos_token_id,
+        **sampling,
     )
     device = _device_of(model)
     responses: dict[int, list[int]] = {}

@@ -1,0 +1,114 @@
+"""Stage `train`: supervised fine-tuning on a dataset's references (bootstraps zoo teachers, proxies, students).
+
+The loss covers response tokens only (EOS appended, prompt masked), with the same tokenisation rule as
+generation (:mod:`dg_core.generate`), so a model trained here answers in exactly the form it was shown.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dg_core import store
+from dg_core.config import StageConfig, option
+from dg_core.data import Example, load_split, task_of
+from dg_core.distill.common import clean, load_trainable, output_uris, save_trained
+from dg_core.distill.trainer import TrainSettings, response_ce, row_indices, stage_metrics, train
+from dg_core.errors import DGError
+from dg_core.generate import encode_prompt, encode_response, pack
+from dg_core.utils import seed_everything, set_threads_from_env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Config(StageConfig):
+    model: str = option("zoo:teacher", "Model to fine-tune (zoo member or any model reference).")
+    dataset: str = option("", "Prepared dataset URI (from `dguard prep`).")
+    split: str = option("train", "Split to train on.")
+    style: str = option("", "Train on meta.references[style] instead of the row's reference (synthetic math).")
+    steps: int = option(1000, "Optimizer steps.", ge=1)
+    batch_size: int = option(64, "Sequences per micro-batch.", ge=1)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", ge=1)
+    lr: float = option(2e-3, "Peak learning rate (AdamW).", gt=0)
+    warmup_steps: int = option(50, "Linear warmup steps before cosine decay.", ge=0)
+    max_grad_norm: float = option(1.0, "Gradient clipping (0 disables).", ge=0)
+    max_length: int = option(256, "Longest prompt+response in tokens (responses are truncated).", ge=2)
+    lora: bool = option(False, "Train a LoRA adapter (merged on save) instead of every weight.")
+    lora_r: int = option(8, "LoRA rank.", ge=1)
+    reinit: bool = option(False, "Re-initialise the weights from `seed` before training.")
+    seed: int = option(0, "Seed: data order, dropout, re-initialisation.")
+    checkpoint_every: int = option(200, "Checkpoint every N steps (0 disables).", ge=0)
+    output: str = option("", "Where to publish the model (default: <store root>/trained/<config hash>).")
+    device: str = option("auto", "auto, cpu or cuda.")
+
+    def check(self) -> None:
+        if not self.dataset:
+            raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
+
+
+def _target(ex: Example, style: str) -> str:
+    if not style:
+        if not ex.reference:
+            raise DGError(f"example {ex.id}: empty reference, expected a response to train on (or set style)")
+        return ex.reference
+    refs = ex.meta.get("references") or {}
+    if style not in refs:
+        raise DGError(f"example {ex.id}: no reference in style {style!r}, expected one of {sorted(refs)}")
+    return refs[style]
+
+
+def run(cfg: Config, *, on_step: Any = None) -> dict:
+    """Fine-tune, publish the model, return its URI and training figures (a published result is reused)."""
+    set_threads_from_env()
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "checkpoint_every", "device")}
+    out_uri, ckpt_uri = output_uris("trained", cfg.output, params)
+    if store.is_published(out_uri):
+        meta = store.read_manifest(out_uri).get("metadata", {})
+        if meta.get("config") == params:
+            return {**meta.get("summary", {}), "model": out_uri, "reused": True}
+    task = task_of(cfg.dataset)
+    rows = load_split(cfg.dataset, cfg.split)
+    if not rows:
+        raise DGError(f"{cfg.dataset}: split {cfg.split!r} is empty, expected examples to train on")
+    targets = [_target(ex, cfg.style) for ex in rows]
+    settings = TrainSettings(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        grad_accum=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm,
+        lora=cfg.lora,
+        lora_r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        seed=cfg.seed,
+        checkpoint_uri=ckpt_uri,
+        checkpoint_every=cfg.checkpoint_every,
+    )
+    seed_everything(cfg.seed)
+    model, tok = load_trainable(cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=cfg.device)
+    prompt_ids = [encode_prompt(tok, task.prompt(ex, tok)) for ex in rows]
+    resp_ids = [encode_response(tok, t) for t in targets]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def make_batch(step: int, micro: int):
+        idx = row_indices(len(rows), cfg.batch_size, step, micro, seed=cfg.seed, grad_accum=cfg.grad_accum)
+        return pack([prompt_ids[i] for i in idx], [resp_ids[i] for i in idx], pad, max_length=cfg.max_length)
+
+    metrics = stage_metrics("train")
+    result = train(model, make_batch, response_ce, settings, stage="train", metrics=metrics, on_step=on_step)
+    summary = clean(
+        {
+            "base": cfg.model,
+            "dataset": cfg.dataset,
+            "steps": result.steps,
+            "resumed_from": result.start_step,
+            "final_loss": result.final_loss,
+            "tokens_per_s": result.tokens_per_s,
+            "seconds": result.seconds,
+        }
+    )
+    save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
+    metrics.close(success=True)
+    return {**summary, "model": out_uri, "reused": False}

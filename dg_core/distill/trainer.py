@@ -1,0 +1,254 @@
+"""The one training loop behind `train` (SFT bootstrap) and every distillation method.
+
+A method supplies two callables: ``make_batch(step, micro)`` returning the micro-batch for an optimizer step
+(a pure function of the step and the seed, so a resumed run sees exactly the batches the uninterrupted one
+would have), and ``loss_fn(model, batch) -> LossOut``. The loop owns everything else: AdamW, warmup + cosine
+schedule, gradient accumulation, clipping, LoRA or full fine-tuning, accelerate (multi-GPU; a no-op on one
+device), bf16 autocast on CUDA, checkpoints through :class:`~dg_core.checkpoint.Checkpointer` every N steps
+with exact resume (weights, optimizer, schedule, RNG streams), a tqdm bar and Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dg_core.checkpoint import Checkpointer
+from dg_core.errors import DGError
+from dg_core.generate import TokenBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every trainer user (stage configs map their fields onto this)."""
+
+    steps: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    seed: int = 0
+    checkpoint_uri: str | None = None
+    checkpoint_every: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise DGError(f"training steps={self.steps}: expected >= 1")
+        if self.grad_accum < 1:
+            raise DGError(f"grad_accum={self.grad_accum}: expected >= 1")
+        if not self.lr > 0:
+            raise DGError(f"lr={self.lr}: expected > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise DGError(f"min_lr_ratio={self.min_lr_ratio}: expected a value in [0, 1]")
+
+
+@dataclass
+class LossOut:
+    """A micro-batch's loss (already averaged over its tokens) and how many tokens it covered."""
+
+    loss: torch.Tensor
+    n_tokens: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step losses (of the steps this process ran), token counts and timing."""
+
+    steps: int
+    start_step: int
+    losses: list[float]
+    tokens: int
+    seconds: float
+    final_loss: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def row_indices(
+    n_rows: int,
+    batch_size: int,
+    step: int,
+    micro: int,
+    *,
+    seed: int,
+    grad_accum: int = 1,
+    rank: int = 0,
+    world: int = 1,
+) -> list[int]:
+    """Rows of micro-batch ``(step, micro)`` on process ``rank``: epochs of seeded permutations, no state.
+
+    Being a pure function of its arguments is what makes a resumed run see the same batches as an
+    uninterrupted one, and gives each data-parallel process disjoint rows.
+    """
+    if n_rows < 1:
+        raise DGError("no training rows: expected a non-empty dataset split or signal set")
+    first = ((step * grad_accum + micro) * world + rank) * batch_size
+    out = []
+    perms: dict[int, list[int]] = {}
+    for g in range(first, first + batch_size):
+        epoch, pos = divmod(g, n_rows)
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
+            perms[epoch] = torch.randperm(n_rows, generator=gen).tolist()
+        out.append(perms[epoch][pos])
+    return out
+
+
+def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
+    """Linear warmup then cosine decay to ``min_lr_ratio`` of the peak (a multiplier of ``lr``)."""
+    warm = max(0, settings.warmup_steps)
+    total = settings.steps
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def response_ce(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
+    """Cross-entropy of the response tokens (EOS included), prompt and padding masked out."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    mask = batch.targets_mask()
+    n = int(mask.sum())
+    if n == 0:
+        return LossOut(logits.sum() * 0.0, 0)
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), batch.input_ids[:, 1:].reshape(-1), reduction="none"
+    ).view_as(mask)
+    return LossOut((nll * mask).sum() / n, n)
+
+
+def stage_metrics(stage: str, run_id: str | None = None) -> Any:
+    """Prometheus metrics of a stage run (pushed or written as a textfile; see ``dg_core.metrics``)."""
+    from dg_core.metrics import StageMetrics
+
+    return StageMetrics(stage, run_id=run_id)
+
+
+def prepare_model(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+    """Attach a LoRA adapter (LoRA mode) or make every weight trainable (full fine-tuning)."""
+    if settings.lora:
+        from dg_core.models import attach_lora
+
+        return attach_lora(model, r=settings.lora_r, alpha=settings.lora_alpha)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def train(
+    model: torch.nn.Module,
+    make_batch: Callable[[int, int], Any],
+    loss_fn: Callable[[torch.nn.Module, Any], LossOut],
+    settings: TrainSettings,
+    *,
+    stage: str = "train",
+    metrics: Any = None,
+    on_step: Callable[[int, float], None] | None = None,
+    accelerator: Any = None,
+) -> TrainResult:
+    """Run ``settings.steps`` optimizer steps on ``model`` (already LoRA-wrapped if wanted), resuming if a
+    checkpoint exists. ``on_step(step, loss)`` runs after every step (tests use it to inject failures)."""
+    settings.check()
+    from accelerate import Accelerator
+
+    if accelerator is None:
+        cuda = torch.cuda.is_available() and next(model.parameters()).device.type == "cuda"
+        accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+    metrics = metrics or stage_metrics(stage)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise DGError("model has no trainable parameters: expected LoRA or full fine-tuning to enable some")
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
+    model, opt = accelerator.prepare(model, opt)
+    raw = accelerator.unwrap_model(model)
+    ckpt = Checkpointer(settings.checkpoint_uri, settings.checkpoint_every)
+    start, extra = ckpt.resume(raw, opt, sched)
+    if start >= settings.steps:
+        log.info("checkpoint already at step %d of %d: nothing to train", start, settings.steps)
+    losses: list[float] = []
+    tokens = 0
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(
+        total=settings.steps,
+        initial=start,
+        desc=stage,
+        disable=not (settings.progress and accelerator.is_main_process),
+        leave=False,
+    )
+    last = float(extra.get("last_loss", float("nan")))
+    stats_sum: dict[str, float] = {}
+    for step in range(start, settings.steps):
+        step_loss, step_tokens, ts = 0.0, 0, time.perf_counter()
+        for micro in range(settings.grad_accum):
+            batch = make_batch(step, micro)
+            if hasattr(batch, "to"):
+                batch = batch.to(accelerator.device)
+            with accelerator.autocast():
+                out = loss_fn(model, batch)
+            if not torch.isfinite(out.loss):
+                raise DGError(f"{stage}: loss became {float(out.loss)} at step {step}: lower lr or check the data")
+            accelerator.backward(out.loss / settings.grad_accum)
+            step_loss += float(out.loss.detach()) / settings.grad_accum
+            step_tokens += out.n_tokens
+            for k, v in out.stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v / settings.grad_accum
+        if settings.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - ts
+        losses.append(step_loss)
+        tokens += step_tokens
+        last = step_loss
+        metrics.set("loss", step_loss)
+        metrics.inc("tokens", step_tokens)
+        metrics.set("tokens_per_second", step_tokens / dt if dt > 0 else 0.0)
+        metrics.set("step", step + 1)
+        bar.update(1)
+        if (step + 1) % max(1, settings.log_every) == 0:
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}" if dt > 0 else "-")
+        metrics.maybe_flush()
+        if ckpt.due(step + 1) and accelerator.is_main_process:
+            ckpt.save(step + 1, raw, opt, sched, extra={"last_loss": step_loss})
+        if on_step is not None:
+            on_step(step + 1, step_loss)
+    bar.close()
+    metrics.flush()
+    model.eval()
+    n_run = max(1, settings.steps - start)
+    return TrainResult(
+        steps=settings.steps,
+        start_step=start,
+        losses=losses,
+        tokens=tokens,
+        seconds=time.perf_counter() - t0,
+        final_loss=last,
+        stats={k: v / n_run for k, v in stats_sum.items()},
+    )
