@@ -400,3 +400,35 @@ def test_cron_forms_the_schema_accepts_are_the_ones_the_cli_accepts(helm: Path) 
         except DGError:
             cli_ok = False
         assert bool(pattern.search(expr)) == cli_ok, f"cron {expr!r}: schema and `dguard schedule` disagree"
+
+
+def test_secret_and_configmap_keys_are_the_ones_the_components_read(helm: Path) -> None:
+    """The pipeline tasks map these keys to env vars (kfp-kubernetes); a key the chart renames is lost silently."""
+    from components._common import ENV_CONFIG_KEYS, S3_SECRET_KEYS
+
+    docs = render(helm, *CREDS, "--set", "pushgateway.enabled=true")
+    assert set(one(docs, "Secret")["data"]) == set(S3_SECRET_KEYS)
+    assert set(one(docs, "ConfigMap")["data"]) == set(ENV_CONFIG_KEYS)
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_scheduled_arguments_fit_the_compiled_reharden_pipeline(helm: Path, values: Path) -> None:
+    """Every key=value the Job passes names a parameter of pipelines/compiled/reharden.yaml, with a valid type."""
+    from pipelines import compiled_path
+    from pipelines._args import parse_arguments, read_parameters
+
+    job = one(render(helm, "-f", str(values)), "Job")
+    args = job_containers(job)[-1]["args"]
+    overrides = [a for a in args if re.match(r"^[A-Za-z_]\w*=", a)]
+    if args[0] == "upload":
+        assert not overrides
+        return
+    typed = parse_arguments(compiled_path("reharden"), overrides)  # DGError on an unknown name or a bad type
+    params = read_parameters(compiled_path("reharden"))
+    assert set(typed) == {o.split("=", 1)[0] for o in overrides}
+    for name, value in typed.items():
+        kind = params[name]["type"]
+        if kind == "LIST":
+            assert isinstance(value, list), name
+        elif kind == "STRUCT":
+            assert isinstance(value, dict), name
