@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import re
 import shlex
 import shutil
@@ -349,13 +350,16 @@ def _ignore_regex(pattern: str) -> re.Pattern[str]:
 def context_files(ignore_file: Path) -> set[str]:
     """The files `docker build .` sends with this ignore file: last matching pattern wins, parents count."""
     rules = []
+    negations: list[str] = []
     for line in ignore_file.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         neg = line.startswith("!")
-        pat = line[1:].strip() if neg else line
-        rules.append((neg, _ignore_regex(pat.strip("/"))))
+        pat = (line[1:].strip() if neg else line).strip("/")
+        rules.append((neg, _ignore_regex(pat)))
+        if neg:
+            negations.append(pat)
 
     def excluded(rel: str) -> bool:
         parts = rel.split("/")
@@ -366,11 +370,18 @@ def context_files(ignore_file: Path) -> set[str]:
                 state = not neg
         return state
 
+    def may_reinclude_below(rel_dir: str) -> bool:
+        return any(n.startswith(("*", "?", "[")) or n.startswith(rel_dir + "/") for n in negations)
+
     files = set()
-    for p in ROOT.rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            rel = p.relative_to(ROOT).as_posix()
-            if not excluded(rel):
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        base = Path(dirpath).relative_to(ROOT).as_posix()
+        prefix = "" if base == "." else base + "/"
+        # an excluded directory no exception reaches into is skipped whole (.venv, .git: fast and exact)
+        dirnames[:] = [d for d in dirnames if not excluded(prefix + d) or may_reinclude_below(prefix + d)]
+        for f in filenames:
+            rel = prefix + f
+            if not os.path.islink(ROOT / rel) and not excluded(rel):
                 files.add(rel)
     return files
 
