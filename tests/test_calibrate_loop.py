@@ -366,3 +366,23 @@ def test_stage_config_errors_are_one_line(zoo_root):
         _stage_cfg(teacher="zoo:teacher", dataset="x", cal_gate="sometimes")
     with pytest.raises(DGError, match="config field 'group_size'"):
         _stage_cfg(teacher="zoo:teacher", dataset="x", group_size=1)
+
+
+def test_loop_reuses_its_reference_pass_for_r_cal(bootstrapped, proxy, task, examples):
+    """pi_0's log-prob of a finished sample, summed from the KL anchor's pass, equals scoring its text afresh."""
+    model, tok = bootstrapped
+    policy = attach_lora(copy.deepcopy(model), r=4, alpha=8)
+    prompts = [task.prompt(e, tok) for e in examples[:8]]
+    roll = generate_tokens(policy, tok, prompts, n=2, max_new_tokens=24, seed=5)
+    packed = roll.batch(tok.pad_token_id)
+    with torch.no_grad(), adapter_disabled(policy):
+        lp, _ = token_logprobs(policy, packed)
+    mask = packed.targets_mask().float()
+    rep = [p for p in prompts for _ in range(2)]
+    for normalize in ("sum", "token", "char"):
+        cal = CalibrationReward(policy, tok, [proxy], normalize=normalize)
+        reused = cal.normalize_reference((lp * mask).sum(-1), mask.sum(-1), roll.texts)
+        fresh = cal.reference_logprob(rep, roll.texts)
+        done = torch.tensor(roll.finished)
+        assert done.sum() >= 8
+        assert reused[done].tolist() == pytest.approx(fresh[done].tolist(), abs=1e-4)

@@ -270,6 +270,15 @@ def run_calibration(
     bar = tqdm(total=cfg.steps, initial=start, desc=f"calibrate eta={cfg.eta:+g}", disable=not progress or rank != 0)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # r_cal's pi_0 term can reuse the KL anchor's reference pass when it scores pi_0 with the policy's tokenizer
+    reuse_reference = (
+        cal_reward is not None
+        and getattr(cal_reward, "reference", None) == "base"
+        and getattr(cal_reward, "teacher_tokenizer", None) is tokenizer
+        and getattr(cal_reward, "append_eos", False)
+        and hasattr(cal_reward, "normalize_reference")
+        and ref_model is None
+    )
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         sseed = _step_seed(cfg.seed, step, rank)
@@ -289,14 +298,6 @@ def run_calibration(
         t_sample = time.perf_counter() - t0
         reps = [e for e in batch for _ in range(G)]
         r_task = task_reward(reps, roll.texts)
-        if cal_reward is not None:
-            r_cal = torch.as_tensor(cal_reward(_prompt_source(task, batch, G), roll.texts), dtype=torch.float32)
-        else:
-            r_cal = torch.zeros_like(r_task)
-        a_task = group_standardize(r_task.view(P, G))
-        a_cal = gated_cal_advantage(r_cal.view(P, G), r_task.view(P, G), cfg.cal_gate)
-        adv = combine_advantages(a_task, a_cal, cfg.eta).reshape(-1)
-
         packed = roll.batch(pad_id)
         B = packed.input_ids.shape[0]
         mb = cfg.micro_batch
@@ -313,6 +314,22 @@ def run_calibration(
                     ref_lp.append(token_logprobs(ref_model, part, cfg.temperature)[0])
                 if cfg.ppo_epochs > 1:
                     old_lp.append(token_logprobs(core, part, cfg.temperature)[0])
+        if cal_reward is not None:
+            reference = None
+            if reuse_reference:
+                # log pi_0(y|x) of the sampled tokens (EOS included when the sample stopped): already computed above
+                tmask = packed.targets_mask().float()
+                sums = torch.cat(
+                    [(lp.float().cpu() * tmask[i : i + mb]).sum(-1) for i, lp in zip(range(0, B, mb), ref_lp)]
+                )
+                reference = cal_reward.normalize_reference(sums, tmask.sum(-1), roll.texts)
+            r_cal = cal_reward(_prompt_source(task, batch, G), roll.texts, reference)
+            r_cal = torch.as_tensor(r_cal, dtype=torch.float32)
+        else:
+            r_cal = torch.zeros_like(r_task)
+        a_task = group_standardize(r_task.view(P, G))
+        a_cal = gated_cal_advantage(r_cal.view(P, G), r_task.view(P, G), cfg.cal_gate)
+        adv = combine_advantages(a_task, a_cal, cfg.eta).reshape(-1)
         model.train()
         kl_sum = ent_sum = loss_sum = 0.0
         grad_norm = 0.0

@@ -178,11 +178,25 @@ class CalibrationReward:
         with ctx:
             return self._score(self.teacher, self.teacher_tokenizer, prompts, responses)
 
-    def per_proxy(self, prompts: PromptSource, responses: Sequence[str]) -> torch.Tensor:
-        """``[n_proxies, n]`` matrix of r_cal, one row per proxy."""
+    def normalize_reference(
+        self, logprob_sums: torch.Tensor, n_tokens: torch.Tensor, responses: Sequence[str]
+    ) -> torch.Tensor:
+        """π_ref's per-response term from token log-probs the caller already has (the RFT loop computes π₀ on the
+        sampled tokens for its KL anchor anyway), normalised like :func:`score_text`."""
+        sums = logprob_sums.detach().float().cpu()
+        if self.normalize == "token":
+            return sums / n_tokens.float().cpu().clamp(min=1)
+        if self.normalize == "char":
+            return sums / torch.tensor([max(1, len(r)) for r in responses], dtype=torch.float32)
+        return sums
+
+    def per_proxy(
+        self, prompts: PromptSource, responses: Sequence[str], reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[n_proxies, n]`` matrix of r_cal, one row per proxy (``reference``: a precomputed π_ref term)."""
         if len(responses) == 0:
             return torch.zeros(len(self.proxies), 0)
-        ref = self.reference_logprob(prompts, responses)
+        ref = self.reference_logprob(prompts, responses) if reference is None else reference.float().cpu()
         rows = []
         for model, tok in self.proxies:
             rows.append(self._score(model, tok, prompts, responses) - ref)
@@ -199,9 +213,11 @@ class CalibrationReward:
             return per_proxy.min(0).values
         return per_proxy.max(0).values
 
-    def __call__(self, prompts: PromptSource, responses: Sequence[str]) -> torch.Tensor:
+    def __call__(
+        self, prompts: PromptSource, responses: Sequence[str], reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """r_cal per response (a detached tensor: the stop-gradient of the definition)."""
-        return self.reduce(self.per_proxy(prompts, responses)).detach()
+        return self.reduce(self.per_proxy(prompts, responses, reference)).detach()
 
     def as_trl(self) -> Callable[..., list[float]]:
         """TRL signature; prompts arrive already formatted (TRL applies the chat template itself)."""

@@ -1,0 +1,256 @@
+"""Calibration speed and memory: our loop (``dg_core.calibrate.grpo``) against TRL's ``GRPOTrainer``.
+
+Same model (zoo teacher + LoRA), same prompts, batch (prompts × group completions per optimizer step), group
+size, generation length, temperature, KL weight β (reference = adapter off in both), the same two rewards (r_task
+and r_cal through our TRL-signature wrappers, standardised per reward then summed with weights 1 and η —
+TRL's ``multi_objective_aggregation='normalize_then_sum'``), plain AdamW, no gradient checkpointing, clipping 1.0.
+
+Each trainer runs in its own subprocess (so peak memory is its own), interleaved ours/TRL/ours/TRL, one torch
+thread each; the first step is dropped and the median step time is reported. Peak memory is CUDA
+``max_memory_allocated`` on GPU, else the process's peak RSS.
+
+    .venv/bin/python bench/calibrate.py                   # ~ a few minutes on CPU
+    .venv/bin/python bench/calibrate.py --steps 21 --reps 2 --device cuda
+
+TRL is a benchmark-only dependency (``pip install trl==1.16.0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _setup(args):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from dg_core.data import get_task
+    from dg_core.models import load_model
+
+    task = get_task("synthetic_math", a_digits=1, b_digits=1, terms=1, term_digits=2)
+    examples = task.generate(512, 0)
+    device = args.device
+    teacher, tok = load_model("zoo:teacher", device=device, dtype="float32")
+    proxy, ptok = load_model("zoo:proxy", device=device, dtype="float32")
+    for p in list(teacher.parameters()) + list(proxy.parameters()):
+        p.requires_grad_(False)
+    return task, examples, teacher, tok, proxy, ptok
+
+
+def _mem_reset(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _mem_peak(device: str) -> float:
+    """Peak memory in MiB: CUDA allocator peak, else the process's peak RSS."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_ours(args) -> dict:
+    from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration
+    from dg_core.calibrate.rewards import CalibrationReward
+
+    task, examples, teacher, tok, proxy, ptok = _setup(args)
+    cfg = CalibrationSettings(
+        eta=args.eta,
+        beta=args.beta,
+        steps=args.steps,
+        prompts_per_step=args.prompts,
+        group_size=args.group,
+        max_new_tokens=args.max_new_tokens,
+        lr=1e-3,
+        lora_r=16,
+        lora_alpha=32,
+        micro_batch=args.prompts * args.group,
+        sample_batch=args.prompts * args.group,
+        cal_gate="none",
+        eval_every=0,
+        loss_agg="token-mean",
+    )
+    policy, _ = make_policy(teacher, cfg)
+    cal = CalibrationReward(policy, tok, [(proxy, ptok)], batch_size=args.prompts * args.group)
+    _mem_reset(args.device)
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_step(step, row):
+        if args.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    run_calibration(policy, tok, task, examples, cfg, cal_reward=cal, progress=False, on_step=on_step)
+    return {"step_times": times, "peak_mib": _mem_peak(args.device)}
+
+
+def worker_trl(args) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from dg_core.calibrate.rewards import CalibrationReward, TaskReward
+
+    task, examples, teacher, tok, proxy, ptok = _setup(args)
+    ds = Dataset.from_list([{"prompt": task.prompt(e, tok), "answer": e.answer} for e in examples])
+    tmp = tempfile.mkdtemp(prefix="dg-trl-")
+    cuda = args.device.startswith("cuda")
+    conf = GRPOConfig(
+        output_dir=tmp,
+        per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group,
+        gradient_accumulation_steps=1,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        beta=args.beta,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        max_steps=args.steps,
+        num_iterations=1,
+        loss_type="dapo",
+        scale_rewards="group",
+        multi_objective_aggregation="normalize_then_sum",
+        reward_weights=[1.0, args.eta],
+        gradient_checkpointing=False,
+        bf16=cuda,
+        use_cpu=not cuda,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    r_task = TaskReward(task).as_trl()
+    # r_cal's teacher is the policy itself (adapter switched off inside), exactly as in our loop
+    holder: dict = {}
+
+    def r_cal(prompts, completions, **kw):
+        return holder["cal"].as_trl()(prompts, completions, **kw)
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if cuda:
+                import torch
+
+                torch.cuda.synchronize()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if cuda:
+                import torch
+
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t)
+
+    trainer = GRPOTrainer(
+        model=teacher,
+        reward_funcs=[r_task, r_cal],
+        args=conf,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+        callbacks=[Timer()],
+    )
+    holder["cal"] = CalibrationReward(trainer.model, tok, [(proxy, ptok)], batch_size=args.prompts * args.group)
+    _mem_reset(args.device)
+    trainer.train()
+    return {"step_times": times, "peak_mib": _mem_peak(args.device)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=21, help="optimizer steps per run (the first is dropped)")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--beta", type=float, default=0.05)
+    ap.add_argument("--eta", type=float, default=-1.0)
+    ap.add_argument("--reps", type=int, default=2, help="interleaved runs of each trainer")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        logging.disable(logging.WARNING)
+        out = worker_ours(args) if args.worker == "ours" else worker_trl(args)
+        print("RESULT " + json.dumps(out))
+        return 0
+    base = [sys.executable, os.path.abspath(__file__)] + [
+        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--worker")
+    ]
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    results: dict[str, list[dict]] = {"ours": [], "trl": []}
+    for rep in range(args.reps):
+        for who in ("ours", "trl"):
+            t0 = time.perf_counter()
+            p = subprocess.run(base + ["--worker", who], capture_output=True, text=True, env=env)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if p.returncode != 0 or line is None:
+                print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"{who} worker failed (exit {p.returncode})")
+            r = json.loads(line[7:])
+            results[who].append(r)
+            med = statistics.median(r["step_times"][1:])
+            print(
+                f"rep {rep} {who:<4}: median step {med:.3f}s over {len(r['step_times']) - 1} steps, "
+                f"peak {r['peak_mib']:.0f} MiB ({time.perf_counter() - t0:.0f}s wall)",
+                flush=True,
+            )
+    summary = {}
+    for who, runs in results.items():
+        steps = [t for r in runs for t in r["step_times"][1:]]
+        summary[who] = {
+            "median_step_s": statistics.median(steps),
+            "steps_per_s": 1.0 / statistics.median(steps),
+            "peak_mib": max(r["peak_mib"] for r in runs),
+        }
+    o, t = summary["ours"], summary["trl"]
+    print(
+        f"\nsetting: zoo teacher + LoRA r16, {args.prompts} prompts x {args.group} completions, "
+        f"{args.max_new_tokens} new tokens, beta {args.beta}, eta {args.eta}, device {args.device}, "
+        f"{args.threads} thread(s)"
+    )
+    print(f"ours: {o['steps_per_s']:.3f} steps/s, peak {o['peak_mib']:.0f} MiB")
+    print(f"TRL : {t['steps_per_s']:.3f} steps/s, peak {t['peak_mib']:.0f} MiB")
+    print(
+        f"ratio ours/TRL: speed {o['steps_per_s'] / t['steps_per_s']:.2f}x, "
+        f"peak memory {o['peak_mib'] / t['peak_mib']:.2f}x"
+    )
+    print(json.dumps({"args": vars(args), "summary": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
