@@ -79,10 +79,10 @@ def test_teacher_knows_the_task(world):
     ],
 )
 def test_method_beats_undistilled_floor(world, student, method, extra):
+    from dg_core.data import load_split, task_of
     from dg_core.distill.common import load_trainable
     from dg_core.distill.trainer import TrainSettings
     from dg_core.evaluate import evaluate_model
-    from dg_core.data import load_split, task_of
 
     floor_model, tok = load_trainable(student, seed=1, reinit=True, settings=TrainSettings())
     floor = evaluate_model(
