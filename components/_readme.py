@@ -19,7 +19,7 @@ USED_IN = {
     "report": "calibrate, reharden (after the attack loop)",
     "gate": "calibrate, reharden (after the attack loop)",
     "train": "calibrate (bootstrap SFT of the teacher before calibration; a pass-through with 0 steps) (GPU)",
-    "publish": "calibrate, reharden: `publish` only when the gate passed and `publish` is true, `reject` when it failed (never cached)",
+    "publish": "calibrate, reharden: `publish` only when the gate passed and `publish` is true, `reject` when it failed, `reject-calibration` when calibration refused the teacher (never cached)",
 }
 
 

@@ -97,22 +97,28 @@ def rejection_uri(release_uri: str, releases_prefix: str, hardened_prefix: str) 
     return store.join(_canon(hardened_prefix), REJECTED, rel)
 
 
-def record_rejection(release_uri: str, releases_prefix: str, hardened_prefix: str, gate_uri: str) -> str:
-    """Record that the gate rejected the hardening of this release content, so a recurring run does not spend
-    another calibration on the same weights with the same outcome (``retry_rejected`` overrides)."""
+def record_rejection(
+    release_uri: str, releases_prefix: str, hardened_prefix: str, reasons: list[str], evidence: str
+) -> str:
+    """Record that hardening this release content was rejected (by the release gate, or by calibration's own
+    checks), so a recurring run does not spend another calibration on the same weights with the same outcome
+    (``retry_rejected`` overrides). ``evidence`` is the URI of the gate decision or calibration card."""
+    if not reasons:
+        raise DGError(f"rejection of {release_uri}: no reasons given, expected why it was rejected")
+    uri = rejection_uri(release_uri, releases_prefix, hardened_prefix)
+    body = {"release": release_uri, "reasons": list(reasons), "evidence": evidence}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "rejection.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        meta = {"kind": "rejection", "release_sha256": content_sha(release_uri), **body}
+        return store.publish(tmp, uri, metadata=meta)["uri"]
+
+
+def gate_reasons(gate_uri: str) -> list[str]:
+    """Why a published gate decision failed (raises when it passed: there is nothing to reject)."""
     gate = read_result(gate_uri)
     if gate["passed"]:
         raise DGError(f"gate {gate_uri} passed: nothing to reject, publish the model instead")
-    uri = rejection_uri(release_uri, releases_prefix, hardened_prefix)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "gate.json").write_text(json.dumps(gate, indent=2, sort_keys=True, default=str) + "\n")
-        meta = {
-            "kind": "rejection",
-            "release": release_uri,
-            "release_sha256": content_sha(release_uri),
-            "reasons": gate.get("reasons", []),
-        }
-        return store.publish(tmp, uri, metadata=meta)["uri"]
+    return list(gate.get("reasons") or ["gate failed"])
 
 
 def pending_releases(

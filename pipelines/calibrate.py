@@ -17,7 +17,7 @@ from components.gate.component import gate
 from components.pin.component import pin_models
 from components.plan.component import plan_attacks
 from components.prep.component import prep
-from components.publish.component import publish, reject
+from components.publish.component import publish, reject, reject_calibration
 from components.report.component import report
 from components.train.component import train
 from pipelines._k8s import cached, on_gpu, renamed, with_store
@@ -168,7 +168,7 @@ def harden(
     accelerator_count: int,
     gpu_node_selector: dict,
     gpu_tolerations: list,
-) -> str:
+):
     gpu = dict(accelerator_type=accelerator_type, accelerator_count=accelerator_count,
                node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     data = cached(with_store(prep(task=task, source=source, seed=data_seed, options=prep_options,
@@ -191,10 +191,12 @@ def harden(
                        max_steps=max_steps, group_size=group_size, lr=lr, seed=calibrate_seed,
                        options=calibrate_options, store_root=store_root)
     cached(on_gpu(with_store(cal, s3_secret, env_config_map), **gpu))
-    ev1 = teacher_eval(cal.outputs["model_ref"], "calibrated")
-    plan = cached(with_store(plan_attacks(students=attack_students, methods=attack_suite, seeds=attack_seeds,
-                                          store_root=store_root), s3_secret, env_config_map), False)
-    j = judge(attacks=plan.output, original=teacher, calibrated=cal.outputs["model_ref"],
+    calibrated = cal.outputs["Output"]  # "" when calibration refused the teacher
+    with dsl.If(calibrated != "", name="calibrated"):
+        ev1 = teacher_eval(calibrated, "calibrated")
+        plan = cached(with_store(plan_attacks(students=attack_students, methods=attack_suite, seeds=attack_seeds,
+                                              store_root=store_root), s3_secret, env_config_map), False)
+        judge(attacks=plan.output, original=teacher, calibrated=calibrated,
               calibration=cal.outputs["calibration"], dataset=dataset,
               teacher_original=ev0.outputs["Output"], teacher_calibrated=ev1.outputs["Output"],
               release=release, eta=eta, attack_steps=attack_steps, attack_samples=attack_samples,
@@ -205,9 +207,14 @@ def harden(
               gate_aggregate=gate_aggregate, min_seeds=min_seeds, publish_model=publish_model,
               publish_to=publish_to, releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
               report_title=report_title, store_root=store_root, s3_secret=s3_secret,
-              env_config_map=env_config_map, **{k: v for k, v in gpu.items() if k.startswith("acc")},
-              gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations)
-    return j.output
+              env_config_map=env_config_map, accelerator_type=accelerator_type,
+              accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
+              gpu_tolerations=gpu_tolerations)
+    with dsl.If(calibrated == "", name="calibration-refused"):
+        refused = reject_calibration(calibration=cal.outputs["calibration"], release=release,
+                                     releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
+                                     store_root=store_root)
+        cached(with_store(refused, s3_secret, env_config_map), False)
 
 
 @dsl.pipeline(
@@ -259,10 +266,10 @@ def calibrate_pipeline(
     accelerator_count: int = INFRA["accelerator_count"],
     gpu_node_selector: dict = {},  # noqa: B006
     gpu_tolerations: list = [],  # noqa: B006
-) -> str:
+):
     pinned = cached(with_store(pin_models(teacher=teacher, proxies=proxies, student="", store_root=store_root),
                                s3_secret, env_config_map), False)
-    h = harden(teacher=pinned.outputs["teacher"], proxies=pinned.outputs["proxies"],
+    harden(teacher=pinned.outputs["teacher"], proxies=pinned.outputs["proxies"],
                release=pinned.outputs["teacher"], teacher_sft_steps=teacher_sft_steps,
                teacher_sft_options=teacher_sft_options, task=task, source=source, data_seed=data_seed,
                prep_options=prep_options, eta=eta, beta=beta, max_steps=max_steps, group_size=group_size, lr=lr,
@@ -278,7 +285,6 @@ def calibrate_pipeline(
                env_config_map=env_config_map, accelerator_type=accelerator_type,
                accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
                gpu_tolerations=gpu_tolerations)
-    return h.output
 # fmt: on
 
 PIPELINE = calibrate_pipeline

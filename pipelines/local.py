@@ -146,13 +146,28 @@ def main(args: argparse.Namespace, verb: str = "run") -> int:
     result = run_local(args.pipeline, arguments, outputs_dir, cache=not args.no_cache)
     took = time.monotonic() - t0
     print(f"\n{args.pipeline}: finished in {took:.0f}s; task outputs under {result['run_dir']}")
-    if args.pipeline == "calibrate" and result["output"]:
-        print(f"report: {store.join(result['output'], 'report.html')}")
-    elif args.pipeline == "diagnose" and result["output"]:
-        print(f"diagnosis: {store.join(result['output'].split('#', 1)[0], 'report.html')}")
-    elif args.pipeline == "reharden":
-        for summary in sorted(result["run_dir"].rglob("list-releases/summary")):
-            print(summary.read_text().strip())
-        for md in sorted(result["run_dir"].rglob("report/html")):
-            print(f"report: {md}")
+    for line in outcome(result["run_dir"]):
+        print(line)
     return 0
+
+
+def outcome(run_dir: Path) -> list[str]:
+    """What a finished local run produced, read from kfp.local's task outputs: report, gate, publication."""
+    import json
+
+    lines = []
+    for p in sorted(run_dir.rglob("list-releases/summary")):
+        lines.append(p.read_text().strip())
+    for p in sorted(run_dir.rglob("calibrate/card")):
+        head = p.read_text().strip().splitlines()
+        if head and head[0].startswith("# Calibration refused"):
+            lines.append("calibration refused the teacher: " + " ".join(head[1:]).strip())
+    for p in sorted(run_dir.rglob("gate/summary")):
+        lines.append(p.read_text().strip().splitlines()[0].lstrip("# "))
+    for p in sorted(run_dir.rglob("publish/hardened")):
+        lines.append(f"hardened model: {json.loads(p.read_text())['uri']}")
+    for p in sorted(run_dir.rglob("report/html")):
+        lines.append(f"report: {p}")
+    for p in sorted(run_dir.rglob("diagnose/html")):
+        lines.append(f"diagnosis report: {p}")
+    return lines

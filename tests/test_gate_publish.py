@@ -151,13 +151,16 @@ def test_rejected_release_is_skipped_until_it_changes_or_retry(tmp_path, root):
     a = put(tmp_path, store.join(rels, "a"), b"a1")
     model = put(tmp_path, store.join(root, "runs/r1/calibrated"), b"cal-a")
     failed = _gate(root, model, BAD)
-    uri = publish.record_rejection(a, rels, hard, failed)
+    uri = publish.record_rejection(a, rels, hard, publish.gate_reasons(failed), failed)
     assert uri == store.join(hard, "_rejected", "a")
     meta = store.read_manifest(uri)["metadata"]
     assert meta["kind"] == "rejection" and "teacher retention 0.500" in meta["reasons"][0]
+    assert meta["evidence"] == failed
     assert publish.pending_releases(rels, hard) == []
     assert [p["name"] for p in publish.pending_releases(rels, hard, retry_rejected=True)] == ["a"]
     put(tmp_path, a, b"a2")  # new weights: worth another try
     assert [p["name"] for p in publish.pending_releases(rels, hard)] == ["a"]
     with pytest.raises(DGError, match="passed: nothing to reject"):
-        publish.record_rejection(a, rels, hard, _gate(root, model))
+        publish.gate_reasons(_gate(root, model))
+    with pytest.raises(DGError, match="no reasons given"):
+        publish.record_rejection(a, rels, hard, [], failed)

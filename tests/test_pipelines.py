@@ -18,7 +18,7 @@ from pipelines.compile import compile_one
 
 ROOT = Path(pipelines.__file__).resolve().parent.parent
 GPU_STAGES = {"calibrate", "distill", "evaluate", "evaluate-teacher", "diagnose", "train"}
-UNCACHED = {"pin-models", "plan-attacks", "list-releases", "prep", "publish", "reject"}
+UNCACHED = {"pin-models", "plan-attacks", "list-releases", "prep", "publish", "reject", "reject-calibration"}
 
 
 def load(name: str) -> tuple[dict, dict]:

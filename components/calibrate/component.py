@@ -23,22 +23,38 @@ def calibrate(
     model: Output[Model],
     card: Output[Markdown],
     metrics: Output[Metrics],
-) -> NamedTuple("Calibrated", [("model_ref", str), ("calibration", str)]):
+) -> NamedTuple("Calibrated", [("Output", str), ("calibration", str)]):
     """RFT calibration of the teacher: the distillability knob.
 
     eta < 0 makes students distilled from the teacher collapse (undistillable), eta > 0 helps them (distillable),
     eta = 0 is plain RFT. beta anchors the teacher to itself (KL). `options` takes any further field of
-    `dguard calibrate` (guards, LoRA rank, reward normalisation...). Returns the pinned calibrated model and the
-    pinned calibration card. Fails, naming the reason and the card, when the pre-flight check or the stage's own
-    retention gate rejects the calibration: nothing downstream may use such a teacher.
-    """
-    from collections import namedtuple
+    `dguard calibrate` (guards, LoRA rank, reward normalisation...).
 
-    from components._common import PIN, content_sha, log_metrics, run_stage, setup, unpin, write_ref, write_text
+    Outputs: `Output`, the pinned calibrated model, or "" when calibration refused the teacher (its pre-flight
+    soundness check or its retention check; the pipeline then records why instead of attacking it), and
+    `calibration`, the pinned calibration card. Other bad input fails the task with one line.
+    """
+    import json
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components._common import (
+        PIN,
+        content_sha,
+        log_metrics,
+        output_uri,
+        run_stage,
+        setup,
+        unpin,
+        write_ref,
+        write_text,
+    )
     from dg_core import store
     from dg_core.errors import DGError
 
     setup(store_root)
+    out = namedtuple("Calibrated", ["Output", "calibration"])
     params = {
         "teacher": unpin(teacher),
         "proxies": [unpin(p) for p in proxies],
@@ -51,7 +67,22 @@ def calibrate(
         "seed": seed,
         "progress": False,
     }
-    summary = run_stage("calibrate", params, options)
+    try:
+        summary = run_stage("calibrate", params, options)
+    except DGError as e:
+        if not str(e).startswith("pre-flight"):
+            raise
+        # The teacher is not sound on the task: a decision about this teacher, not a broken run.
+        card_uri = output_uri(store_root, "calibrate-refused", {**params, **options})
+        with tempfile.TemporaryDirectory() as tmp:
+            body = {"status": "refused", "reason": str(e), "teacher": params["teacher"], "eta": eta}
+            (Path(tmp) / "card.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+            (Path(tmp) / "card.md").write_text(f"# Calibration refused\n\n{e}\n")
+            store.publish(tmp, card_uri, metadata={"kind": "calibration-card", "status": "refused"})
+        write_text(card, f"# Calibration refused\n\n{e}\n")
+        write_text(model, json.dumps({"refused": str(e)}))
+        print(f"calibration refused: {e}")
+        return out("", f"{card_uri}{PIN}{content_sha(card_uri)}")
     card_dir = store.fetch(summary["card"])
     write_text(card, (card_dir / "card.md").read_text() if (card_dir / "card.md").is_file() else "")
     log_metrics(
@@ -63,8 +94,9 @@ def calibrate(
             "after": summary.get("after", {}),
         },
     )
+    calibration = f"{summary['card']}{PIN}{content_sha(summary['card'])}"
     if summary.get("status") != "passed" or not summary.get("model"):
-        raise DGError(f"calibration failed its retention gate: {summary.get('reason')} (card: {summary['card']})")
-    model_ref = write_ref(model, summary["model"], eta=eta, beta=beta, card=summary["card"])
-    out = namedtuple("Calibrated", ["model_ref", "calibration"])
-    return out(model_ref, f"{summary['card']}{PIN}{content_sha(summary['card'])}")
+        write_text(model, json.dumps({"rejected": summary.get("reason")}))
+        print(f"calibration {summary.get('status')}: {summary.get('reason')} (card: {summary['card']})")
+        return out("", calibration)
+    return out(write_ref(model, summary["model"], eta=eta, beta=beta, card=summary["card"]), calibration)

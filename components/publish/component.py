@@ -55,21 +55,44 @@ def publish(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def reject(decision: Input[Artifact], release: str, releases_prefix: str, hardened_prefix: str, store_root: str) -> str:
-    """Record a failed gate for a release (re-hardening only), so the recurring run does not calibrate the same
-    weights again with the same outcome; a new release content, or `retry_rejected=true`, tries again.
-
-    In the calibrate pipeline (no releases prefix) it only says that nothing was published.
+    """The release gate failed: record it for the release (re-hardening only), so the recurring run does not
+    calibrate the same weights again with the same outcome; new release content, or `retry_rejected=true`, tries
+    again. In the calibrate pipeline (no releases prefix) it only says that nothing was published.
     """
     from components._common import read_ref, setup, unpin
-    from dg_core.gate import read_result
-    from dg_core.publish import record_rejection
+    from dg_core.publish import gate_reasons, record_rejection
 
     setup(store_root)
     gate_uri = unpin(read_ref(decision))
-    reasons = "; ".join(read_result(gate_uri).get("reasons", []))
+    reasons = gate_reasons(gate_uri)
     if not releases_prefix:
-        print(f"gate failed, nothing published: {reasons}")
+        print(f"gate failed, nothing published: {'; '.join(reasons)}")
         return ""
-    uri = record_rejection(unpin(release), releases_prefix, hardened_prefix, gate_uri)
-    print(f"gate failed for {unpin(release)}, recorded at {uri}: {reasons}")
+    uri = record_rejection(unpin(release), releases_prefix, hardened_prefix, reasons, gate_uri)
+    print(f"gate failed for {unpin(release)}, recorded at {uri}: {'; '.join(reasons)}")
+    return uri
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def reject_calibration(
+    calibration: str, release: str, releases_prefix: str, hardened_prefix: str, store_root: str
+) -> str:
+    """Calibration itself refused the teacher (pre-flight or its retention check): say why, from the calibration
+    card, and record it for the release (re-hardening only) like a failed gate.
+    """
+    import json
+
+    from components._common import setup, unpin
+    from dg_core import store
+    from dg_core.publish import record_rejection
+
+    setup(store_root)
+    card_uri = unpin(calibration)
+    card = json.loads((store.fetch(card_uri) / "card.json").read_text())
+    reasons = [f"calibration {card.get('status', 'failed')}: {card.get('reason') or 'no reason recorded'}"]
+    if not releases_prefix:
+        print(f"{reasons[0]}; nothing published (card: {card_uri})")
+        return ""
+    uri = record_rejection(unpin(release), releases_prefix, hardened_prefix, reasons, card_uri)
+    print(f"{reasons[0]} for {unpin(release)}, recorded at {uri}")
     return uri
