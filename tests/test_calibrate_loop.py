@@ -386,3 +386,34 @@ def test_loop_reuses_its_reference_pass_for_r_cal(bootstrapped, proxy, task, exa
         done = torch.tensor(roll.finished)
         assert done.sum() >= 8
         assert reused[done].tolist() == pytest.approx(fresh[done].tolist(), abs=1e-4)
+
+
+def test_kl_guard_stops_early_and_stays_stopped_on_resume(zoo_root, proxy, task, examples, tmp_path):
+    base, tok = load_model("zoo:teacher", device="cpu")
+    cfg = CalibrationSettings(
+        eta=-1.0,
+        steps=6,
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=8,
+        lr=5e-2,
+        cal_gate="none",
+        eval_every=0,
+        stop_kl=1e-6,
+        checkpoint_every=100,
+        seed=1,
+    )
+    policy, _ = make_policy(copy.deepcopy(base), cfg)
+    uri = (tmp_path / "ckpt").as_uri()
+    cal = CalibrationReward(policy, tok, [proxy])
+    res = run_calibration(
+        policy, tok, task, examples, cfg, cal_reward=cal, progress=False, checkpointer=Checkpointer(uri, 100)
+    )
+    # step 1 samples from pi_theta == pi_0 (LoRA B starts at 0): KL 0; the first update moves it past the bound
+    assert res.history[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert res.stopped_reason and "KL" in res.stopped_reason and res.steps_done < 6
+    policy2, _ = make_policy(copy.deepcopy(base), cfg)
+    again = run_calibration(
+        policy2, tok, task, examples, cfg, cal_reward=cal, progress=False, checkpointer=Checkpointer(uri, 100)
+    )
+    assert again.steps_done == res.steps_done and again.stopped_reason == res.stopped_reason

@@ -263,6 +263,7 @@ def run_calibration(
         history=list(extra.get("history", [])),
         evals=list(extra.get("evals", [])),
         resumed_from=start,
+        stopped_reason=extra.get("stopped") or None,
     )
     task_reward = TaskReward(task)
     G, P = cfg.group_size, min(cfg.prompts_per_step, len(train))
@@ -279,7 +280,8 @@ def run_calibration(
         and hasattr(cal_reward, "normalize_reference")
         and ref_model is None
     )
-    for step in range(start + 1, cfg.steps + 1):
+    # a run that a guard stopped stays stopped when its pod restarts
+    for step in range(start + 1, cfg.steps + 1 if result.stopped_reason is None else start + 1):
         t0 = time.perf_counter()
         sseed = _step_seed(cfg.seed, step, rank)
         rng = random.Random(sseed)
@@ -407,10 +409,12 @@ def run_calibration(
             on_step(step, row)
         bar.update(1)
         bar.set_postfix(acc=f"{row['accuracy']:.2f}", r_cal=f"{row['reward_cal']:+.2f}", kl=f"{row['kl']:.3f}")
-        if checkpointer is not None and (checkpointer.due(step) or stop) and rank == 0:
-            checkpointer.save(step, core, optimizer, extra={"history": result.history, "evals": result.evals})
         if stop:
             result.stopped_reason = f"step {step}: {stop}"
+        if checkpointer is not None and (checkpointer.due(step) or stop) and rank == 0:
+            extra = {"history": result.history, "evals": result.evals, "stopped": result.stopped_reason or ""}
+            checkpointer.save(step, core, optimizer, extra=extra)
+        if stop:
             log.warning("calibration stopped early at %s", result.stopped_reason)
             break
     bar.close()
