@@ -101,6 +101,22 @@ def test_chunked_gradients_match_unchunked():
     torch.testing.assert_close(s.grad, torch.softmax(sl, -1) - torch.softmax(tl, -1), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", kl.KINDS)
+def test_gradcheck_of_chunked_backward(kind):
+    g = torch.Generator().manual_seed(9)
+    t = torch.randn(1, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(1, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, False, True, True]])
+
+    def f(a, b):  # two position chunks, and vocabulary chunks of 2 columns
+        return kl.token_divergence(a, b, kind, mask=mask, chunk_rows=2, vocab_chunk=2, temperature=1.3)
+
+    assert torch.autograd.gradcheck(f, (t, s), eps=1e-6, atol=1e-6)
+    kl.token_divergence(t, s, kind, mask=mask, chunk_rows=2).sum().backward()
+    assert (t.grad[~mask] == 0).all() and (s.grad[~mask] == 0).all()
+    assert s.grad[mask].abs().sum() > 0
+
+
 def test_masked_padding_may_hold_nan_and_stays_finite():
     tl, sl = _logits(seed=4)
     tl[0, 4] = float("nan")

@@ -8,8 +8,9 @@ Why chunked: a divergence needs several ``[N, V]`` temporaries (two log-softmaxe
 JSD). For a 150k vocabulary and a few thousand positions that is gigabytes. We process ``chunk_rows``
 positions at a time (auto-sized from ``max_chunk_elems``) and optionally ``vocab_chunk`` vocabulary columns at
 a time (two passes: log-normalisers first, then the per-token terms), so peak extra memory stays bounded.
-When gradients are needed each position chunk runs under activation checkpointing, so the backward pass is
-bounded too; these functions are the token-level KD losses of the distillation stage.
+When gradients are needed, backward recomputes one position chunk at a time and writes its rows of the
+gradient in place, so the backward pass is bounded too; these functions are the token-level KD losses of the
+distillation stage.
 
 Divergences (``kind``), all computed from ``log_softmax(logits / temperature)`` in float32:
 
@@ -34,7 +35,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from dg_core.errors import DGError
 
@@ -47,6 +47,8 @@ _NEG_INF = float("-inf")
 # ----------------------------------------------------------------------------------------------- elementwise
 def _plogratio(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
     """exp(la) * (la - lb), with 0·log 0 = 0 and finite gradients where la = -inf (double-where trick)."""
+    if not bool((la == _NEG_INF).any()):  # the common case (finite logits): skip the three extra passes
+        return la.exp() * (la - lb)
     fin = la > _NEG_INF
     la_s = torch.where(fin, la, torch.zeros_like(la))
     lb_s = torch.where(fin, lb, torch.zeros_like(lb))
@@ -134,8 +136,13 @@ def auto_chunk_rows(vocab: int, max_chunk_elems: int = 1 << 22) -> int:
     return max(1, max_chunk_elems // max(1, vocab))
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """Half/bf16 -> float32 for the math; float32/float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    x = x.float()
+    x = _up(x)
     if temperature != 1.0:
         x = x / temperature
     return torch.log_softmax(x, dim=-1)
@@ -147,17 +154,16 @@ def _scatter_rows(n: int, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- divergences
-def _div_chunk(
-    t: torch.Tensor,
-    s: torch.Tensor,
-    idx: torch.Tensor,
+def _div_rows(
+    tt: torch.Tensor,
+    ss: torch.Tensor,
     kind: str,
     temperature: float,
     beta: float,
     alpha: float,
     vocab_chunk: int | None,
 ) -> torch.Tensor:
-    tt, ss = t.index_select(0, idx), s.index_select(0, idx)
+    """Divergence of each row of one position chunk ``[r, V] -> [r]``."""
     v = tt.shape[-1]
     if not vocab_chunk or vocab_chunk >= v:
         lp, lq = _log_softmax(tt, temperature), _log_softmax(ss, temperature)
@@ -166,16 +172,68 @@ def _div_chunk(
     bounds = [(a, min(a + vocab_chunk, v)) for a in range(0, v, vocab_chunk)]
 
     def scaled(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        y = x[:, a:b].float()
+        y = _up(x[:, a:b])
         return y / temperature if temperature != 1.0 else y
 
     lse_t = torch.stack([torch.logsumexp(scaled(tt, a, b), -1) for a, b in bounds], -1).logsumexp(-1, keepdim=True)
     lse_s = torch.stack([torch.logsumexp(scaled(ss, a, b), -1) for a, b in bounds], -1).logsumexp(-1, keepdim=True)
-    total = tt.new_zeros(tt.shape[0], dtype=torch.float32)
+    total = lse_t.new_zeros(tt.shape[0])
     for a, b in bounds:
         lp, lq = scaled(tt, a, b) - lse_t, scaled(ss, a, b) - lse_s
         total = total + elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha).sum(-1)
     return total
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``x``: a view when they are consecutive (no mask), else a gathered copy."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1:
+        return x[int(idx[0]) : int(idx[0]) + n]
+    return x.index_select(0, idx)
+
+
+def _put(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1:
+        dst[int(idx[0]) : int(idx[0]) + n].copy_(src)
+    else:
+        dst.index_copy_(0, idx, src.to(dst.dtype))
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    """Chunked divergence whose backward recomputes one position chunk at a time and writes its gradient rows
+    straight into the full-size gradient: peak memory is inputs + gradients + one chunk of temporaries
+    (generic checkpointing would materialise a full-size gradient per chunk)."""
+
+    @staticmethod
+    def forward(ctx, t, s, rows, step, kind, temperature, beta, alpha, vocab_chunk):  # noqa: D102
+        ctx.save_for_backward(t, s, rows)
+        ctx.args = (step, kind, temperature, beta, alpha, vocab_chunk)
+        with torch.no_grad():
+            pieces = [
+                _div_rows(_take(t, idx), _take(s, idx), kind, temperature, beta, alpha, vocab_chunk)
+                for idx in rows.split(step)
+            ]
+        return torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_vals):  # noqa: D102
+        t, s, rows = ctx.saved_tensors
+        step, kind, temperature, beta, alpha, vocab_chunk = ctx.args
+        need_t, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gt = torch.zeros_like(t) if need_t else None
+        gs = torch.zeros_like(s) if need_s else None
+        for a, idx in zip(range(0, rows.numel(), step), rows.split(step)):
+            tt = _take(t, idx).detach().requires_grad_(need_t)
+            ss = _take(s, idx).detach().requires_grad_(need_s)
+            with torch.enable_grad():
+                out = _div_rows(tt, ss, kind, temperature, beta, alpha, vocab_chunk)
+            inputs = [x for x, need in ((tt, need_t), (ss, need_s)) if need]
+            grads = list(torch.autograd.grad(out, inputs, grad_vals[a : a + idx.numel()]))
+            for g, need in ((gt, need_t), (gs, need_s)):
+                if need:
+                    _put(g, idx, grads.pop(0))
+        return gt, gs, None, None, None, None, None, None, None
 
 
 def token_divergence(
@@ -191,10 +249,11 @@ def token_divergence(
     vocab_chunk: int | None = None,
     max_chunk_elems: int = 1 << 22,
 ) -> torch.Tensor:
-    """Token-level divergence ``kind`` per position: ``[..., V] x2 -> [...]`` (float32; 0 where ``mask`` is False).
+    """Token-level divergence ``kind`` per position: ``[..., V] x2 -> [...]`` (0 where ``mask`` is False); float32,
+    or float64 for float64 inputs.
 
-    Differentiable in both inputs; with gradients on, each position chunk is recomputed in backward
-    (checkpointing), so memory stays at inputs + one chunk of temporaries.
+    Differentiable in both inputs; with gradients on, backward recomputes one position chunk at a time, so
+    memory stays at inputs + their gradients + one chunk of temporaries.
     """
     _check(teacher_logits, student_logits, mask, kind, beta, alpha, temperature)
     lead = teacher_logits.shape[:-1]
@@ -202,17 +261,17 @@ def token_divergence(
     t, s = _rows(teacher_logits), _rows(student_logits)
     rows = _valid_rows(mask, lead, t.device)
     step = chunk_rows or auto_chunk_rows(v if not vocab_chunk else min(v, vocab_chunk), max_chunk_elems)
+    if mask is not None and not chunk_rows:  # masked rows are gathered (copied): keep that copy bounded too
+        step = min(step, auto_chunk_rows(v, max_chunk_elems))
     grad = torch.is_grad_enabled() and (t.requires_grad or s.requires_grad)
-    pieces = []
-    for a in range(0, rows.numel(), step):
-        idx = rows[a : a + step]
-        if grad and rows.numel() > step:
-            pieces.append(
-                checkpoint(_div_chunk, t, s, idx, kind, temperature, beta, alpha, vocab_chunk, use_reentrant=False)
-            )
-        else:
-            pieces.append(_div_chunk(t, s, idx, kind, temperature, beta, alpha, vocab_chunk))
-    vals = torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+    if grad:
+        vals = _ChunkedDivergence.apply(t, s, rows, step, kind, temperature, beta, alpha, vocab_chunk)
+    else:
+        pieces = [
+            _div_rows(_take(t, idx), _take(s, idx), kind, temperature, beta, alpha, vocab_chunk)
+            for idx in rows.split(step)
+        ]
+        vals = torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
     return _scatter_rows(t.shape[0], rows, vals).reshape(lead)
 
 
