@@ -263,3 +263,68 @@ def run(cfg: Config) -> dict[str, Any]:
             manifest = store.publish(tmp, cfg.output, metadata={"kind": "gate", "passed": result["passed"]})
         result["uri"] = manifest["uri"]
     return result
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    import statistics
+
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+    }
+
+
+def attack_summary(
+    evaluations: list[dict],
+    floors: list[dict] | None = None,
+    *,
+    steps: int | None = None,
+    teacher: str = "",
+    calibrated: str = "",
+) -> dict[str, Any]:
+    """The `attack` stage's summary (the ``attack.json`` layout of :mod:`dg_core.distill.suite`) rebuilt from the
+    evaluation records a pipeline's parallel attack loop produced, so the report renders both the same way.
+
+    ``floors`` are records of the undistilled students (``student`` names them); ``teacher``/``calibrated`` are
+    the two teachers' URIs (the report labels a calibration by the calibrated model's eta).
+    """
+    for i, r in enumerate(evaluations):
+        _record_key(i, r)
+    teachers = {
+        r["teacher"]: {"accuracy": float(r["accuracy"]), "n": r.get("n")}
+        for r in evaluations
+        if r["model"] == "teacher"
+    }
+    floor_acc: dict[str, list[float]] = defaultdict(list)
+    for r in floors or []:
+        floor_acc[str(r.get("student"))].append(float(r["accuracy"]))
+    groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: {t: [] for t in _TEACHERS})
+    for r in evaluations:
+        if r["model"] == "student":
+            groups[(str(r["student"]), str(r.get("method") or "default"))][r["teacher"]].append(float(r["accuracy"]))
+    rows = []
+    for (student, method), acc in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "attack": f"{student}/{method}",
+            "method": method,
+            "steps": steps,
+            "floor": _mean(floor_acc[student]) if floor_acc.get(student) else float("nan"),
+        }
+        for side in _TEACHERS:
+            if acc[side]:
+                row[side] = _stats(acc[side])
+        if acc["original"] and acc["calibrated"] and row["original"]["mean"] > 0:
+            row["transfer"] = row["calibrated"]["mean"] / row["original"]["mean"]
+        rows.append(row)
+    summary: dict[str, Any] = {
+        "teachers": teachers,
+        "attacks": rows,
+        "records": list(evaluations),
+        "config": {"teacher": teacher, "calibrated": calibrated},
+    }
+    if "calibrated" in teachers and teachers.get("original", {}).get("accuracy"):
+        summary["retention"] = teachers["calibrated"]["accuracy"] / teachers["original"]["accuracy"]
+    return summary

@@ -23,6 +23,7 @@ from components.train.component import train
 from pipelines._k8s import cached, on_gpu, renamed, with_store
 
 evaluate_teacher = renamed(evaluate, "evaluate-teacher")
+evaluate_floor = renamed(evaluate, "evaluate-floor")
 
 # fmt: off
 # Defaults: sized for the offline zoo on a CPU (override for real models). Lists/dicts are literal KFP defaults.
@@ -68,7 +69,6 @@ def judge(
     publish_to: str,
     releases_prefix: str,
     hardened_prefix: str,
-    report_title: str,
     store_root: str,
     s3_secret: str,
     env_config_map: str,
@@ -83,7 +83,7 @@ def judge(
         records = {}
         for side, teacher in (("original", original), ("calibrated", calibrated)):
             d = distill(teacher=teacher, student=a.student, dataset=dataset, method=a.method, seed=a.seed,
-                        steps=attack_steps, n_samples=attack_samples, max_new_tokens=attack_max_new_tokens,
+                        reinit=a.reinit, steps=attack_steps, n_samples=attack_samples, max_new_tokens=attack_max_new_tokens,
                         batch_size=attack_batch_size, lr=attack_lr, limit=attack_limit, options=attack_options,
                         store_root=store_root).set_display_name(f"distill from {side} teacher")
             e = evaluate(model=d.outputs["Output"], dataset=dataset, split=eval_split, limit=eval_limit,
@@ -92,12 +92,16 @@ def judge(
             for t in (d, e):
                 cached(on_gpu(with_store(t, s3_secret, env_config_map), **gpu))
             records[side] = e
+        floor = evaluate_floor(model=a.student, dataset=dataset, split=eval_split, limit=eval_limit,
+                               role="student", teacher="floor", student=a.name, method="", seed=0,
+                               options=eval_options, store_root=store_root).set_display_name("evaluate floor")
+        cached(on_gpu(with_store(floor, s3_secret, env_config_map), **gpu))
     def collected(side):  # one Collected per consumer: the compiler does not share them
         return dsl.Collected(records[side].outputs["Output"])
 
     r = report(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
                students_original=collected("original"), students_calibrated=collected("calibrated"),
-               title=report_title, options={}, store_root=store_root)
+               floors=dsl.Collected(floor.outputs["Output"]), attack_steps=attack_steps, store_root=store_root)
     g = gate(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
              students_original=collected("original"), students_calibrated=collected("calibrated"),
              model=calibrated, eta=eta, direction=direction, min_retention=min_retention,
@@ -160,7 +164,6 @@ def harden(
     publish_to: str,
     releases_prefix: str,
     hardened_prefix: str,
-    report_title: str,
     store_root: str,
     s3_secret: str,
     env_config_map: str,
@@ -206,7 +209,7 @@ def harden(
               min_retention=min_retention, max_transfer=max_transfer, min_transfer=min_transfer,
               gate_aggregate=gate_aggregate, min_seeds=min_seeds, publish_model=publish_model,
               publish_to=publish_to, releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
-              report_title=report_title, store_root=store_root, s3_secret=s3_secret,
+              store_root=store_root, s3_secret=s3_secret,
               env_config_map=env_config_map, accelerator_type=accelerator_type,
               accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
               gpu_tolerations=gpu_tolerations)
@@ -258,7 +261,6 @@ def calibrate_pipeline(
     min_seeds: int = 1,
     publish: bool = True,
     publish_to: str = "",
-    report_title: str = "distillation-guards: calibration trade-off",
     store_root: str = INFRA["store_root"],
     s3_secret: str = INFRA["s3_secret"],
     env_config_map: str = INFRA["env_config_map"],
@@ -281,7 +283,7 @@ def calibrate_pipeline(
                attack_options=attack_options, direction=direction, min_retention=min_retention,
                max_transfer=max_transfer, min_transfer=min_transfer, gate_aggregate=gate_aggregate,
                min_seeds=min_seeds, publish_model=publish, publish_to=publish_to, releases_prefix="",
-               hardened_prefix="", report_title=report_title, store_root=store_root, s3_secret=s3_secret,
+               hardened_prefix="", store_root=store_root, s3_secret=s3_secret,
                env_config_map=env_config_map, accelerator_type=accelerator_type,
                accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
                gpu_tolerations=gpu_tolerations)

@@ -74,7 +74,7 @@ def harden_each(
                attack_options=attack_options, direction="undistillable", min_retention=min_retention,
                max_transfer=max_transfer, min_transfer=1.1, gate_aggregate=gate_aggregate, min_seeds=min_seeds,
                publish_model=publish, publish_to="", releases_prefix=releases_prefix,
-               hardened_prefix=hardened_prefix, report_title="distillation-guards: re-hardening",
+               hardened_prefix=hardened_prefix,
                store_root=store_root, s3_secret=s3_secret, env_config_map=env_config_map,
                accelerator_type=accelerator_type, accelerator_count=accelerator_count,
                gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations)

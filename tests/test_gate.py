@@ -147,3 +147,22 @@ def test_cli_gate_from_yaml(tmp_path, capsys):
     assert dguard(["gate", "--config", str(cfg)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["passed"] is False and "0.700" in summary["reasons"][0]
+
+
+def test_attack_summary_matches_the_attack_stage_layout():
+    from dg_core.distill.suite import attack_markdown
+
+    evals = records(1.0, 0.9, ((0.8, 0.2), (0.6, 0.4))) + records(pairs=((0.5, 0.5),), name="b", method="kd")[2:]
+    floors = [{"model": "student", "teacher": "original", "student": "student-gpt2", "accuracy": 0.05}]
+    s = gate.attack_summary(evals, floors, steps=30, teacher="t-uri", calibrated="c-uri")
+    assert s["retention"] == pytest.approx(0.9)
+    assert s["teachers"]["original"]["accuracy"] == 1.0 and s["config"]["calibrated"] == "c-uri"
+    rows = {r["attack"]: r for r in s["attacks"]}
+    assert set(rows) == {"student-gpt2/sft", "b/kd"}
+    g = rows["student-gpt2/sft"]
+    assert g["original"]["mean"] == pytest.approx(0.7) and g["original"]["n"] == 2
+    assert g["calibrated"]["mean"] == pytest.approx(0.3) and g["transfer"] == pytest.approx(0.3 / 0.7)
+    assert g["floor"] == 0.05 and g["steps"] == 30
+    assert rows["b/kd"]["transfer"] == pytest.approx(1.0)
+    md = attack_markdown(s)  # the attack stage's own renderer accepts it
+    assert "student-gpt2/sft" in md and "0.429" in md

@@ -17,7 +17,7 @@ from pipelines._args import read_parameters
 from pipelines.compile import compile_one
 
 ROOT = Path(pipelines.__file__).resolve().parent.parent
-GPU_STAGES = {"calibrate", "distill", "evaluate", "evaluate-teacher", "diagnose", "train"}
+GPU_STAGES = {"calibrate", "distill", "evaluate", "evaluate-teacher", "evaluate-floor", "diagnose", "train"}
 UNCACHED = {"pin-models", "plan-attacks", "list-releases", "prep", "publish", "reject", "reject-calibration"}
 
 

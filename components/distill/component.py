@@ -12,6 +12,7 @@ def distill(
     dataset: str,
     method: str,
     seed: int,
+    reinit: bool,
     steps: int,
     n_samples: int,
     max_new_tokens: int,
@@ -25,7 +26,8 @@ def distill(
 ) -> str:
     """Distill a probe student from a teacher (the attack): sft, kd, gkd or xtok, for `steps` optimizer steps.
 
-    Teacher samples are generated once per teacher and shared by every student. `options` takes any further
+    `reinit` re-initialises the student's weights from `seed` (independent random-init probe students). Teacher
+    samples are generated once per teacher and shared by every student. `options` takes any further
     field of `dguard distill` (e.g. {"kind": "reverse", "lora": true}). Returns the pinned student reference.
     """
     from components._common import log_metrics, run_stage, setup, unpin, write_ref
@@ -37,6 +39,7 @@ def distill(
         "dataset": unpin(dataset),
         "method": method,
         "seed": seed,
+        "reinit": reinit,
         "steps": steps,
         "n_samples": n_samples,
         "max_new_tokens": max_new_tokens,

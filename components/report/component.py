@@ -12,31 +12,48 @@ def report(
     teacher_calibrated: dict,
     students_original: list[dict],
     students_calibrated: list[dict],
-    title: str,
-    options: dict,
+    floors: list[dict],
+    attack_steps: int,
     store_root: str,
     html: Output[HTML],
     table: Output[Markdown],
     metrics: Output[Metrics],
 ) -> str:
-    """Trade-off report: teacher retention and student transfer per attack, as HTML with plots and a table.
+    """Trade-off report: teacher retention and student transfer per attack (students x methods, mean over
+    seeds, next to each student's undistilled floor), as an HTML page with plots and a Markdown table.
 
-    Renders in the Kubeflow UI (HTML, Markdown, Metrics) and is published to the store; returns its URI.
+    The attack loop's evaluation records are gathered into one `attack` artifact (the layout `dguard attack`
+    writes), then rendered by `dguard report`; both are published to the store. Returns the report URI.
     """
-    import os
+    import json
+    import tempfile
+    from pathlib import Path
 
-    from components._common import log_metrics, output_uri, run_stage, setup, write_text
+    from components._common import log_metrics, output_uri, run_stage, setup, uri_of, write_text
     from dg_core import store
+    from dg_core.distill.suite import ATTACK_FILE, attack_markdown
+    from dg_core.gate import attack_summary
 
     setup(store_root)
     evaluations = [teacher_original, teacher_calibrated, *students_original, *students_calibrated]
-    params = {"evaluations": evaluations, "title": title}
-    params["output"] = output_uri(store_root, "report", params)
-    summary = run_stage("report", params, options)
-    d = store.fetch(summary["uri"])
-    write_text(html, open(os.path.join(d, "report.html")).read())
-    md = os.path.join(d, "report.md")
-    write_text(table, open(md).read() if os.path.isfile(md) else summary.get("table", ""))
-    log_metrics(metrics, {k: v for k, v in summary.items() if k != "uri"})
-    print(f"report: {store.join(summary['uri'], 'report.html')}")
-    return summary["uri"]
+    summary = attack_summary(
+        evaluations,
+        floors,
+        steps=attack_steps,
+        teacher=uri_of(teacher_original.get("model_ref", "")),
+        calibrated=uri_of(teacher_calibrated.get("model_ref", "")),
+    )
+    attack_uri = output_uri(store_root, "attacks", {"evaluations": evaluations, "floors": floors})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / ATTACK_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+        (Path(tmp) / "attack.md").write_text(attack_markdown(summary))
+        store.publish(tmp, attack_uri, metadata={"kind": "attack", "calibrated": summary["config"]["calibrated"]})
+    evals = [r["eval"] for r in (teacher_original, teacher_calibrated) if r.get("eval")]
+    out = run_stage("report", {"attacks": [attack_uri], "evals": evals})
+    d = store.fetch(out["report"])
+    write_text(html, (d / "report.html").read_text())
+    write_text(table, (d / "report.md").read_text())
+    row = (out.get("tradeoff") or [{}])[0]
+    log_metrics(metrics, {k: row.get(k) for k in ("retention", "worst_transfer", "max_transfer", "mean_transfer")})
+    print(f"report: {store.join(out['report'], 'report.html')}")
+    return out["report"]
