@@ -261,9 +261,10 @@ class Objective:
     def loss(self, model: torch.nn.Module, batch: DistillBatch) -> LossOut:
         tb, ms = batch.tokens, self.ms
         logits = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits[:, :-1]
-        ce, n = _ce(logits, tb)
         if ms.method == "sft":
+            ce, n = _ce(logits, tb)
             return LossOut(ce, n, {"ce": float(ce.detach())})
+        ce, n = _ce(logits, tb) if ms.ce_weight else (None, tb.n_response_tokens)
         mask = tb.targets_mask()
         t2 = ms.temperature**2
         if ms.method == "kd":
@@ -283,9 +284,11 @@ class Objective:
             with torch.no_grad():
                 t_logits = teacher(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits[:, :-1]
             v = min(t_logits.shape[-1], logits.shape[-1], len(self.tok))
+            if t_logits.shape[-1] != v or logits.shape[-1] != v:  # padded embedding rows beyond the vocabulary
+                t_logits, logits = t_logits[..., :v], logits[..., :v]
             d = token_divergence(
-                t_logits[..., :v],
-                logits[..., :v],
+                t_logits,
+                logits,
                 ms.kind,
                 mask=mask,
                 temperature=ms.temperature,
@@ -315,8 +318,10 @@ class Objective:
                     temperature=ms.temperature,
                 )
             div = d.mean() * t2
-        loss = div + ms.ce_weight * ce if ms.ce_weight else div
-        return LossOut(loss, n, {"ce": float(ce.detach()), "div": float(div.detach()), **batch.info})
+        stats = {"div": float(div.detach()), **batch.info}
+        if ce is None:
+            return LossOut(div, n, stats)
+        return LossOut(div + ms.ce_weight * ce, n, {**stats, "ce": float(ce.detach())})
 
 
 def build_objective(
