@@ -37,8 +37,9 @@ def _label(attack: dict[str, Any], uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def tradeoff_rows(attacks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per attack artifact: retention, per-attack transfer, worst and mean transfer."""
+def tradeoff_rows(attacks: dict[str, dict[str, Any]], direction: str = "undistillable") -> list[dict[str, Any]]:
+    """One row per attack artifact: retention, per-attack transfer, min/max/mean transfer and the worst case
+    for ``direction`` (the highest transfer when making a teacher undistillable, the lowest otherwise)."""
     rows = []
     for uri, a in attacks.items():
         transfers = {r["attack"]: r["transfer"] for r in a["attacks"] if "transfer" in r}
@@ -51,7 +52,10 @@ def tradeoff_rows(attacks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "teacher_calibrated": t.get("calibrated", {}).get("accuracy"),
                 "retention": a.get("retention"),
                 "transfer": transfers,
-                "worst_transfer": min(transfers.values()) if transfers else None,
+                "worst_transfer": (max if direction == "undistillable" else min)(transfers.values())
+                if transfers
+                else None,
+                "min_transfer": min(transfers.values()) if transfers else None,
                 "max_transfer": max(transfers.values()) if transfers else None,
                 "mean_transfer": sum(transfers.values()) / len(transfers) if transfers else None,
             }
@@ -67,13 +71,15 @@ def tradeoff_markdown(rows: list[dict[str, Any]], evals: dict[str, dict[str, Any
     lines = ["# Distillability trade-off", ""]
     if rows:
         lines += [
-            "| calibration | teacher orig | teacher cal | retention | transfer (min) | transfer (max) | transfer (mean) |",
-            "|---|---|---|---|---|---|---|",
+            "| calibration | teacher orig | teacher cal | retention | transfer (worst) | transfer (min) | "
+            "transfer (max) | transfer (mean) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['label']} | {_fmt(r['teacher_original'])} | {_fmt(r['teacher_calibrated'])} | "
-                f"{_fmt(r['retention'])} | {_fmt(r['worst_transfer'])} | {_fmt(r['max_transfer'])} | "
+                f"{_fmt(r['retention'])} | {_fmt(r['worst_transfer'])} | {_fmt(r['min_transfer'])} | "
+                f"{_fmt(r['max_transfer'])} | "
                 f"{_fmt(r['mean_transfer'])} |"
             )
         lines.append("")
@@ -132,7 +138,7 @@ def plots(rows: list[dict[str, Any]], attacks: dict[str, dict[str, Any]], evals:
     pts = [r for r in rows if r["retention"] is not None and r["worst_transfer"] is not None]
     if pts:
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
-        ax.scatter([r["retention"] for r in pts], [r["max_transfer"] for r in pts], label="worst case (max transfer)")
+        ax.scatter([r["retention"] for r in pts], [r["worst_transfer"] for r in pts], label="worst attack")
         ax.scatter([r["retention"] for r in pts], [r["mean_transfer"] for r in pts], marker="x", label="mean transfer")
         for r in pts:
             ax.annotate(
@@ -188,6 +194,11 @@ def render_html(markdown: str, attacks: dict[str, dict[str, Any]], images: dict[
 class Config(StageConfig):
     attacks: list[str] = option([], "URIs of published `attack` outputs (one per calibrated teacher).")
     evals: list[str] = option([], "URIs of published `evaluate` outputs.")
+    direction: str = option(
+        "undistillable",
+        "Which transfer is the worst case: the highest (undistillable) or lowest (distillable).",
+        choices=("undistillable", "distillable"),
+    )
     output: str = option("", "Where to publish the report (default: <store root>/reports/<inputs hash>).")
 
     def check(self) -> None:
@@ -202,7 +213,7 @@ def build(cfg: Config) -> dict[str, Any]:
 
     attacks = {u: read_attack(u) for u in cfg.attacks}
     evals = {u: read_eval(u) for u in cfg.evals}
-    rows = tradeoff_rows(attacks)
+    rows = tradeoff_rows(attacks, cfg.direction)
     md = tradeoff_markdown(rows, evals)
     images = plots(rows, attacks, evals)
     data = {
