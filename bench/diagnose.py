@@ -134,7 +134,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on a shared machine)")
     p.add_argument("--backward", action="store_true", help="time forward + backward (the KD-loss use)")
-    p.add_argument("--max-chunk-elems", type=int, default=1 << 22)
+    p.add_argument("--max-chunk-elems", type=int, default=None, help="chunk budget (default: kl's per-device one)")
     p.add_argument("--vocab-chunk", type=int, default=8192)
     p.add_argument("--check", action="store_true", help="also report the max difference to the naive result")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -165,7 +165,8 @@ def main() -> int:
     print(
         f"token {args.kind} KL, N={args.positions} positions, V={args.vocab}, {args.dtype} on {args.device}{where}, "
         f"threads={args.threads}, {'forward+backward' if args.backward else 'forward'}, inputs {inputs_mb:.0f} MB"
-        f"{f', student gradient {inputs_mb / 2:.0f} MB' if args.backward else ''}, median of {args.reps}"
+        f"{f', student gradient {inputs_mb / 2:.0f} MB' if args.backward else ''}, median of {args.reps}, "
+        f"chunk_rows={kl.auto_chunk_rows(args.vocab, args.max_chunk_elems, args.device)}"
     )
     print(f"{'variant':<14} {'tokens/s':>12} {'ms/call':>10} {'peak extra MB':>14} {'max|diff|':>10}")
     for v in variants:

@@ -45,9 +45,12 @@ _NEG_INF = float("-inf")
 
 
 # ----------------------------------------------------------------------------------------------- elementwise
-def _plogratio(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
-    """exp(la) * (la - lb), with 0·log 0 = 0 and finite gradients where la = -inf (double-where trick)."""
-    if not bool((la == _NEG_INF).any()):  # the common case (finite logits): skip the three extra passes
+def _plogratio(la: torch.Tensor, lb: torch.Tensor, safe: bool = True) -> torch.Tensor:
+    """exp(la) * (la - lb), with 0·log 0 = 0 and finite gradients where la = -inf (double-where trick).
+
+    ``safe=False`` is for callers that know ``la`` has no -inf (log-softmax of finite logits): three fewer passes.
+    """
+    if not safe:
         return la.exp() * (la - lb)
     fin = la > _NEG_INF
     la_s = torch.where(fin, la, torch.zeros_like(la))
@@ -65,27 +68,30 @@ def _mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
 
 
 def elementwise_terms(
-    lp: torch.Tensor, lq: torch.Tensor, kind: str = "forward", *, beta: float = 0.5, alpha: float = 0.1
+    lp: torch.Tensor,
+    lq: torch.Tensor,
+    kind: str = "forward",
+    *,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    safe: bool = True,
 ) -> torch.Tensor:
     """Per-vocabulary-entry terms whose sum over the last axis is the divergence ``kind`` (see module doc).
 
-    ``lp``/``lq`` are normalised log-probabilities (teacher, student); entries may be -inf (zero mass).
+    ``lp``/``lq`` are normalised log-probabilities (teacher, student); entries may be -inf (zero mass) unless
+    ``safe=False``, which promises there are none and skips the guards.
     """
-    if kind == "forward":
-        return _plogratio(lp, lq)
-    if kind == "reverse":
-        return _plogratio(lq, lp)
+    if kind == "forward" or (kind == "jsd" and beta <= 0.0):
+        return _plogratio(lp, lq, safe)
+    if kind == "reverse" or (kind == "jsd" and beta >= 1.0):
+        return _plogratio(lq, lp, safe)
     if kind == "jsd":
-        if beta <= 0.0:
-            return _plogratio(lp, lq)
-        if beta >= 1.0:
-            return _plogratio(lq, lp)
         lm = _mix(lp, lq, beta)
-        return beta * _plogratio(lp, lm) + (1.0 - beta) * _plogratio(lq, lm)
+        return beta * _plogratio(lp, lm, safe) + (1.0 - beta) * _plogratio(lq, lm, safe)
     if kind == "skew_forward":
-        return _plogratio(lp, _mix(lp, lq, alpha))
+        return _plogratio(lp, _mix(lp, lq, alpha), safe)
     if kind == "skew_reverse":
-        return _plogratio(lq, _mix(lq, lp, alpha))
+        return _plogratio(lq, _mix(lq, lp, alpha), safe)
     if kind == "tvd":
         return 0.5 * (lp.exp() - lq.exp()).abs()
     raise DGError(f"divergence kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -131,8 +137,15 @@ def _valid_rows(mask: torch.Tensor | None, lead: torch.Size, device: torch.devic
     return mask.reshape(-1).to(device=device, dtype=torch.bool).nonzero().squeeze(-1)
 
 
-def auto_chunk_rows(vocab: int, max_chunk_elems: int = 1 << 22) -> int:
-    """Positions per chunk so that one [rows, V] float32 temporary holds at most ``max_chunk_elems`` entries."""
+CPU_CHUNK_ELEMS = 1 << 22  # 16 MB float32 temporaries: cache-friendly, negligible next to the inputs
+CUDA_CHUNK_ELEMS = 1 << 26  # 256 MB: few enough chunks that kernel launches do not dominate
+
+
+def auto_chunk_rows(vocab: int, max_chunk_elems: int | None = None, device: torch.device | str | None = None) -> int:
+    """Positions per chunk so that one [rows, V] float32 temporary holds at most ``max_chunk_elems`` entries
+    (default: ``CUDA_CHUNK_ELEMS`` on a GPU, ``CPU_CHUNK_ELEMS`` elsewhere)."""
+    if max_chunk_elems is None:
+        max_chunk_elems = CUDA_CHUNK_ELEMS if torch.device(device or "cpu").type == "cuda" else CPU_CHUNK_ELEMS
     return max(1, max_chunk_elems // max(1, vocab))
 
 
@@ -162,12 +175,13 @@ def _div_rows(
     beta: float,
     alpha: float,
     vocab_chunk: int | None,
+    safe: bool = True,
 ) -> torch.Tensor:
     """Divergence of each row of one position chunk ``[r, V] -> [r]``."""
     v = tt.shape[-1]
     if not vocab_chunk or vocab_chunk >= v:
         lp, lq = _log_softmax(tt, temperature), _log_softmax(ss, temperature)
-        return elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha).sum(-1)
+        return elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha, safe=safe).sum(-1)
     # Two passes over vocabulary slices: log-normalisers, then the summed terms.
     bounds = [(a, min(a + vocab_chunk, v)) for a in range(0, v, vocab_chunk)]
 
@@ -180,24 +194,32 @@ def _div_rows(
     total = lse_t.new_zeros(tt.shape[0])
     for a, b in bounds:
         lp, lq = scaled(tt, a, b) - lse_t, scaled(ss, a, b) - lse_s
-        total = total + elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha).sum(-1)
+        total = total + elementwise_terms(lp, lq, kind, beta=beta, alpha=alpha, safe=safe).sum(-1)
     return total
 
 
-def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows ``idx`` of ``x``: a view when they are consecutive (no mask), else a gathered copy."""
-    n = idx.numel()
-    if n and int(idx[-1]) - int(idx[0]) == n - 1:
-        return x[int(idx[0]) : int(idx[0]) + n]
-    return x.index_select(0, idx)
+Chunk = slice | torch.Tensor  # consecutive rows (no mask: a view, no host sync) or gathered row indices
 
 
-def _put(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
-    n = idx.numel()
-    if n and int(idx[-1]) - int(idx[0]) == n - 1:
-        dst[int(idx[0]) : int(idx[0]) + n].copy_(src)
+def _chunks(n: int, rows: torch.Tensor | None, step: int) -> list[Chunk]:
+    if rows is None:
+        return [slice(a, min(a + step, n)) for a in range(0, n, step)]
+    return list(rows.split(step))
+
+
+def _take(x: torch.Tensor, c: Chunk) -> torch.Tensor:
+    return x[c] if isinstance(c, slice) else x.index_select(0, c)
+
+
+def _put(dst: torch.Tensor, c: Chunk, src: torch.Tensor) -> None:
+    if isinstance(c, slice):
+        dst[c].copy_(src)
     else:
-        dst.index_copy_(0, idx, src.to(dst.dtype))
+        dst.index_copy_(0, c, src.to(dst.dtype))
+
+
+def _size(c: Chunk) -> int:
+    return c.stop - c.start if isinstance(c, slice) else c.numel()
 
 
 class _ChunkedDivergence(torch.autograd.Function):
@@ -206,34 +228,33 @@ class _ChunkedDivergence(torch.autograd.Function):
     (generic checkpointing would materialise a full-size gradient per chunk)."""
 
     @staticmethod
-    def forward(ctx, t, s, rows, step, kind, temperature, beta, alpha, vocab_chunk):  # noqa: D102
-        ctx.save_for_backward(t, s, rows)
-        ctx.args = (step, kind, temperature, beta, alpha, vocab_chunk)
+    def forward(ctx, t, s, chunks, args):  # noqa: D102
+        ctx.save_for_backward(t, s)
+        ctx.chunks, ctx.div_args = chunks, args
         with torch.no_grad():
-            pieces = [
-                _div_rows(_take(t, idx), _take(s, idx), kind, temperature, beta, alpha, vocab_chunk)
-                for idx in rows.split(step)
-            ]
+            pieces = [_div_rows(_take(t, c), _take(s, c), *args) for c in chunks]
         return torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, grad_vals):  # noqa: D102
-        t, s, rows = ctx.saved_tensors
-        step, kind, temperature, beta, alpha, vocab_chunk = ctx.args
+        t, s = ctx.saved_tensors
         need_t, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gt = torch.zeros_like(t) if need_t else None
         gs = torch.zeros_like(s) if need_s else None
-        for a, idx in zip(range(0, rows.numel(), step), rows.split(step)):
-            tt = _take(t, idx).detach().requires_grad_(need_t)
-            ss = _take(s, idx).detach().requires_grad_(need_s)
+        offset = 0
+        for c in ctx.chunks:
+            n = _size(c)
+            tt = _take(t, c).detach().requires_grad_(need_t)
+            ss = _take(s, c).detach().requires_grad_(need_s)
             with torch.enable_grad():
-                out = _div_rows(tt, ss, kind, temperature, beta, alpha, vocab_chunk)
+                out = _div_rows(tt, ss, *ctx.div_args)
             inputs = [x for x, need in ((tt, need_t), (ss, need_s)) if need]
-            grads = list(torch.autograd.grad(out, inputs, grad_vals[a : a + idx.numel()]))
+            grads = list(torch.autograd.grad(out, inputs, grad_vals[offset : offset + n]))
             for g, need in ((gt, need_t), (gs, need_s)):
                 if need:
-                    _put(g, idx, grads.pop(0))
-        return gt, gs, None, None, None, None, None, None, None
+                    _put(g, c, grads.pop(0))
+            offset += n
+        return gt, gs, None, None
 
 
 def token_divergence(
@@ -247,31 +268,34 @@ def token_divergence(
     alpha: float = 0.1,
     chunk_rows: int | None = None,
     vocab_chunk: int | None = None,
-    max_chunk_elems: int = 1 << 22,
+    max_chunk_elems: int | None = None,
 ) -> torch.Tensor:
     """Token-level divergence ``kind`` per position: ``[..., V] x2 -> [...]`` (0 where ``mask`` is False); float32,
     or float64 for float64 inputs.
 
     Differentiable in both inputs; with gradients on, backward recomputes one position chunk at a time, so
-    memory stays at inputs + their gradients + one chunk of temporaries.
+    memory stays at inputs + their gradients + one chunk of temporaries. ``chunk_rows`` defaults to what fits
+    ``max_chunk_elems`` (see :func:`auto_chunk_rows`; larger on GPUs, where launches, not memory, limit speed).
     """
     _check(teacher_logits, student_logits, mask, kind, beta, alpha, temperature)
     lead = teacher_logits.shape[:-1]
     v = teacher_logits.shape[-1]
     t, s = _rows(teacher_logits), _rows(student_logits)
-    rows = _valid_rows(mask, lead, t.device)
-    step = chunk_rows or auto_chunk_rows(v if not vocab_chunk else min(v, vocab_chunk), max_chunk_elems)
-    if mask is not None and not chunk_rows:  # masked rows are gathered (copied): keep that copy bounded too
-        step = min(step, auto_chunk_rows(v, max_chunk_elems))
-    grad = torch.is_grad_enabled() and (t.requires_grad or s.requires_grad)
-    if grad:
-        vals = _ChunkedDivergence.apply(t, s, rows, step, kind, temperature, beta, alpha, vocab_chunk)
+    step = chunk_rows or auto_chunk_rows(v if not vocab_chunk else min(v, vocab_chunk), max_chunk_elems, t.device)
+    rows = None if mask is None else _valid_rows(mask, lead, t.device)
+    if rows is not None and not chunk_rows:  # masked rows are gathered (copied): keep that copy bounded too
+        step = min(step, auto_chunk_rows(v, max_chunk_elems, t.device))
+    # One check for -inf logits (a banned token) instead of guarding every term of every chunk.
+    safe = bool(torch.isneginf(t).any() or torch.isneginf(s).any())
+    chunks = _chunks(t.shape[0], rows, step)
+    args = (kind, temperature, beta, alpha, vocab_chunk, safe)
+    if torch.is_grad_enabled() and (t.requires_grad or s.requires_grad):
+        vals = _ChunkedDivergence.apply(t, s, chunks, args)
     else:
-        pieces = [
-            _div_rows(_take(t, idx), _take(s, idx), kind, temperature, beta, alpha, vocab_chunk)
-            for idx in rows.split(step)
-        ]
+        pieces = [_div_rows(_take(t, c), _take(s, c), *args) for c in chunks]
         vals = torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+    if rows is None:
+        return vals.reshape(lead)
     return _scatter_rows(t.shape[0], rows, vals).reshape(lead)
 
 
@@ -310,14 +334,14 @@ def token_entropy(
     *,
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
-    max_chunk_elems: int = 1 << 22,
+    max_chunk_elems: int | None = None,
 ) -> torch.Tensor:
     """Entropy (nats) of each position's distribution ``[..., V] -> [...]``; 0 where ``mask`` is False."""
     _check(logits, logits, mask, "forward", 0.5, 0.1, temperature)
     lead = logits.shape[:-1]
     x = _rows(logits)
     rows = _valid_rows(mask, lead, x.device)
-    step = auto_chunk_rows(x.shape[-1], max_chunk_elems)
+    step = auto_chunk_rows(x.shape[-1], max_chunk_elems, x.device)
     pieces = []
     for a in range(0, rows.numel(), step):
         lp = _log_softmax(x.index_select(0, rows[a : a + step]), temperature)
@@ -364,7 +388,7 @@ def topk_divergence(
     temperature: float = 1.0,
     beta: float = 0.5,
     alpha: float = 0.1,
-    max_chunk_elems: int = 1 << 22,
+    max_chunk_elems: int | None = None,
 ) -> torch.Tensor:
     """Divergence over the k most likely tokens (by ``select``'s distribution) plus one tail bucket.
 
@@ -380,7 +404,7 @@ def topk_divergence(
     lead = teacher_logits.shape[:-1]
     t, s = _rows(teacher_logits), _rows(student_logits)
     rows = _valid_rows(mask, lead, t.device)
-    step = auto_chunk_rows(v, max_chunk_elems)
+    step = auto_chunk_rows(v, max_chunk_elems, t.device)
     pieces = []
     for a in range(0, rows.numel(), step):
         idx = rows[a : a + step]
@@ -463,7 +487,7 @@ def head_tail(
     temperature: float = 1.0,
     beta: float = 0.5,
     alpha: float = 0.1,
-    max_chunk_elems: int = 1 << 22,
+    max_chunk_elems: int | None = None,
 ) -> HeadTail:
     """Decompose the divergence at each position into its top-k (by teacher probability) head and the tail.
 
@@ -484,7 +508,7 @@ def head_tail(
     t, s = _rows(teacher_logits), _rows(student_logits)
     rows = _valid_rows(mask, lead, t.device)
     cls = token_class.to(device=t.device, dtype=torch.float32) if token_class is not None else None
-    step = auto_chunk_rows(v, max_chunk_elems)
+    step = auto_chunk_rows(v, max_chunk_elems, t.device)
     fulls, heads, fulls_c, heads_c = [], [], [], []
     for a in range(0, rows.numel(), step):
         idx = rows[a : a + step]
