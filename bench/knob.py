@@ -147,26 +147,21 @@ def job_attack(root: str, threads: int, distill: dict[str, Any], evaluate: dict[
 
 
 def _style_mix(responses: list[str]) -> dict[str, float]:
-    """Which solution style the responses use (by shape: answer only / one product / partial products / check)."""
-    counts = {"compressed": 0, "compact": 0, "decomposed": 0, "checked": 0, "other": 0}
+    """Which solution style responses use, by shape: ``compressed`` (answer only), ``steps`` (the work written
+    out: decomposed or compact, identical for one-digit factors), ``checked`` (steps plus a reverse check)."""
+    counts = {"compressed": 0, "steps": 0, "checked": 0, "other": 0}
     for r in responses:
-        steps = r.split()
-        if len(steps) == 1 and r.startswith("#"):
+        parts = r.split()
+        if len(parts) == 1 and r.startswith("#"):
             counts["compressed"] += 1
-        elif not steps or not steps[-1].startswith("#"):
+        elif not parts or not parts[-1].startswith("#"):
             counts["other"] += 1
         else:
-            eqs = steps[:-1]
-            mults = sum("*" in e for e in eqs)
+            eqs = parts[:-1]
             has_check = len(eqs) >= 2 and any(
                 ("-" in e and "+" in prev) or ("+" in e and "-" in prev) for prev, e in zip(eqs, eqs[1:])
             )
-            if mults <= 1 and not has_check:
-                counts["compact"] += 1
-            elif has_check:
-                counts["checked"] += 1
-            else:
-                counts["decomposed"] += 1
+            counts["checked" if has_check else "steps"] += 1
     n = max(1, len(responses))
     return {k: v / n for k, v in counts.items() if v}
 
@@ -249,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-steps", type=int, default=600)
     ap.add_argument("--etas", default="-1,-0.5,0,0.5,1")
     ap.add_argument("--rl-steps", type=int, default=40)
-    ap.add_argument("--rl-lr", type=float, default=1e-3)
+    ap.add_argument("--rl-lr", type=float, default=2e-3)
     ap.add_argument("--rl-prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--beta", type=float, default=0.05)
