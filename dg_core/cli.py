@@ -35,16 +35,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_SECRET_WORDS = {"secret", "password", "passwd", "token", "credential", "credentials", "apikey"}
+
+
+def _is_secret_key(key: str) -> bool:
+    """`auth_token`, `secret_key`, `api_key` are secrets; `max_new_tokens` is not (whole words only)."""
+    words = key.lower().replace("-", "_").split("_")
+    return bool(_SECRET_WORDS & set(words)) or ("key" in words and ({"access", "api", "private"} & set(words)))
+
+
 def _redact(d: dict) -> dict:
     """Never log secrets, whatever field they arrive in."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out[k] = _redact(v)
-        elif any(s in k.lower() for s in ("secret", "password", "token", "credential", "access_key")):
-            out[k] = "***" if v else v
         else:
-            out[k] = v
+            out[k] = "***" if v and _is_secret_key(k) else v
     return out
 
 

@@ -49,3 +49,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         err = [line for line in r.stderr.splitlines() if "error:" in line]
         assert len(err) == 1 and words in err[0], r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_secrets_are_redacted_but_token_counts_are_not():
+    from dg_core.cli import _redact
+
+    out = _redact(
+        {
+            "max_new_tokens": 64,
+            "auth_token": "abc",
+            "s3": {"secret_key": "xyz", "access_key": "k"},
+            "api_key": "q",
+            "tokenizer": "char",
+        }
+    )
+    assert out == {
+        "max_new_tokens": 64,
+        "auth_token": "***",
+        "s3": {"secret_key": "***", "access_key": "***"},
+        "api_key": "***",
+        "tokenizer": "char",
+    }
