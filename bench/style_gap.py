@@ -10,6 +10,22 @@ writes. The gap (decomposed minus compressed) bounds what calibration can do to 
     .venv/bin/python bench/style_gap.py --task '{"a_digits": 2, "terms": 2}' --styles decomposed,compressed
 
 Prints one line per model and a JSON summary at the end. Not part of the test run.
+
+Measured (task ``{"a_digits": 2, "b_digits": 1, "terms": 1}``, e.g. ``37*4+15``; 6000 train problems, 300
+held-out; batch 64; greedy held-out accuracy; student-llama 0.17M params, teacher 0.87M):
+
+| run                                   | students: decomposed        | compressed            | gap   |
+|---------------------------------------|-----------------------------|-----------------------|-------|
+| CPU, defaults, 1 thread, seed 0       | 0.960                       | 0.050                 | 0.910 |
+| H200, 1000 steps, 3 seeds             | 0.960 / 0.873 / 0.933 (0.922) | 0.040 / 0.033 / 0.040 (0.038) | 0.884 |
+| H200, 2000 steps, 3 seeds             | 0.993 / 0.993 / 0.990 (0.992) | 0.143 / 0.063 / 0.067 (0.091) | 0.901 |
+
+Teacher trained on a uniform mix of the four styles: 800 steps (CPU defaults) greedy 0.983 (mostly decomposed),
+sampled at T=1 0.643; 6000 steps (H200) greedy 0.837, sampled 0.820, writing every style (greedy outputs by
+exact match: checked 81, compact 60, compressed 15, decomposed 94, all correct; 50 others, 1 correct).
+The CPU default run took 7.4 min of CPU time on 1 thread (15 min wall on the shared, loaded 2-core machine).
+Other knobs gave gaps of 0.91-0.97 at 2000 student steps (terms=2 with +-: 0.973 vs 0.063; a_digits=3:
+0.967 vs 0.007; term_digits=3: 0.995 vs 0.028).
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from dataclasses import replace
 
@@ -66,9 +83,14 @@ def train_sft(model, tok, prompts, responses, *, steps, batch, lr, seed, device,
     return time.time() - t0
 
 
+def _shape(text: str) -> str:
+    return re.sub(r"\d+", "N", text.strip())
+
+
 def style_of(text: str, refs: dict[str, str]) -> str:
+    """The style whose shape (numbers masked) the output has, right or wrong; "other" when none fits."""
     for s, r in refs.items():
-        if text.strip() == r:
+        if _shape(text) == _shape(r):
             return s
     return "other"
 
@@ -76,8 +98,8 @@ def style_of(text: str, refs: dict[str, str]) -> str:
 def evaluate(model, tok, task, examples, *, sample: bool, seed: int, max_new: int) -> tuple[float, dict[str, str]]:
     """Held-out accuracy, and per style of the outputs: how many and how many of those correct.
 
-    A response counts as a style when its text equals that style's reference exactly; "other" is anything else
-    (a wrong step, a wrong answer in another form).
+    A response counts as a style when it has that style's shape (numbers masked: the same steps, right or
+    wrong); "other" is anything else (a missing or extra step, text that fits no style).
     """
     prompts = [task.prompt(e) for e in examples]
     outs = generate(
@@ -121,7 +143,7 @@ def main() -> None:
         print(f"  {s:>10}: {test[0].meta['references'][s]}")
     summary: dict = {"task": task_opts, "students": {}, "teacher": None}
 
-    for style in args.styles.split(","):
+    for style in [s for s in args.styles.split(",") if s]:
         accs = []
         for seed in range(args.student_seeds):
             spec = replace(ZOO[args.student], seed=100 + seed)
