@@ -87,13 +87,13 @@ def judge(
                         batch_size=attack_batch_size, lr=attack_lr, limit=attack_limit, options=attack_options,
                         store_root=store_root).set_display_name(f"distill from {side} teacher")
             e = evaluate(model=d.outputs["Output"], dataset=dataset, split=eval_split, limit=eval_limit,
-                         role="student", teacher=side, student=a.name, method=a.method, seed=a.seed,
+                         role="student", teacher=side, student=a.student_name, method=a.method, seed=a.seed,
                          options=eval_options, store_root=store_root).set_display_name(f"evaluate student of {side}")
             for t in (d, e):
                 cached(on_gpu(with_store(t, s3_secret, env_config_map), **gpu))
             records[side] = e
         floor = evaluate_floor(model=a.student, dataset=dataset, split=eval_split, limit=eval_limit,
-                               role="student", teacher="floor", student=a.name, method="", seed=0,
+                               role="student", teacher="floor", student=a.student_name, method="", seed=0,
                                options=eval_options, store_root=store_root).set_display_name("evaluate floor")
         cached(on_gpu(with_store(floor, s3_secret, env_config_map), **gpu))
     def collected(side):  # one Collected per consumer: the compiler does not share them

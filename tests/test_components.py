@@ -146,3 +146,19 @@ def test_pin_models_component_pins_store_models(env):
     assert task.outputs["teacher"] == _common.pin(t)
     assert task.outputs["proxies"] == [_common.pin(p)]
     assert task.outputs["student"] == ""
+
+
+def test_train_component_passes_through_at_zero_steps_and_trains_otherwise(env):
+    from components.train.component import train
+    from dg_core.cli import run_stage
+
+    root, tmp = env
+    ds = run_stage("prep", None, ["n=24", f"out={store.join(root, 'ds')}"])["uri"]
+    t = put(tmp / "t", store.join(root, "models/t"), b"not a real model")
+    same = train(model=t, dataset=ds, steps=0, batch_size=8, lr=1e-3, options={}, store_root=root)
+    assert same.outputs["Output"] == _common.pin(t)  # nothing ran: the bytes above are no model at all
+    boot = train(model="zoo:teacher", dataset=_common.pin(ds), steps=2, batch_size=8, lr=1e-3,
+                 options={"warmup_steps": 0}, store_root=root)  # fmt: skip
+    ref = boot.outputs["Output"]
+    assert ref.startswith(store.join(root, "trained")) and _common.unpin(ref)
+    assert json.loads(Path(boot.outputs["trained"].path).read_text())["bootstrapped"] is True

@@ -178,3 +178,38 @@ def test_components_are_documented_for_the_ui():
         for c in comps:
             for n in list(c.component_spec.inputs or {}) + list(c.component_spec.outputs or {}):
                 assert f"`{n}`" in readme, f"{d}/README.md does not document {n}: run python -m components._readme"
+
+
+def test_run_needs_local_and_checks_arguments_before_running(tmp_path, capsys):
+    assert dguard(["run", "calibrate"]) == 2
+    assert "pass --local to run here, or use `dguard submit calibrate --host URL`" in capsys.readouterr().err
+    assert dguard(["run", "calibrate", "--local", "--outputs", str(tmp_path / "kfp"), "etta=1"]) == 2
+    assert "unknown pipeline argument 'etta'" in capsys.readouterr().err
+    assert not (tmp_path / "kfp").exists()  # nothing ran
+
+
+def test_local_arguments_layer_small_defaults_under_user_values(tmp_path):
+    from pipelines.local import LOCAL_DEFAULTS, local_arguments
+
+    root = (tmp_path / "s").as_uri()
+    args = local_arguments("reharden", root, ["attack_steps=7", "publish=false"])
+    assert args["store_root"] == root
+    assert args["releases_prefix"] == f"{root}/releases" and args["hardened_prefix"] == f"{root}/hardened"
+    assert args["attack_steps"] == 7 and args["publish"] is False
+    assert args["max_steps"] == LOCAL_DEFAULTS["reharden"]["max_steps"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_failing_task_surfaces_its_one_line_error(tmp_path, capsys, monkeypatch):
+    from dg_core import store
+
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    m = store.publish(d, (tmp_path / "store" / "m").as_uri())["uri"]
+    rc = dguard(["run", "diagnose", "--local", "--store", str(tmp_path / "store"), "--outputs", str(tmp_path / "kfp"),
+                 f"teacher={m}", f"student={m}", "prep_options={n: 0}"])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Inner task failed: 'prep'" in err and "config field 'n'" in err

@@ -9,9 +9,10 @@ from components._common import IMAGE
 def plan_attacks(students: list, methods: list, seeds: int, store_root: str) -> list[dict]:
     """Expand the attack suite: one item per (probe student, method, seed), students pinned to their content.
 
-    Never cached (it pins mutable references). Each item is {name, student, method, seed, reinit}; the attack
-    loop distills every item from the original and from the calibrated teacher. Zoo students are re-initialised
-    from the seed (reinit), as `dguard attack` does, so seeds give independent students.
+    Never cached (it pins mutable references). Each item is {student_name, student, method, seed, reinit}; the
+    attack loop distills every item from the original and from the calibrated teacher. Zoo students are reset
+    from the seed (reinit), as `dguard attack` does, so seeds give independent students. (Not `name`: a KFP
+    loop item has its own `.name`.)
     """
     from components._common import pin, setup
     from dg_core.distill.methods import METHODS
@@ -31,6 +32,8 @@ def plan_attacks(students: list, methods: list, seeds: int, store_root: str) -> 
         name = s[4:] if s.startswith("zoo:") else s.rstrip("/").rsplit("/", 1)[-1]
         for m in methods:
             for seed in range(seeds):
-                items.append({"name": name, "student": ref, "method": m, "seed": seed, "reinit": s.startswith("zoo:")})
+                items.append(
+                    {"student_name": name, "student": ref, "method": m, "seed": seed, "reinit": s.startswith("zoo:")}
+                )
     print(f"attack suite: {len(items)} attacks ({len(students)} students x {len(methods)} methods x {seeds} seeds)")
     return items
