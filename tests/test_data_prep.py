@@ -261,3 +261,13 @@ def test_get_task_aliases_and_prompt_with_chat_template():
 
     q = Example(id="1", prompt="Pick one", choices=["x", "y"], answer="B")
     assert mc.prompt(q) == "Question: Pick one\nA. x\nB. y\nAnswer: "
+
+
+def test_cli_prep_on_s3_store(s3_store_root, capsys):
+    from dg_core.cli import main
+
+    assert main(["prep", "task=synthetic_qa", "n=40", "task_options={hops: 2}", "name=qa"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["uri"] == store.join(s3_store_root, "datasets", "qa") and store.is_published(summary["uri"])
+    assert task_of(summary["uri"]).options == {"hops": 2}
+    assert sum(len(load_split(summary["uri"], s)) for s in summary["splits"]) == 40
