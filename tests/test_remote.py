@@ -356,3 +356,33 @@ def test_schedule_rejects_bad_cron(kfp_server, compiled, capsys, cron):
     assert dguard(["schedule", "reharden", "--host", kfp_server.url, "--cron", cron]) == 2
     assert "--cron" in capsys.readouterr().err
     assert kfp_server.calls("POST", "/recurringruns") == []
+
+
+def test_submit_real_calibrate_package_with_chart_style_arguments(kfp_server, monkeypatch, tmp_path):
+    """The committed package, with arguments spelled the way the Helm chart passes them (JSON, a,b lists)."""
+    monkeypatch.setattr("kfp.client.client.Client._LOCAL_KFP_CONTEXT", str(tmp_path / "ctx.json"))
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "")
+    args = [
+        "eta=-0.5",
+        "attack_suite=sft,kd",
+        'gpu_tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        'gpu_node_selector={"node-pool": "gpu"}',
+        "accelerator_count=2",
+        "publish=false",
+    ]
+    assert dguard(["submit", "calibrate", "--host", kfp_server.url, *args]) == 0
+    (run,) = kfp_server.calls("POST", "/runs")
+    body = json.loads(run["body"])
+    assert body["runtime_config"]["parameters"] == {
+        "eta": -0.5,
+        "attack_suite": ["sft", "kd"],
+        "gpu_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "gpu_node_selector": {"node-pool": "gpu"},
+        "accelerator_count": 2,
+        "publish": False,
+    }
+    # Both documents travel: the pipeline and the kfp-kubernetes platform spec (GPU placement, Secret).
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "dguard-calibrate"
+    k8s = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any("secretAsEnv" in e and "nodeSelector" in e for e in k8s.values())
