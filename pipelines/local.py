@@ -24,29 +24,30 @@ import pipelines
 from dg_core.errors import DGError
 from pipelines._args import parse_arguments
 
-#: Small settings for local runs on a CPU (the compiled defaults are sized for a GPU cluster).
+#: Small settings for local runs on a CPU (the compiled defaults are sized for a GPU cluster). They make a run
+#: finish in minutes, not show the knob's full effect: the teacher gets a short bootstrap SFT, and calibration's
+#: own retention check is relaxed so the run always reaches the attack suite, the report and the release gate
+#: (which still applies min_retention). bench/knob.py measures the knob with sound teachers and long attacks.
+_SMALL_HARDEN: dict[str, Any] = {
+    "prep_options": {"n": 400},
+    "calibrate_options": {"min_retention": 0.0, "preflight_accuracy": 0.0, "eval_n": 32, "sampled_k": 2},
+    "max_steps": 4,
+    "group_size": 4,
+    "eval_limit": 32,
+    "eval_options": {"k": 0},
+    "attack_steps": 60,
+    "attack_limit": 64,
+    "attack_batch_size": 16,
+    "attack_max_new_tokens": 48,
+}
 LOCAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "calibrate": {
-        "max_steps": 8,
-        "group_size": 4,
-        "eval_limit": 32,
-        "attack_steps": 60,
-        "attack_limit": 64,
-        "attack_batch_size": 16,
-        "attack_max_new_tokens": 48,
-        "eval_options": {"k": 0},
+        **_SMALL_HARDEN,
+        "teacher_sft_steps": 300,
+        "teacher_sft_options": {"batch_size": 32, "warmup_steps": 20},
     },
-    "reharden": {
-        "max_steps": 8,
-        "group_size": 4,
-        "eval_limit": 32,
-        "attack_steps": 60,
-        "attack_limit": 64,
-        "attack_batch_size": 16,
-        "attack_max_new_tokens": 48,
-        "eval_options": {"k": 0},
-    },
-    "diagnose": {"limit": 16},
+    "reharden": dict(_SMALL_HARDEN),
+    "diagnose": {"limit": 16, "prep_options": {"n": 400}},
 }
 
 
@@ -114,6 +115,7 @@ def run_local(name: str, arguments: dict[str, Any], outputs_dir: Path, *, cache:
     tee = _Tee(sys.stdout)
     with warnings.catch_warnings(), contextlib.redirect_stdout(tee):
         warnings.simplefilter("ignore", RuntimeWarning)  # "non-Python base image": our image is Python
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner")  # k8s settings
         logging.getLogger("root").setLevel(logging.INFO)
         try:
             task = pipelines.load(name)(**arguments)
