@@ -64,8 +64,14 @@ def test_calibrate_pipeline_end_to_end(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = (tmp_path / "store").as_uri()
     out = _run(
-        tmp_path, capsys, "calibrate", f"teacher={trained}", "attack_students=[zoo:student-llama]", "min_retention=2.0"
-    )  # fmt: skip  (an impossible retention: the gate must fail, and say why)
+        tmp_path,
+        capsys,
+        "calibrate",
+        f"teacher={trained}",
+        "teacher_sft_steps=0",  # already trained
+        "attack_students=[zoo:student-llama]",
+        "min_retention=2.0",  # impossible: the gate must fail, and say why
+    )
     assert "Release gate: FAILED (undistillable)" in out and "report: " in out
 
     (gate_uri,) = store.list_artifacts(store.join(root, "runs", "gate"))
