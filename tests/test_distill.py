@@ -166,3 +166,24 @@ def test_killed_run_resumes_to_the_same_student(world, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     # A finished run is not repeated.
     assert stage.run(cfg)["reused"] is True
+
+
+def test_lora_distillation_publishes_merged_plain_weights(world):
+    out = distill(world, student=world["teacher"], method="sft", lora=True, lora_r=4, steps=5, lr=1e-2)
+    got = load_file(str(store.fetch(out["model"]) / "model.safetensors"))
+    base = load_file(str(store.fetch(world["teacher"]) / "model.safetensors"))
+    assert got.keys() == base.keys()  # no adapter tensors: merged into the base weights
+    changed = [k for k in base if not torch.equal(base[k], got[k])]
+    assert changed and all("proj" in k for k in changed)  # LoRA touched the linear layers only
+
+
+def test_cli_reports_bad_input_in_one_line(world, capsys):
+    from dg_core.cli import main
+
+    code = main(["distill", f"teacher={world['teacher']}", f"dataset={world['dataset']}", "method=bogus"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "method" in err[0] and "sft" in err[0]
+    code = main(
+        ["attack", f"teacher={world['teacher']}", f"dataset={world['dataset']}", "attacks=[{method: sft, seed: 1}]"]
+    )
+    assert code == 2 and "attacks[0].seed" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from dg_core.data import task_of
 from dg_core.distill.common import clean, load_trainable, output_uris, save_trained
 from dg_core.distill.methods import METHODS, XTOK_LOSSES, MethodSettings, build_objective
 from dg_core.distill.signals import SignalSpec, build_signals, load_signals
-from dg_core.distill.trainer import TrainSettings, stage_metrics, train
+from dg_core.distill.trainer import TrainSettings, make_accelerator, stage_metrics, train
 from dg_core.errors import DGError
 from dg_core.traps.kl import KINDS
 from dg_core.utils import seed_everything, set_threads_from_env
@@ -104,12 +104,16 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
             log.info("student already distilled at %s: reusing", out_uri)
             return {**meta.get("summary", {}), "model": out_uri, "reused": True}
     spec = signal_spec(cfg)
+    # Created first so every process loads its models onto its own device under `accelerate launch`.
+    accelerator = make_accelerator(None if cfg.device == "auto" else cfg.device)
+    device = str(accelerator.device)
     teacher = None
     if cfg.method == "gkd" or not store.is_published(_signals_uri(spec)):
         from dg_core.models import load_model
 
-        teacher = load_model(cfg.teacher, device=cfg.device)
-    sig_uri = build_signals(spec, teacher=teacher)
+        teacher = load_model(cfg.teacher, device=device)
+    with accelerator.main_process_first():  # the others then find the signals published and reuse them
+        sig_uri = build_signals(spec, teacher=teacher)
     signals = load_signals(sig_uri)
     task = task_of(cfg.dataset)
     settings = TrainSettings(
@@ -126,7 +130,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         checkpoint_every=cfg.checkpoint_every,
     )
     seed_everything(cfg.seed)
-    student, stok = load_trainable(cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=cfg.device)
+    student, stok = load_trainable(cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=device)
     teacher_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
     ms = MethodSettings(
         method=cfg.method,
@@ -153,9 +157,20 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         teacher_tok=teacher_tok,
         seed=cfg.seed,
         grad_accum=cfg.grad_accum,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
     )
     metrics = stage_metrics("distill")
-    result = train(student, make_batch, loss_fn, settings, stage="distill", metrics=metrics, on_step=on_step)
+    result = train(
+        student,
+        make_batch,
+        loss_fn,
+        settings,
+        stage="distill",
+        metrics=metrics,
+        on_step=on_step,
+        accelerator=accelerator,
+    )
     summary = clean(
         {
             "method": cfg.method,
@@ -171,7 +186,9 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
             **{f"mean_{k}": v for k, v in result.stats.items()},
         }
     )
-    save_trained(student, stok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
+    if accelerator.is_main_process:
+        save_trained(student, stok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
+    accelerator.wait_for_everyone()
     metrics.close(success=True)
     return {**summary, "model": out_uri, "reused": False}
 

@@ -14,7 +14,7 @@ from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of
 from dg_core.distill.common import clean, load_trainable, output_uris, save_trained
-from dg_core.distill.trainer import TrainSettings, response_ce, row_indices, stage_metrics, train
+from dg_core.distill.trainer import TrainSettings, make_accelerator, response_ce, row_indices, stage_metrics, train
 from dg_core.errors import DGError
 from dg_core.generate import encode_prompt, encode_response, pack
 from dg_core.utils import seed_everything, set_threads_from_env
@@ -87,17 +87,32 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         checkpoint_every=cfg.checkpoint_every,
     )
     seed_everything(cfg.seed)
-    model, tok = load_trainable(cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=cfg.device)
+    accelerator = make_accelerator(None if cfg.device == "auto" else cfg.device)
+    model, tok = load_trainable(
+        cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=str(accelerator.device)
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
     prompt_ids = [encode_prompt(tok, task.prompt(ex, tok)) for ex in rows]
     resp_ids = [encode_response(tok, t) for t in targets]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def make_batch(step: int, micro: int):
-        idx = row_indices(len(rows), cfg.batch_size, step, micro, seed=cfg.seed, grad_accum=cfg.grad_accum)
+        idx = row_indices(
+            len(rows), cfg.batch_size, step, micro, seed=cfg.seed, grad_accum=cfg.grad_accum, rank=rank, world=world
+        )
         return pack([prompt_ids[i] for i in idx], [resp_ids[i] for i in idx], pad, max_length=cfg.max_length)
 
     metrics = stage_metrics("train")
-    result = train(model, make_batch, response_ce, settings, stage="train", metrics=metrics, on_step=on_step)
+    result = train(
+        model,
+        make_batch,
+        response_ce,
+        settings,
+        stage="train",
+        metrics=metrics,
+        on_step=on_step,
+        accelerator=accelerator,
+    )
     summary = clean(
         {
             "base": cfg.model,
@@ -109,6 +124,8 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
             "seconds": result.seconds,
         }
     )
-    save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
+    if accelerator.is_main_process:
+        save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
+    accelerator.wait_for_everyone()
     metrics.close(success=True)
     return {**summary, "model": out_uri, "reused": False}

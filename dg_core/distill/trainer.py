@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dg_core.checkpoint import Checkpointer
 from dg_core.errors import DGError
 from dg_core.generate import TokenBatch
+from dg_core.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,15 @@ def prepare_model(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.M
     return model
 
 
+def make_accelerator(device: torch.device | str | None = None) -> Any:
+    """accelerate's Accelerator: bf16 autocast on CUDA, plain fp32 on CPU; under ``accelerate launch`` it
+    runs data-parallel (stages give each process its rows via ``process_index``/``num_processes``)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+
+
 def train(
     model: torch.nn.Module,
     make_batch: Callable[[int, int], Any],
@@ -173,11 +183,8 @@ def train(
     """Run ``settings.steps`` optimizer steps on ``model`` (already LoRA-wrapped if wanted), resuming if a
     checkpoint exists. ``on_step(step, loss)`` runs after every step (tests use it to inject failures)."""
     settings.check()
-    from accelerate import Accelerator
-
     if accelerator is None:
-        cuda = torch.cuda.is_available() and next(model.parameters()).device.type == "cuda"
-        accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+        accelerator = make_accelerator(next(model.parameters()).device)
     metrics = metrics or stage_metrics(stage)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -187,6 +194,9 @@ def train(
     model, opt = accelerator.prepare(model, opt)
     raw = accelerator.unwrap_model(model)
     ckpt = Checkpointer(settings.checkpoint_uri, settings.checkpoint_every)
+    # Seed here, not earlier: loading a model may build a zoo member (which reseeds), and the RNG streams
+    # (dropout) must depend on the seed alone. A checkpoint then replaces them with its own.
+    seed_everything(settings.seed)
     start, extra = ckpt.resume(raw, opt, sched)
     if start >= settings.steps:
         log.info("checkpoint already at step %d of %d: nothing to train", start, settings.steps)
