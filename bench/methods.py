@@ -83,6 +83,7 @@ def main() -> int:
                 "seeds": seeds,
                 "reinit": False,
             },
+            {"student": "zoo:student-gpt2", "method": "sft", "steps": args.steps, "seeds": seeds},
             {"student": "zoo:student-gpt2", "method": "xtok", "steps": args.steps, "seeds": seeds},
             {
                 "name": "student-gpt2/xtok-uld",

@@ -139,7 +139,9 @@ def test_kd_refuses_a_student_with_another_tokenizer(world):
 def test_killed_run_resumes_to_the_same_student(world, tmp_path):
     """An exception at step 13 (after the checkpoint at 10) then a restart ends where an uninterrupted run
     does: same weights (atol 1e-6) and same final loss. gpt2 has dropout, so the RNG streams must resume too."""
-    kw = dict(student="zoo:student-gpt2", method="xtok", reinit=True, seed=3, steps=20, checkpoint_every=10)
+    kw = dict(
+        student="zoo:student-gpt2", method="xtok", reinit=True, dropout=True, seed=3, steps=20, checkpoint_every=10
+    )
     ref = distill(world, output=f"{world['root']}/resume/ref", **kw)
 
     class Boom(RuntimeError):

@@ -35,10 +35,17 @@ def output_uris(kind: str, output: str, params: dict[str, Any]) -> tuple[str, st
 
 
 def load_trainable(
-    ref: str, *, seed: int, reinit: bool, settings: TrainSettings, device: str = "auto"
+    ref: str,
+    *,
+    seed: int,
+    reinit: bool,
+    settings: TrainSettings,
+    device: str = "auto",
+    keep_dropout: bool = True,
 ) -> tuple[torch.nn.Module, Any]:
     """The model to train in float32 (bf16 autocast on CUDA happens in the trainer), optionally re-initialised
-    from ``seed`` so random-init probe students differ per seed, then LoRA-wrapped or fully trainable."""
+    from ``seed`` so random-init probe students differ per seed, then LoRA-wrapped or fully trainable.
+    ``keep_dropout=False`` zeroes every dropout layer (what TRL's distillation trainers do by default)."""
     from dg_core.models import load_model
 
     model, tok = load_model(ref, device=device, dtype="float32")
@@ -51,6 +58,10 @@ def load_trainable(
             fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
         fresh.generation_config = model.generation_config
         model = fresh.to(dev)
+    if not keep_dropout:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
     return prepare_model(model, settings), tok
 
 

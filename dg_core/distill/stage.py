@@ -62,6 +62,7 @@ class Config(StageConfig):
     lora: bool = option(False, "Train a LoRA adapter (merged on save) instead of every weight.")
     lora_r: int = option(8, "LoRA rank.", ge=1)
     reinit: bool = option(False, "Re-initialise the student's weights from `seed` (random-init probe students).")
+    dropout: bool = option(False, "Keep the student's dropout during distillation (off by default, as in TRL).")
     seed: int = option(0, "Student seed: data order, dropout, re-initialisation.")
     checkpoint_every: int = option(100, "Checkpoint every N steps (0 disables).", ge=0)
     output: str = option("", "Where to publish the student (default: <store root>/students/<config hash>).")
@@ -130,7 +131,9 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         checkpoint_every=cfg.checkpoint_every,
     )
     seed_everything(cfg.seed)
-    student, stok = load_trainable(cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=device)
+    student, stok = load_trainable(
+        cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=device, keep_dropout=cfg.dropout
+    )
     teacher_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
     ms = MethodSettings(
         method=cfg.method,
