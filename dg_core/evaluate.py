@@ -191,7 +191,7 @@ def run(cfg: Config) -> dict:
     set_threads_from_env()
     from dg_core.distill.common import output_uris
 
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device", "label")}
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}
     out, _ = output_uris("evals", cfg.output, params)
     res = evaluate_ref(cfg)
     rows = res.pop("_rows")
