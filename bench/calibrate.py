@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="interleaved runs of each trainer")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", choices=["ours", "trl"], help="run one trainer (no ratio), e.g. where TRL is absent")
     ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     results: dict[str, list[dict]] = {"ours": [], "trl": []}
     for rep in range(args.reps):
-        for who in ("ours", "trl"):
+        for who in (args.only,) if args.only else ("ours", "trl"):
             t0 = time.perf_counter()
             p = subprocess.run(base + ["--worker", who], capture_output=True, text=True, env=env)
             line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -230,12 +231,17 @@ def main(argv: list[str] | None = None) -> int:
             )
     summary = {}
     for who, runs in results.items():
+        if not runs:
+            continue
         steps = [t for r in runs for t in r["step_times"][1:]]
         summary[who] = {
             "median_step_s": statistics.median(steps),
             "steps_per_s": 1.0 / statistics.median(steps),
             "peak_mib": max(r["peak_mib"] for r in runs),
         }
+    if args.only:
+        print(json.dumps({"args": vars(args), "summary": summary}))
+        return 0
     o, t = summary["ours"], summary["trl"]
     print(
         f"\nsetting: zoo teacher + LoRA r16, {args.prompts} prompts x {args.group} completions, "
