@@ -101,7 +101,8 @@ def judge(
 
     r = report(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
                students_original=collected("original"), students_calibrated=collected("calibrated"),
-               floors=dsl.Collected(floor.outputs["Output"]), attack_steps=attack_steps, store_root=store_root)
+               floors=dsl.Collected(floor.outputs["Output"]), attack_steps=attack_steps, eta=eta,
+               direction=direction, store_root=store_root)
     g = gate(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
              students_original=collected("original"), students_calibrated=collected("calibrated"),
              model=calibrated, eta=eta, direction=direction, min_retention=min_retention,

@@ -14,6 +14,8 @@ def report(
     students_calibrated: list[dict],
     floors: list[dict],
     attack_steps: int,
+    eta: float,
+    direction: str,
     store_root: str,
     html: Output[HTML],
     table: Output[Markdown],
@@ -23,7 +25,8 @@ def report(
     seeds, next to each student's undistilled floor), as an HTML page with plots and a Markdown table.
 
     The attack loop's evaluation records are gathered into one `attack` artifact (the layout `dguard attack`
-    writes), then rendered by `dguard report`; both are published to the store. Returns the report URI.
+    writes), then rendered by `dguard report`; both are published to the store. `direction` "auto" follows the
+    sign of eta, as the gate does. Returns the report URI.
     """
     import json
     import tempfile
@@ -49,7 +52,9 @@ def report(
         (Path(tmp) / "attack.md").write_text(attack_markdown(summary))
         store.publish(tmp, attack_uri, metadata={"kind": "attack", "calibrated": summary["config"]["calibrated"]})
     evals = [r["eval"] for r in (teacher_original, teacher_calibrated) if r.get("eval")]
-    out = run_stage("report", {"attacks": [attack_uri], "evals": evals})
+    if direction == "auto":
+        direction = "distillable" if eta > 0 else "undistillable"
+    out = run_stage("report", {"attacks": [attack_uri], "evals": evals, "direction": direction})
     d = store.fetch(out["report"])
     write_text(html, (d / "report.html").read_text())
     write_text(table, (d / "report.md").read_text())
