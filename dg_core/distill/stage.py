@@ -11,6 +11,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.data import task_of
@@ -116,6 +118,11 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     with accelerator.main_process_first():  # the others then find the signals published and reuse them
         sig_uri = build_signals(spec, teacher=teacher)
     signals = load_signals(sig_uri)
+    teacher_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
+    if cfg.method != "gkd" and teacher is not None:  # only on-policy KD needs the teacher while training
+        teacher = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     task = task_of(cfg.dataset)
     settings = TrainSettings(
         steps=cfg.steps,
@@ -134,7 +141,6 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     student, stok = load_trainable(
         cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=device, keep_dropout=cfg.dropout
     )
-    teacher_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
     ms = MethodSettings(
         method=cfg.method,
         kind=cfg.divergence(),
@@ -164,16 +170,20 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         world=accelerator.num_processes,
     )
     metrics = stage_metrics("distill")
-    result = train(
-        student,
-        make_batch,
-        loss_fn,
-        settings,
-        stage="distill",
-        metrics=metrics,
-        on_step=on_step,
-        accelerator=accelerator,
-    )
+    try:
+        result = train(
+            student,
+            make_batch,
+            loss_fn,
+            settings,
+            stage="distill",
+            metrics=metrics,
+            on_step=on_step,
+            accelerator=accelerator,
+        )
+    except BaseException:
+        metrics.close(success=False)
+        raise
     summary = clean(
         {
             "method": cfg.method,

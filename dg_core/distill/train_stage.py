@@ -103,16 +103,20 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         return pack([prompt_ids[i] for i in idx], [resp_ids[i] for i in idx], pad, max_length=cfg.max_length)
 
     metrics = stage_metrics("train")
-    result = train(
-        model,
-        make_batch,
-        response_ce,
-        settings,
-        stage="train",
-        metrics=metrics,
-        on_step=on_step,
-        accelerator=accelerator,
-    )
+    try:
+        result = train(
+            model,
+            make_batch,
+            response_ce,
+            settings,
+            stage="train",
+            metrics=metrics,
+            on_step=on_step,
+            accelerator=accelerator,
+        )
+    except BaseException:
+        metrics.close(success=False)
+        raise
     summary = clean(
         {
             "base": cfg.model,
