@@ -1,7 +1,7 @@
 """Placement, credentials and caching applied to pipeline tasks (kfp-kubernetes), in one place.
 
 Every setting that varies per cluster comes from a pipeline parameter, so one compiled package serves every
-cluster: GPU type/count (`accelerator_type`, `accelerator_count`), node selector and tolerations (the
+cluster: the CPU and CUDA images (`image`, `gpu_image`), GPU type/count (`accelerator_type`, `accelerator_count`), node selector and tolerations (the
 kfp-kubernetes `_json` variants, which take parameters), the S3 credentials Secret and the settings ConfigMap
 the Helm chart creates. `kfp.local` ignores all of it, as it should.
 """
@@ -15,9 +15,11 @@ from kfp import kubernetes
 from components._common import ENV_CONFIG_KEYS, S3_SECRET_KEYS
 
 
-def with_store(task: Any, s3_secret: Any, env_config_map: Any) -> Any:
-    """S3 credentials (Secret) and endpoint settings (ConfigMap) as environment variables; both optional, so
-    IRSA/workload identity and anonymous endpoints work without them."""
+def with_store(task: Any, s3_secret: Any, env_config_map: Any, image: Any) -> Any:
+    """The task's image (a parameter, so a mirror registry needs no recompile), and S3 credentials (Secret) and
+    endpoint settings (ConfigMap) as environment variables; both optional, so IRSA/workload identity and
+    anonymous endpoints work without them."""
+    task.set_container_image(image)
     kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_SECRET_KEYS, optional=True)
     kubernetes.use_config_map_as_env(
         task, config_map_name=env_config_map, config_map_key_to_env=ENV_CONFIG_KEYS, optional=True
@@ -25,8 +27,11 @@ def with_store(task: Any, s3_secret: Any, env_config_map: Any) -> Any:
     return task
 
 
-def on_gpu(task: Any, accelerator_type: Any, accelerator_count: Any, node_selector: Any, tolerations: Any) -> Any:
-    """Put a training/inference task on the GPU pool."""
+def on_gpu(
+    task: Any, accelerator_type: Any, accelerator_count: Any, node_selector: Any, tolerations: Any, image: Any
+) -> Any:
+    """Put a training/inference task on the GPU pool, in the CUDA image (the components default to the CPU one)."""
+    task.set_container_image(image)
     task.set_accelerator_type(accelerator_type)
     task.set_accelerator_limit(accelerator_count)
     kubernetes.add_node_selector_json(task, node_selector)

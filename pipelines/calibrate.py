@@ -10,6 +10,7 @@ student x method x seed): distill from the original and from the calibrated teac
 
 from kfp import dsl
 
+from components._common import IMAGE, IMAGE_CUDA
 from components.calibrate.component import calibrate as calibrate_op
 from components.distill.component import distill
 from components.evaluate.component import evaluate
@@ -31,7 +32,9 @@ INFRA = dict(
     store_root="s3://dguard",
     s3_secret="dguard-s3",
     env_config_map="dguard-env",
+    image=IMAGE,
     accelerator_type="nvidia.com/gpu",
+    gpu_image=IMAGE_CUDA,
     accelerator_count=1,
     gpu_node_selector={},
     gpu_tolerations=[],
@@ -72,13 +75,15 @@ def judge(
     store_root: str,
     s3_secret: str,
     env_config_map: str,
+    image: str,
     accelerator_type: str,
+    gpu_image: str,
     accelerator_count: int,
     gpu_node_selector: dict,
     gpu_tolerations: list,
 ) -> str:
     gpu = dict(accelerator_type=accelerator_type, accelerator_count=accelerator_count,
-               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+               node_selector=gpu_node_selector, tolerations=gpu_tolerations, image=gpu_image)
     with dsl.ParallelFor(attacks) as a:
         records = {}
         for side, teacher in (("original", original), ("calibrated", calibrated)):
@@ -90,12 +95,12 @@ def judge(
                          role="student", teacher=side, student=a.student_name, method=a.method, seed=a.seed,
                          options=eval_options, store_root=store_root).set_display_name(f"evaluate student of {side}")
             for t in (d, e):
-                cached(on_gpu(with_store(t, s3_secret, env_config_map), **gpu))
+                cached(on_gpu(with_store(t, s3_secret, env_config_map, image), **gpu))
             records[side] = e
         floor = evaluate_floor(model=a.student, dataset=dataset, split=eval_split, limit=eval_limit,
                                role="student", teacher="floor", student=a.student_name, method="", seed=0,
                                options=eval_options, store_root=store_root).set_display_name("evaluate floor")
-        cached(on_gpu(with_store(floor, s3_secret, env_config_map), **gpu))
+        cached(on_gpu(with_store(floor, s3_secret, env_config_map, image), **gpu))
     def collected(side):  # one Collected per consumer: the compiler does not share them
         return dsl.Collected(records[side].outputs["Output"])
 
@@ -109,18 +114,18 @@ def judge(
              max_transfer=max_transfer, min_transfer=min_transfer, aggregate=gate_aggregate,
              min_seeds=min_seeds, store_root=store_root)
     for t in (r, g):
-        cached(with_store(t, s3_secret, env_config_map))
+        cached(with_store(t, s3_secret, env_config_map, image))
     # A single bool output (not a named one) keeps the condition resolvable by kfp.local too.
     with dsl.If(g.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition, not Python
         with dsl.If(publish_model == True, name="publish-enabled"):  # noqa: E712
             p = publish(model=calibrated, decision=g.outputs["decision"], calibration=calibration,
                         release=release, releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
                         dest=publish_to, store_root=store_root)
-            cached(with_store(p, s3_secret, env_config_map), False)
+            cached(with_store(p, s3_secret, env_config_map, image), False)
     with dsl.If(g.outputs["Output"] == False, name="gate-failed"):  # noqa: E712
         no = reject(decision=g.outputs["decision"], release=release, releases_prefix=releases_prefix,
                     hardened_prefix=hardened_prefix, store_root=store_root)
-        cached(with_store(no, s3_secret, env_config_map), False)
+        cached(with_store(no, s3_secret, env_config_map, image), False)
     return r.outputs["Output"]
 
 
@@ -168,38 +173,40 @@ def harden(
     store_root: str,
     s3_secret: str,
     env_config_map: str,
+    image: str,
     accelerator_type: str,
+    gpu_image: str,
     accelerator_count: int,
     gpu_node_selector: dict,
     gpu_tolerations: list,
 ):
     gpu = dict(accelerator_type=accelerator_type, accelerator_count=accelerator_count,
-               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+               node_selector=gpu_node_selector, tolerations=gpu_tolerations, image=gpu_image)
     data = cached(with_store(prep(task=task, source=source, seed=data_seed, options=prep_options,
-                                  store_root=store_root), s3_secret, env_config_map), False)
+                                  store_root=store_root), s3_secret, env_config_map, image), False)
     dataset = data.outputs["Output"]
 
     def teacher_eval(model, side):
         e = evaluate_teacher(model=model, dataset=dataset, split=eval_split, limit=eval_limit, role="teacher",
                      teacher=side, student="", method="", seed=0, options=eval_options, store_root=store_root)
         return cached(on_gpu(with_store(e.set_display_name(f"evaluate {side} teacher"), s3_secret,
-                                        env_config_map), **gpu))
+                                        env_config_map, image), **gpu))
 
     # Optional bootstrap SFT of the teacher (0 steps: passes the teacher through; used for the zoo demo).
     boot = train(model=teacher, dataset=dataset, steps=teacher_sft_steps, batch_size=64, lr=2e-3,
                  options=teacher_sft_options, store_root=store_root).set_display_name("bootstrap teacher")
-    cached(on_gpu(with_store(boot, s3_secret, env_config_map), **gpu))
+    cached(on_gpu(with_store(boot, s3_secret, env_config_map, image), **gpu))
     teacher = boot.outputs["Output"]
     ev0 = teacher_eval(teacher, "original")
     cal = calibrate_op(teacher=teacher, proxies=proxies, dataset=dataset, eta=eta, beta=beta,
                        max_steps=max_steps, group_size=group_size, lr=lr, seed=calibrate_seed,
                        options=calibrate_options, store_root=store_root)
-    cached(on_gpu(with_store(cal, s3_secret, env_config_map), **gpu))
+    cached(on_gpu(with_store(cal, s3_secret, env_config_map, image), **gpu))
     calibrated = cal.outputs["Output"]  # "" when calibration refused the teacher
     with dsl.If(calibrated != "", name="calibrated"):
         ev1 = teacher_eval(calibrated, "calibrated")
         plan = cached(with_store(plan_attacks(students=attack_students, methods=attack_suite, seeds=attack_seeds,
-                                              store_root=store_root), s3_secret, env_config_map), False)
+                                              store_root=store_root), s3_secret, env_config_map, image), False)
         judge(attacks=plan.output, original=teacher, calibrated=calibrated,
               calibration=cal.outputs["calibration"], dataset=dataset,
               teacher_original=ev0.outputs["Output"], teacher_calibrated=ev1.outputs["Output"],
@@ -211,14 +218,14 @@ def harden(
               gate_aggregate=gate_aggregate, min_seeds=min_seeds, publish_model=publish_model,
               publish_to=publish_to, releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
               store_root=store_root, s3_secret=s3_secret,
-              env_config_map=env_config_map, accelerator_type=accelerator_type,
+              env_config_map=env_config_map, image=image, accelerator_type=accelerator_type, gpu_image=gpu_image,
               accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
               gpu_tolerations=gpu_tolerations)
     with dsl.If(calibrated == "", name="calibration-refused"):
         refused = reject_calibration(calibration=cal.outputs["calibration"], release=release,
                                      releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
                                      store_root=store_root)
-        cached(with_store(refused, s3_secret, env_config_map), False)
+        cached(with_store(refused, s3_secret, env_config_map, image), False)
 
 
 @dsl.pipeline(
@@ -265,13 +272,15 @@ def calibrate_pipeline(
     store_root: str = INFRA["store_root"],
     s3_secret: str = INFRA["s3_secret"],
     env_config_map: str = INFRA["env_config_map"],
+    image: str = INFRA["image"],
     accelerator_type: str = INFRA["accelerator_type"],
+    gpu_image: str = INFRA["gpu_image"],
     accelerator_count: int = INFRA["accelerator_count"],
     gpu_node_selector: dict = {},  # noqa: B006
     gpu_tolerations: list = [],  # noqa: B006
 ):
     pinned = cached(with_store(pin_models(teacher=teacher, proxies=proxies, student="", store_root=store_root),
-                               s3_secret, env_config_map), False)
+                               s3_secret, env_config_map, image), False)
     harden(teacher=pinned.outputs["teacher"], proxies=pinned.outputs["proxies"],
                release=pinned.outputs["teacher"], teacher_sft_steps=teacher_sft_steps,
                teacher_sft_options=teacher_sft_options, task=task, source=source, data_seed=data_seed,
@@ -285,7 +294,7 @@ def calibrate_pipeline(
                max_transfer=max_transfer, min_transfer=min_transfer, gate_aggregate=gate_aggregate,
                min_seeds=min_seeds, publish_model=publish, publish_to=publish_to, releases_prefix="",
                hardened_prefix="", store_root=store_root, s3_secret=s3_secret,
-               env_config_map=env_config_map, accelerator_type=accelerator_type,
+               env_config_map=env_config_map, image=image, accelerator_type=accelerator_type, gpu_image=gpu_image,
                accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
                gpu_tolerations=gpu_tolerations)
 # fmt: on

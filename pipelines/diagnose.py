@@ -28,19 +28,21 @@ def diagnose_pipeline(
     store_root: str = INFRA["store_root"],
     s3_secret: str = INFRA["s3_secret"],
     env_config_map: str = INFRA["env_config_map"],
+    image: str = INFRA["image"],
     accelerator_type: str = INFRA["accelerator_type"],
+    gpu_image: str = INFRA["gpu_image"],
     accelerator_count: int = INFRA["accelerator_count"],
     gpu_node_selector: dict = {},  # noqa: B006
     gpu_tolerations: list = [],  # noqa: B006
 ) -> str:
     pinned = cached(with_store(pin_models(teacher=teacher, proxies=[], student=student, store_root=store_root),
-                               s3_secret, env_config_map), False)
+                               s3_secret, env_config_map, image), False)
     data = cached(with_store(prep(task=task, source=source, seed=data_seed, options=prep_options,
-                                  store_root=store_root), s3_secret, env_config_map), False)
+                                  store_root=store_root), s3_secret, env_config_map, image), False)
     d = diagnose(teacher=pinned.outputs["teacher"], student=pinned.outputs["student"], dataset=data.outputs["Output"], limit=limit,
                  options=diagnose_options, store_root=store_root)
-    cached(on_gpu(with_store(d, s3_secret, env_config_map), accelerator_type, accelerator_count,
-                  gpu_node_selector, gpu_tolerations))
+    cached(on_gpu(with_store(d, s3_secret, env_config_map, image), accelerator_type, accelerator_count,
+                  gpu_node_selector, gpu_tolerations, gpu_image))
     return d.outputs["Output"]
 # fmt: on
 

@@ -56,7 +56,9 @@ def harden_each(
     store_root: str,
     s3_secret: str,
     env_config_map: str,
+    image: str,
     accelerator_type: str,
+    gpu_image: str,
     accelerator_count: int,
     gpu_node_selector: dict,
     gpu_tolerations: list,
@@ -75,8 +77,8 @@ def harden_each(
                max_transfer=max_transfer, min_transfer=1.1, gate_aggregate=gate_aggregate, min_seeds=min_seeds,
                publish_model=publish, publish_to="", releases_prefix=releases_prefix,
                hardened_prefix=hardened_prefix,
-               store_root=store_root, s3_secret=s3_secret, env_config_map=env_config_map,
-               accelerator_type=accelerator_type, accelerator_count=accelerator_count,
+               store_root=store_root, s3_secret=s3_secret, env_config_map=env_config_map, image=image,
+               accelerator_type=accelerator_type, gpu_image=gpu_image, accelerator_count=accelerator_count,
                gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations)
 
 
@@ -121,16 +123,18 @@ def reharden_pipeline(
     store_root: str = INFRA["store_root"],
     s3_secret: str = INFRA["s3_secret"],
     env_config_map: str = INFRA["env_config_map"],
+    image: str = INFRA["image"],
     accelerator_type: str = INFRA["accelerator_type"],
+    gpu_image: str = INFRA["gpu_image"],
     accelerator_count: int = INFRA["accelerator_count"],
     gpu_node_selector: dict = {},  # noqa: B006
     gpu_tolerations: list = [],  # noqa: B006
 ):
     pending = cached(with_store(list_releases(releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
                                               retry_rejected=retry_rejected,
-                                              store_root=store_root), s3_secret, env_config_map), False)
+                                              store_root=store_root), s3_secret, env_config_map, image), False)
     pinned = cached(with_store(pin_models(teacher="", proxies=proxies, student="", store_root=store_root),
-                               s3_secret, env_config_map), False)
+                               s3_secret, env_config_map, image), False)
     # The loop lives in a sub-pipeline that receives the list as an input: that orders it after the listing
     # everywhere (kfp.local does not order a ParallelFor after the task that produced its items).
     harden_each(releases=pending.outputs["Output"], proxies=pinned.outputs["proxies"],
@@ -144,7 +148,7 @@ def reharden_pipeline(
                 attack_lr=attack_lr, attack_limit=attack_limit, attack_options=attack_options,
                 min_retention=min_retention, max_transfer=max_transfer, gate_aggregate=gate_aggregate,
                 min_seeds=min_seeds, publish=publish, store_root=store_root, s3_secret=s3_secret,
-                env_config_map=env_config_map, accelerator_type=accelerator_type,
+                env_config_map=env_config_map, image=image, accelerator_type=accelerator_type, gpu_image=gpu_image,
                 accelerator_count=accelerator_count, gpu_node_selector=gpu_node_selector,
                 gpu_tolerations=gpu_tolerations)
 # fmt: on

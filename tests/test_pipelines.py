@@ -78,7 +78,15 @@ def test_every_parameter_has_a_default(name):
     params = read_parameters(pipelines.compiled_path(name))
     assert params
     assert [k for k, v in params.items() if v["required"]] == []
-    for k in ("store_root", "s3_secret", "env_config_map", "accelerator_type", "accelerator_count"):
+    for k in (
+        "store_root",
+        "s3_secret",
+        "env_config_map",
+        "image",
+        "gpu_image",
+        "accelerator_type",
+        "accelerator_count",
+    ):
         assert k in params, f"{name} lacks the infrastructure parameter {k}"
 
 
@@ -130,12 +138,14 @@ def test_gpu_placement_comes_from_parameters(name):
         accel = container.get("resources", {}).get("accelerator", {})
         if base in GPU_STAGES:
             gpu_tasks += 1
+            assert "gpu_image" in container["image"], tname  # the CUDA image, from a parameter
             assert "accelerator_type" in accel.get("resourceType", ""), tname
             assert "accelerator_count" in accel.get("resourceCount", ""), tname
             assert "nodeSelectorJson" in execs[label]["nodeSelector"], tname
             assert "tolerationJson" in execs[label]["tolerations"][0], tname
         else:
             assert not accel, f"{tname} should not ask for a GPU"
+            assert "pipelinechannel--image" in container["image"], tname  # the CPU image, from a parameter
     assert gpu_tasks >= 1
 
 
