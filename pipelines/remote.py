@@ -86,7 +86,7 @@ def main(args: argparse.Namespace, verb: str) -> int:
         packages = {n: _package(n, None) for n in names}
         client = connect(args)
         for name, package in packages.items():
-            upload(client, name, package)
+            upload(client, name, package, namespace=args.namespace)
         return 0
     package = _package(args.pipeline, args.package)
     arguments = parse_arguments(package, args.overrides)
@@ -213,19 +213,29 @@ def version_name(package: Path) -> str:
     return f"{__version__}-{digest}"
 
 
-def upload(client: Any, name: str, package: Path) -> dict[str, str]:
+def upload(client: Any, name: str, package: Path, namespace: str | None = None) -> dict[str, str]:
     """Upload ``package`` as a new version of pipeline ``dguard-<name>`` (created when missing); idempotent."""
     host = _host(client)
     display = DISPLAY_PREFIX + name
     version = version_name(package)
-    pipeline_id = _call(host, f"look up pipeline {display}", lambda: client.get_pipeline_id(display))
+    found = _call(
+        host,
+        f"look up pipeline {display}",
+        lambda: client.pipelines.pipeline_service_list_pipelines(
+            filter=_eq_filter("display_name", display), namespace=namespace, page_size=2
+        ),
+    )
+    matches = [p for p in found.pipelines or [] if p.display_name == display]
+    if len(matches) > 1:
+        raise DGError(f"Kubeflow Pipelines at {host}: several pipelines are named {display}; expected one")
+    pipeline_id = matches[0].pipeline_id if matches else None
     if pipeline_id is None:
         created = _call(
             host,
             f"create pipeline {display}",
             lambda: client.pipelines.pipeline_service_create_pipeline(
                 pipeline=client.api_models.V2beta1Pipeline(
-                    display_name=display, description=_description(name), namespace=None
+                    display_name=display, description=_description(name), namespace=namespace
                 )
             ),
         )

@@ -386,3 +386,11 @@ def test_submit_real_calibrate_package_with_chart_style_arguments(kfp_server, mo
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "dguard-calibrate"
     k8s = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert any("secretAsEnv" in e and "nodeSelector" in e for e in k8s.values())
+
+
+def test_upload_in_a_namespace(kfp_server, compiled):
+    assert dguard(["upload", "diagnose", "--host", kfp_server.url, "--namespace", "team-a"]) == 0
+    (lookup,) = [r for r in kfp_server.calls("GET", "/pipelines") if "filter" in r["query"]]
+    assert lookup["query"]["namespace"] == "team-a"
+    (created,) = kfp_server.pipelines.values()
+    assert created["namespace"] == "team-a" and created["display_name"] == "dguard-diagnose"
