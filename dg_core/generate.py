@@ -227,7 +227,6 @@ def generate_tokens(
             "top_p": top_p,
             "top_k": max(top_k, 0),
             # Explicit neutral values: a checkpoint's generation_config fills in whatever is left as None.
-            "min_p": 0.0,
             "typical_p": 1.0,
             "epsilon_cutoff": 0.0,
             "eta_cutoff": 0.0,
@@ -235,6 +234,8 @@ def generate_tokens(
         if do_sample
         else {}
     )
+    if do_sample and getattr(getattr(model, "generation_config", None), "min_p", None) is not None:
+        sampling["min_p"] = 0.0  # neutralise a checkpoint's min-p (left None otherwise: a 0.0 warper costs time)
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
