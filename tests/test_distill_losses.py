@@ -54,3 +54,19 @@ def test_uld_ignores_token_identity_but_not_shape():
     permuted_student = torch.tensor([[-1.0, 0.0, 3.0, 1.0]])
     assert uld_distance(permuted_student, top).abs().max() < 1e-6
     assert uld_distance(torch.zeros(1, 4), top).item() > 0.1
+
+
+def test_teacher_token_offsets_canonical_and_not():
+    from dg_core.distill.signals import _char_offsets
+    from dg_core.models.zoo import build_tokenizer
+
+    tok = build_tokenizer("bpe")
+    text = "120+28=148 #148"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    offs = _char_offsets(tok, ids, text)
+    assert [text[a:b] for a, b in offs] == [tok.decode([i]) for i in ids]
+    # A sampled, non-canonical spelling (one token per character) still gets contiguous spans over the text.
+    chars = [tok.convert_tokens_to_ids(c) for c in "because"]
+    assert tok.decode(chars) == "because" and chars != tok("because", add_special_tokens=False)["input_ids"]
+    spans = _char_offsets(tok, chars, "because")
+    assert spans == [(i, i + 1) for i in range(7)]

@@ -139,7 +139,18 @@ def default_signals_uri(spec: SignalSpec, root: str | None = None) -> str:
 
 
 def _char_offsets(tokenizer: Any, ids: list[int], text: str) -> list[tuple[int, int]]:
-    """Character span of each generated token in the decoded text (incremental decoding, clipped monotone)."""
+    """Character span of each generated token in the decoded text.
+
+    When re-encoding the text gives back the same ids (the usual case) the tokenizer's own offsets are used;
+    otherwise (a non-canonical sample) spans come from incremental decoding, clipped to stay monotone, which
+    is quadratic in the length and so only the fallback.
+    """
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) == list(ids):
+            return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    except (NotImplementedError, ValueError, TypeError):
+        pass
     out, prev = [], 0
     for i in range(len(ids)):
         end = len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True))
