@@ -174,6 +174,10 @@ def build_tokenizer(kind: str, vocab_size: int = 256) -> PreTrainedTokenizerFast
     return fast
 
 
+# Llama-style decoders share one config vocabulary; GPT-2 spells its own.
+_DECODERS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
 def build_model(spec: ZooMember, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     torch.manual_seed(spec.seed)
     common = dict(
@@ -182,8 +186,9 @@ def build_model(spec: ZooMember, tokenizer: PreTrainedTokenizerFast) -> PreTrain
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    if spec.arch == "llama":
-        cfg = LlamaConfig(
+    if spec.arch in _DECODERS:
+        config_cls, model_cls = _DECODERS[spec.arch]
+        cfg = config_cls(
             hidden_size=spec.hidden,
             num_hidden_layers=spec.layers,
             num_attention_heads=spec.heads,
@@ -193,19 +198,7 @@ def build_model(spec: ZooMember, tokenizer: PreTrainedTokenizerFast) -> PreTrain
             tie_word_embeddings=True,
             **common,
         )
-        model = LlamaForCausalLM(cfg)
-    elif spec.arch == "qwen2":
-        cfg = Qwen2Config(
-            hidden_size=spec.hidden,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads or spec.heads,
-            intermediate_size=spec.intermediate or 3 * spec.hidden,
-            max_position_embeddings=spec.max_positions,
-            tie_word_embeddings=True,
-            **common,
-        )
-        model = Qwen2ForCausalLM(cfg)
+        model = model_cls(cfg)
     elif spec.arch == "gpt2":
         cfg = GPT2Config(
             n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=spec.max_positions, **common
