@@ -254,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preflight", type=float, default=0.8)
     ap.add_argument("--attacks", default="student-llama:sft,student-gpt2:sft", help="student:method,...")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--student-steps", type=int, default=400)
-    ap.add_argument("--student-prompts", type=int, default=800, help="training prompts the teacher answers")
+    ap.add_argument("--student-steps", type=int, default=600)
+    ap.add_argument("--student-batch", type=int, default=64)
+    ap.add_argument("--student-lr", type=float, default=3e-3)
+    ap.add_argument("--student-prompts", type=int, default=2000, help="training prompts the teacher answers")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--workers", type=int, default=2, help="processes (1: run in this process)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -390,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                         "dataset": dataset,
                         "method": method,
                         "steps": args.student_steps,
+                        "batch_size": args.student_batch,
+                        "lr": args.student_lr,
                         "limit": args.student_prompts,
                         "n_samples": 2,
                         "max_new_tokens": args.max_new_tokens,
@@ -486,19 +490,21 @@ def plot(rows: list[dict[str, Any]], cells: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
+
+    def eta_of(r: dict[str, Any]) -> float:
+        return float(r["teacher"].split("=")[1]) if "=" in r["teacher"] else float("nan")
+
+    cal = sorted((r for r in rows if "=" in r["teacher"]), key=eta_of)
+    base = next(r for r in rows if r["teacher"] == "original")
     for cell in cells:
-        xs = [r["retention"] for r in rows]
-        ys = [r[cell]["transfer"] for r in rows]
-        errs = [r[cell]["sd"] / max(1e-9, rows[0][cell]["mean"]) for r in rows]
-        ax.errorbar(xs, ys, yerr=errs, fmt="o-", capsize=3, label=cell)
-        for r, x, y in zip(rows, xs, ys):
-            ax.annotate(
-                r["teacher"].replace("original", "η=0 (orig)").replace("eta=", "η="),
-                (x, y),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
+        xs = [r["retention"] for r in cal]
+        ys = [r[cell]["transfer"] for r in cal]
+        errs = [r[cell]["sd"] / max(1e-9, base[cell]["mean"]) for r in cal]
+        line = ax.errorbar(xs, ys, yerr=errs, fmt="o-", capsize=3, label=cell)
+        for r, x, y in zip(cal, xs, ys):
+            ax.annotate(f"η={eta_of(r):+g}", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.plot([1.0], [1.0], marker="*", ms=12, color=line[0].get_color())
+    ax.annotate("original teacher", (1.0, 1.0), fontsize=7, xytext=(-60, -12), textcoords="offset points")
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.axhline(0.5, color="red", lw=0.5, ls="--", label="undistillable target")
     ax.axhline(1.1, color="green", lw=0.5, ls="--", label="distillable target")
