@@ -87,7 +87,7 @@ def main() -> None:
         print(f"built {role}: {n / 1e6:.1f}M params -> {uris[role]}")
 
     data_uri = store.join(root, "data", "synth-math")
-    run_stage("prep", None, ["source=synthetic", "task=synthetic_math", "n=400", f"out={data_uri}"])
+    run_stage("prep", None, ["source=synthetic", "task=synthetic_math", "n=400", f"output={data_uri}"])
 
     steps, group, prompts, new = (2, 4, 2, 16) if args.tiny else (3, 8, 16, 128)
     cal = timed(

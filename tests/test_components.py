@@ -153,7 +153,7 @@ def test_train_component_passes_through_at_zero_steps_and_trains_otherwise(env):
     from dg_core.cli import run_stage
 
     root, tmp = env
-    ds = run_stage("prep", None, ["n=24", f"out={store.join(root, 'ds')}"])["uri"]
+    ds = run_stage("prep", None, ["n=24", f"output={store.join(root, 'ds')}"])["uri"]
     t = put(tmp / "t", store.join(root, "models/t"), b"not a real model")
     same = train(model=t, dataset=ds, steps=0, batch_size=8, lr=1e-3, options={}, store_root=root)
     assert same.outputs["Output"] == _common.pin(t)  # nothing ran: the bytes above are no model at all

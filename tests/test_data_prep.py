@@ -140,12 +140,12 @@ def test_parquet_and_arrow_give_the_same_artifact(tmp_path):
 
 def test_same_inputs_byte_identical_and_seed_moves_splits(tmp_path, store_root):
     cfg = {"source": "synthetic", "task": "synthetic_math", "n": 400, "seed": 3, "task_options": {"terms": 2}}
-    a = run(from_dict(Config, {**cfg, "out": store.join(store_root, "a")}))
-    b = run(from_dict(Config, {**cfg, "out": store.join(store_root, "b")}))
+    a = run(from_dict(Config, {**cfg, "output": store.join(store_root, "a")}))
+    b = run(from_dict(Config, {**cfg, "output": store.join(store_root, "b")}))
     fa, fb = _files(store.fetch(a["uri"])), _files(store.fetch(b["uri"]))
     assert fa == fb and set(fa) == {"dataset.json", "train.jsonl", "validation.jsonl", "test.jsonl"}
     assert a["splits"] == b["splits"] and sum(a["splits"].values()) == 400
-    c = run(from_dict(Config, {**cfg, "seed": 4, "out": store.join(store_root, "c")}))
+    c = run(from_dict(Config, {**cfg, "seed": 4, "output": store.join(store_root, "c")}))
     assert _files(store.fetch(c["uri"]))["train.jsonl"] != fa["train.jsonl"]
     # held-out problems never appear in train
     train = {e.prompt for e in load_split(a["uri"], "train")}
@@ -211,7 +211,7 @@ def test_config_errors_are_one_line():
 def test_failed_prep_publishes_nothing(store_root):
     out = store.join(store_root, "datasets", "bad")
     with pytest.raises(DGError):
-        run(_cfg(source=str(FIX / "gsm8k_malformed.jsonl"), format="gsm8k", out=out))
+        run(_cfg(source=str(FIX / "gsm8k_malformed.jsonl"), format="gsm8k", output=out))
     assert not store.is_published(out)
 
 
@@ -229,7 +229,7 @@ def test_prep_on_s3_store_and_s3_source(s3_store_root, tmp_path):
     local.mkdir()
     shutil.copy(FIX / "csqa.jsonl", local / "csqa.jsonl")
     store.publish(local, store.join(s3_store_root, "raw", "csqa"))
-    res2 = run(_cfg(source=store.join(s3_store_root, "raw", "csqa"), out=store.join(s3_store_root, "ds", "csqa")))
+    res2 = run(_cfg(source=store.join(s3_store_root, "raw", "csqa"), output=store.join(s3_store_root, "ds", "csqa")))
     assert sum(res2["splits"].values()) == 4 and task_of(res2["uri"]).name == "qa"
 
 

@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
     mp.setenv("DG_STORE_ROOT", root)
     mp.setenv("DG_THREADS", "1")
     try:
-        ds = run_stage("prep", None, ["n=64", f"out={store.join(root, 'ds')}"])["uri"]
+        ds = run_stage("prep", None, ["n=64", f"output={store.join(root, 'ds')}"])["uri"]
         model = run_stage(
             "train", None, ["model=zoo:teacher", f"dataset={ds}", "steps=100", "batch_size=32", "warmup_steps=10"]
         )["model"]

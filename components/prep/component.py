@@ -21,7 +21,7 @@ def prep(task: str, source: str, seed: int, options: dict, store_root: str, data
     params = {"source": source or "synthetic", "seed": seed}
     if task:
         params["task"] = task
-    params["out"] = output_uri(store_root, "datasets", {**params, **options})
+    params["output"] = output_uri(store_root, "datasets", {**params, **options})
     summary = run_stage("prep", params, options)
     print(f"dataset: {summary['uri']} ({summary['splits']})")
     return write_ref(dataset, summary["uri"], task=summary["task"], splits=summary["splits"])

@@ -1,7 +1,7 @@
 """Stage ``prep``: load or generate a task dataset, validate, normalise, deduplicate, split and publish it.
 
     dguard prep source=synthetic task=synthetic_math n=4000 task_options='{terms: 2}'
-    dguard prep source=data/gsm8k_test.jsonl format=gsm8k out=s3://bucket/datasets/gsm8k
+    dguard prep source=data/gsm8k_test.jsonl format=gsm8k output=s3://bucket/datasets/gsm8k
 
 Malformed rows are counted and reported with their reason (row number and field; the first few are kept in
 ``dataset.json``), never silently dropped, and the stage fails when they exceed ``max_rejected_fraction``.
@@ -49,7 +49,7 @@ class Config(StageConfig):
     seed: int = option(0, "Seed for generation and the split assignment.")
     max_rejected_fraction: float = option(0.05, "Fail when more than this share of rows is malformed.", ge=0, le=1)
     dedupe: bool = option(True, "Drop repeated prompts (same normalised text and options), keeping the first.")
-    out: str = option("", "Artifact URI (default: <store root>/datasets/<name>).")
+    output: str = option("", "Artifact URI (default: <store root>/datasets/<name>).")
     name: str = option("", "Dataset name for the default output URI (default: task name, or the source's stem).")
     hub_split: str = option("train", "Hub sources: which split to read.")
     hub_config: str = option("", "Hub sources: dataset config name (e.g. 'main' for gsm8k).")
@@ -221,7 +221,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="dg-prep-") as tmp:
         manifest = prepare(cfg, Path(tmp))
-        uri = cfg.out or _default_out(cfg, manifest["task"]["name"])
+        uri = cfg.output or _default_out(cfg, manifest["task"]["name"])
         counts = {k: v["count"] for k, v in manifest["splits"].items()}
         store.publish(
             tmp,
