@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         teachers = {"original": teacher}
         if args.stop_after == "calibrate":
             return 0
+        calib = dict(sorted(calib.items(), key=lambda kv: float(kv[0].split("=")[1])))
         for k, v in calib.items():
             model = v.get("card", {}).get("outputs", {}).get("model")
             if model:
