@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=2800)
     ap.add_argument("--n-val", type=int, default=150)
     ap.add_argument("--n-test", type=int, default=250)
+    ap.add_argument(
+        "--sft-style",
+        default="all",
+        help="train stage `style` for teacher and proxy: 'all' keeps a per-prompt choice of style to calibrate",
+    )
     ap.add_argument("--teacher-steps", type=int, default=1000)
     ap.add_argument("--teacher-lr", type=float, default=2e-3)
     ap.add_argument("--proxy-steps", type=int, default=2500)
@@ -298,7 +303,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. bootstrap teacher and proxy (SFT on every style)
         t = time.perf_counter()
-        common = {"dataset": dataset, "split": "train", "batch_size": 64, "warmup_steps": 50, "checkpoint_every": 500}
+        common = {
+            "dataset": dataset,
+            "split": "train",
+            "style": args.sft_style,
+            "batch_size": 64,
+            "warmup_steps": 50,
+            "checkpoint_every": 500,
+        }
         boot = run_jobs(
             pool,
             [

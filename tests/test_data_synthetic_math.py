@@ -9,7 +9,7 @@ import pytest
 from dg_core.data import Example, get_task, load_split, task_of
 from dg_core.data.artifact import write_manifest
 from dg_core.data.example import write_jsonl
-from dg_core.data.synthetic.math import STYLES, solve
+from dg_core.data.synthetic.math import STYLES, MathSpec, generate, solve
 from dg_core.errors import DGError
 
 STEP = re.compile(r"^(-?\d+)([-+*/])(\d+)=(-?\d+)$")
@@ -105,3 +105,16 @@ def test_plain_prompt_and_load_split_roundtrip(tmp_path):
     assert task_of(str(tmp_path)).spec() == task.spec()
     with pytest.raises(DGError, match="no split 'test'"):
         load_split(str(tmp_path), "test")
+
+
+def test_train_targets_expand_every_style_of_a_row():
+    from dg_core.distill.train_stage import _targets
+
+    ex = generate(MathSpec(style_mix={"decomposed": 1.0}), 1, seed=0)[0]
+    refs = ex.meta["references"]
+    assert _targets(ex, "") == [ex.reference]
+    assert _targets(ex, "compressed") == [refs["compressed"]]
+    assert _targets(ex, "all") == [refs[s] for s in sorted(refs)]
+    assert _targets(ex, "checked, compressed") == [refs["checked"], refs["compressed"]]
+    with pytest.raises(DGError, match="no reference in style 'bogus'"):
+        _targets(ex, "bogus")

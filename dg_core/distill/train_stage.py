@@ -27,7 +27,12 @@ class Config(StageConfig):
     model: str = option("zoo:teacher", "Model to fine-tune (zoo member or any model reference).")
     dataset: str = option("", "Prepared dataset URI (from `dguard prep`).")
     split: str = option("train", "Split to train on.")
-    style: str = option("", "Train on meta.references[style] instead of the row's reference (synthetic math).")
+    style: str = option(
+        "",
+        "Train on meta.references[style] instead of the row's reference (synthetic math). A comma list or `all` "
+        "trains on every listed style of each row, so the model keeps a per-prompt choice of style instead of "
+        "memorising the one each row happened to draw (calibration needs that choice to reshape).",
+    )
     steps: int = option(1000, "Optimizer steps.", ge=1)
     batch_size: int = option(64, "Sequences per micro-batch.", ge=1)
     grad_accum: int = option(1, "Micro-batches per optimizer step.", ge=1)
@@ -48,15 +53,18 @@ class Config(StageConfig):
             raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
 
 
-def _target(ex: Example, style: str) -> str:
+def _targets(ex: Example, style: str) -> list[str]:
+    """The responses one row contributes: its reference, or its references in the requested styles."""
     if not style:
         if not ex.reference:
             raise DGError(f"example {ex.id}: empty reference, expected a response to train on (or set style)")
-        return ex.reference
+        return [ex.reference]
     refs = ex.meta.get("references") or {}
-    if style not in refs:
-        raise DGError(f"example {ex.id}: no reference in style {style!r}, expected one of {sorted(refs)}")
-    return refs[style]
+    wanted = sorted(refs) if style == "all" else [s.strip() for s in style.split(",") if s.strip()]
+    missing = [s for s in wanted if s not in refs]
+    if missing or not wanted:
+        raise DGError(f"example {ex.id}: no reference in style {style!r}, expected one of {sorted(refs)} or 'all'")
+    return [refs[s] for s in wanted]
 
 
 def run(cfg: Config, *, on_step: Any = None) -> dict:
@@ -72,7 +80,8 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     rows = load_split(cfg.dataset, cfg.split)
     if not rows:
         raise DGError(f"{cfg.dataset}: split {cfg.split!r} is empty, expected examples to train on")
-    targets = [_target(ex, cfg.style) for ex in rows]
+    pairs = [(ex, t) for ex in rows for t in _targets(ex, cfg.style)]
+    rows, targets = [ex for ex, _ in pairs], [t for _, t in pairs]
     settings = TrainSettings(
         steps=cfg.steps,
         lr=cfg.lr,

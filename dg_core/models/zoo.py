@@ -35,7 +35,7 @@ from dg_core.errors import DGError
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))
 
@@ -148,7 +148,11 @@ def build_tokenizer(kind: str, vocab_size: int = 256) -> PreTrainedTokenizerFast
         )
     elif kind == "unigram":
         tok = Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        # Digits one per token, as Llama's SentencePiece (split_digits) and Qwen do: with merged pieces such as
+        # "*8" or "=5" a small student learns arithmetic as a lookup table and never generalises.
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
+        )
         tok.decoder = decoders.Metaspace()
         tok.train_from_iterator(
             _corpus(),
