@@ -4,8 +4,9 @@ On the offline ``synthetic_math`` family (several solution styles that differ in
 student), with zoo models:
 
 1. data: a prepared dataset artifact (train / validation / test), references drawn from every style;
-2. bootstrap: SFT the zoo teacher on all styles until sound, and the zoo proxy (another architecture and
-   tokenizer) on the same data;
+2. bootstrap: SFT the zoo teacher on every style of every training problem (compressed weighted double: a
+   teacher that answers half the prompts with the bare answer), so that it keeps a per-prompt *choice* of style
+   for calibration to reshape, and the zoo proxy (another architecture and tokenizer) on every style equally;
 3. calibrate the teacher for each η (stage ``calibrate``; processes in parallel);
 4. attack the original and every calibrated teacher: each (student, method) × seed distils a student from the
    teacher's outputs (stage ``distill``) and evaluates it greedily on the test split; ``student-gpt2`` has
@@ -241,15 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=250)
     ap.add_argument(
         "--sft-style",
-        default="all",
-        help="train stage `style` for teacher and proxy: 'all' keeps a per-prompt choice of style to calibrate",
+        default="compressed,compressed,decomposed,checked",
+        help="train stage `style` for the teacher: 'all' keeps a per-prompt choice of style to calibrate; a list "
+        "with repeats weights styles (e.g. compressed,compressed,decomposed,checked: a teacher terse half the time)",
     )
-    ap.add_argument("--teacher-steps", type=int, default=1000)
+    ap.add_argument("--proxy-style", default="all", help="train stage `style` for the proxy")
+    ap.add_argument("--teacher-steps", type=int, default=4000)
     ap.add_argument("--teacher-lr", type=float, default=2e-3)
     ap.add_argument("--proxy-steps", type=int, default=2500)
     ap.add_argument("--etas", default="-1,-0.5,0,0.5,1")
     ap.add_argument("--rl-steps", type=int, default=40)
-    ap.add_argument("--rl-lr", type=float, default=2e-3)
+    ap.add_argument("--rl-lr", type=float, default=5e-4)
     ap.add_argument("--rl-prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--beta", type=float, default=0.05)
@@ -257,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cal-gate", default="correct")
     ap.add_argument("--normalize", default="char")
     ap.add_argument("--preflight", type=float, default=0.8)
-    ap.add_argument("--attacks", default="student-llama:sft,student-gpt2:sft", help="student:method,...")
+    ap.add_argument(
+        "--attacks", default="student-llama:sft,student-llama:kd,student-gpt2:sft", help="student:method,..."
+    )
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--student-steps", type=int, default=600)
+    ap.add_argument("--student-steps", type=int, default=1000)
     ap.add_argument("--student-batch", type=int, default=64)
     ap.add_argument("--student-lr", type=float, default=3e-3)
     ap.add_argument("--student-prompts", type=int, default=2000, help="training prompts the teacher answers")
@@ -306,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         common = {
             "dataset": dataset,
             "split": "train",
-            "style": args.sft_style,
             "batch_size": 64,
             "warmup_steps": 50,
             "checkpoint_every": 500,
@@ -320,13 +324,29 @@ def main(argv: list[str] | None = None) -> int:
                     (
                         root,
                         args.threads,
-                        {**common, "model": "zoo:teacher", "steps": args.teacher_steps, "lr": args.teacher_lr},
+                        {
+                            **common,
+                            "model": "zoo:teacher",
+                            "style": args.sft_style,
+                            "steps": args.teacher_steps,
+                            "lr": args.teacher_lr,
+                        },
                     ),
                 ),
                 (
                     "proxy",
                     job_train,
-                    (root, args.threads, {**common, "model": "zoo:proxy", "steps": args.proxy_steps, "lr": 3e-3}),
+                    (
+                        root,
+                        args.threads,
+                        {
+                            **common,
+                            "model": "zoo:proxy",
+                            "style": args.proxy_style,
+                            "steps": args.proxy_steps,
+                            "lr": 3e-3,
+                        },
+                    ),
                 ),
             ],
         )

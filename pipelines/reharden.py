@@ -99,7 +99,7 @@ def reharden_pipeline(
     beta: float = 0.05,
     max_steps: int = 30,
     group_size: int = 8,
-    lr: float = 1e-3,
+    lr: float = 5e-4,
     calibrate_seed: int = 0,
     calibrate_options: dict = {},  # noqa: B006
     eval_split: str = "test",

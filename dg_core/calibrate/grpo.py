@@ -101,7 +101,12 @@ class CalibrationSettings(StageConfig):
     group_size: int = option(8, "Responses sampled per prompt (G).", ge=2)
     prompts_per_step: int = option(16, "Prompts per optimizer step (per process).", ge=1)
     steps: int = option(30, "Optimizer steps.", ge=1)
-    lr: float = option(1e-3, "AdamW learning rate.", gt=0)
+    lr: float = option(
+        5e-4,
+        "AdamW learning rate. Measured on the knob bench: 2e-3 cost an eta=0 teacher 11 points of accuracy in 40 "
+        "steps (Adam scales the small, mostly-zero policy gradients up to full steps); 5e-4 kept it at 1.000.",
+        gt=0,
+    )
     weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
     max_grad_norm: float = option(1.0, "Gradient clipping (<= 0: off).")
     temperature: float = option(1.0, "Sampling temperature for the groups.", gt=0)

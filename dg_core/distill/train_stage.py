@@ -29,7 +29,7 @@ class Config(StageConfig):
     split: str = option("train", "Split to train on.")
     style: str = option(
         "",
-        "Train on meta.references[style] instead of the row's reference (synthetic math). A comma list or `all` "
+        "Train on meta.references[style] instead of the row's reference (synthetic math). A comma list (repeat a style to weight it) or `all` "
         "trains on every listed style of each row, so the model keeps a per-prompt choice of style instead of "
         "memorising the one each row happened to draw (calibration needs that choice to reshape).",
     )
