@@ -511,8 +511,37 @@ def main(argv: list[str] | None = None) -> int:
     }
     (Path(args.out) / "knob.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(rows, cells, Path(args.out) / "knob.png")
-    print(f"\nwrote {args.out}/knob.json and {args.out}/knob.png")
+    (Path(args.out) / "knob.md").write_text(markdown(rows, cells, summary["calibration"]))
+    print(f"\nwrote {args.out}/knob.json, knob.md and knob.png")
     return 0
+
+
+def markdown(rows: list[dict[str, Any]], cells: list[str], calibration: dict[str, Any]) -> str:
+    """The table as Markdown: teacher accuracy and retention, r_cal, per-cell mean ± sd (transfer), styles."""
+    head = (
+        ["teacher", "acc", "retention", "r_cal (card)"] + [f"{c} (transfer)" for c in cells] + ["teacher greedy style"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        card = calibration.get(r["teacher"], {})
+        metrics = card.get("teacher_metrics", {}) if isinstance(card, dict) else {}
+        rcal = metrics.get("after", metrics.get("before", {})).get("r_cal_mean")
+        if r["teacher"] == "original" and calibration:
+            first = next(iter(calibration.values()))
+            rcal = (
+                first.get("teacher_metrics", {}).get("before", {}).get("r_cal_mean")
+                if isinstance(first, dict)
+                else None
+            )
+        styles = ", ".join(f"{v:.0%} {k}" for k, v in sorted(r["teacher_styles"].items(), key=lambda kv: -kv[1]))
+        cols = [f"{r[c]['mean']:.3f} ± {r[c]['sd']:.3f} ({r[c]['transfer']:.2f})" for c in cells]
+        rc = f"{rcal:+.2f}" if isinstance(rcal, (int, float)) else "–"
+        lines.append(
+            "| "
+            + " | ".join([r["teacher"], f"{r['teacher_acc']:.3f}", f"{r['retention']:.3f}", rc, *cols, styles])
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], cells: list[str], path: Path) -> None:
