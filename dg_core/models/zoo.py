@@ -229,10 +229,16 @@ def ensure(name: str, root: str | None = None) -> str:
         spec = ZOO[name]
         tok = build_tokenizer(spec.tokenizer)
         model = build_model(spec, tok)
-        save_model(
-            model, tok, uri, metadata={"zoo": name, "zoo_version": ZOO_VERSION, "role": spec.role, "seed": spec.seed}
-        )
-        log.info("built zoo model %s -> %s", name, uri)
+        meta = {"zoo": name, "zoo_version": ZOO_VERSION, "role": spec.role, "seed": spec.seed}
+        try:
+            save_model(model, tok, uri, metadata=meta)
+        except DGError:
+            # Parallel workers may build the same member at once; the build is deterministic, so theirs will do.
+            if not store.is_published(uri):
+                raise
+            log.info("zoo model %s was published meanwhile by another process", name)
+        else:
+            log.info("built zoo model %s -> %s", name, uri)
     return uri
 
 
