@@ -72,3 +72,51 @@ def save_trained(model: torch.nn.Module, tok: Any, uri: str, *, lora: bool, meta
     if lora:
         model = merge_lora(model)
     return save_model(model, tok, uri, metadata=metadata)
+
+
+def train_and_publish(
+    model: torch.nn.Module,
+    tok: Any,
+    make_batch: Any,
+    loss_fn: Any,
+    settings: TrainSettings,
+    *,
+    stage: str,
+    accelerator: Any,
+    out_uri: str,
+    params: dict[str, Any],
+    head: dict[str, Any],
+    on_step: Any = None,
+    with_stats: bool = False,
+) -> dict[str, Any]:
+    """Run the training loop, publish the model with its config and summary, close the stage's metrics.
+
+    ``head``: the summary's leading fields (what was trained on what); the loop's figures follow, and with
+    ``with_stats`` the loss function's mean extra statistics as ``mean_<name>``.
+    """
+    from dg_core.distill.trainer import stage_metrics, train
+
+    metrics = stage_metrics(stage)
+    try:
+        result = train(
+            model, make_batch, loss_fn, settings, stage=stage, metrics=metrics, on_step=on_step, accelerator=accelerator
+        )
+        summary = clean(
+            {
+                **head,
+                "steps": result.steps,
+                "resumed_from": result.start_step,
+                "final_loss": result.final_loss,
+                "tokens_per_s": result.tokens_per_s,
+                "seconds": result.seconds,
+                **({f"mean_{k}": v for k, v in result.stats.items()} if with_stats else {}),
+            }
+        )
+        if accelerator.is_main_process:
+            save_trained(model, tok, out_uri, lora=settings.lora, metadata={"config": params, "summary": summary})
+        accelerator.wait_for_everyone()
+    except BaseException:
+        metrics.close(success=False)
+        raise
+    metrics.close(success=True)
+    return {**summary, "model": out_uri, "reused": False}

@@ -16,10 +16,10 @@ import torch
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.data import task_of
-from dg_core.distill.common import clean, load_trainable, output_uris, save_trained
+from dg_core.distill.common import load_trainable, output_uris, train_and_publish
 from dg_core.distill.methods import METHODS, XTOK_LOSSES, MethodSettings, build_objective
 from dg_core.distill.signals import SignalSpec, build_signals, load_signals
-from dg_core.distill.trainer import TrainSettings, make_accelerator, stage_metrics, train
+from dg_core.distill.trainer import TrainSettings, make_accelerator
 from dg_core.errors import DGError
 from dg_core.traps.kl import KINDS
 from dg_core.utils import seed_everything, set_threads_from_env
@@ -169,41 +169,27 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         rank=accelerator.process_index,
         world=accelerator.num_processes,
     )
-    metrics = stage_metrics("distill")
-    try:
-        result = train(
-            student,
-            make_batch,
-            loss_fn,
-            settings,
-            stage="distill",
-            metrics=metrics,
-            on_step=on_step,
-            accelerator=accelerator,
-        )
-    except BaseException:
-        metrics.close(success=False)
-        raise
-    summary = clean(
-        {
-            "method": cfg.method,
-            "divergence": cfg.divergence() if cfg.method != "sft" else None,
-            "student": cfg.student,
-            "teacher": cfg.teacher,
-            "signals": sig_uri,
-            "steps": result.steps,
-            "resumed_from": result.start_step,
-            "final_loss": result.final_loss,
-            "tokens_per_s": result.tokens_per_s,
-            "seconds": result.seconds,
-            **{f"mean_{k}": v for k, v in result.stats.items()},
-        }
+    head = {
+        "method": cfg.method,
+        "divergence": cfg.divergence() if cfg.method != "sft" else None,
+        "student": cfg.student,
+        "teacher": cfg.teacher,
+        "signals": sig_uri,
+    }
+    return train_and_publish(
+        student,
+        stok,
+        make_batch,
+        loss_fn,
+        settings,
+        stage="distill",
+        accelerator=accelerator,
+        out_uri=out_uri,
+        params=params,
+        head=head,
+        on_step=on_step,
+        with_stats=True,
     )
-    if accelerator.is_main_process:
-        save_trained(student, stok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
-    accelerator.wait_for_everyone()
-    metrics.close(success=True)
-    return {**summary, "model": out_uri, "reused": False}
 
 
 def _signals_uri(spec: SignalSpec) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of
-from dg_core.distill.common import clean, load_trainable, output_uris, save_trained
-from dg_core.distill.trainer import TrainSettings, make_accelerator, response_ce, row_indices, stage_metrics, train
+from dg_core.distill.common import load_trainable, output_uris, train_and_publish
+from dg_core.distill.trainer import TrainSettings, make_accelerator, response_ce, row_indices
 from dg_core.errors import DGError
 from dg_core.generate import encode_prompt, encode_response, pack
 from dg_core.utils import seed_everything, set_threads_from_env
@@ -111,34 +111,16 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         )
         return pack([prompt_ids[i] for i in idx], [resp_ids[i] for i in idx], pad, max_length=cfg.max_length)
 
-    metrics = stage_metrics("train")
-    try:
-        result = train(
-            model,
-            make_batch,
-            response_ce,
-            settings,
-            stage="train",
-            metrics=metrics,
-            on_step=on_step,
-            accelerator=accelerator,
-        )
-    except BaseException:
-        metrics.close(success=False)
-        raise
-    summary = clean(
-        {
-            "base": cfg.model,
-            "dataset": cfg.dataset,
-            "steps": result.steps,
-            "resumed_from": result.start_step,
-            "final_loss": result.final_loss,
-            "tokens_per_s": result.tokens_per_s,
-            "seconds": result.seconds,
-        }
+    return train_and_publish(
+        model,
+        tok,
+        make_batch,
+        response_ce,
+        settings,
+        stage="train",
+        accelerator=accelerator,
+        out_uri=out_uri,
+        params=params,
+        head={"base": cfg.model, "dataset": cfg.dataset},
+        on_step=on_step,
     )
-    if accelerator.is_main_process:
-        save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
-    accelerator.wait_for_everyone()
-    metrics.close(success=True)
-    return {**summary, "model": out_uri, "reused": False}
