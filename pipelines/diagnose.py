@@ -10,40 +10,34 @@ from kfp import dsl
 from components.diagnose.component import diagnose
 from components.pin.component import pin_models
 from components.prep.component import prep
-from pipelines._k8s import cached, on_gpu, with_store
-from pipelines.calibrate import INFRA
+from pipelines._k8s import Place
+from pipelines._params import parameters
 
 
 # fmt: off
 @dsl.pipeline(name="dguard-diagnose", description="Measure the distillation traps of a teacher/student pair.")
+@parameters
 def diagnose_pipeline(
-    teacher: str = "zoo:teacher",
-    student: str = "zoo:student-gpt2",
-    task: str = "synthetic_math",
-    source: str = "synthetic",
-    data_seed: int = 0,
-    prep_options: dict = {},  # noqa: B006 - KFP takes literal defaults
-    limit: int = 32,
-    diagnose_options: dict = {},  # noqa: B006
-    store_root: str = INFRA["store_root"],
-    s3_secret: str = INFRA["s3_secret"],
-    env_config_map: str = INFRA["env_config_map"],
-    image: str = INFRA["image"],
-    accelerator_type: str = INFRA["accelerator_type"],
-    gpu_image: str = INFRA["gpu_image"],
-    accelerator_count: int = INFRA["accelerator_count"],
-    gpu_node_selector: dict = {},  # noqa: B006
-    gpu_tolerations: list = [],  # noqa: B006
+    teacher: str,
+    student: str,
+    task: str,
+    source: str,
+    data_seed: int,
+    prep_options: dict,
+    limit: int,
+    diagnose_options: dict,
+    store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
+    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
+    gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ) -> str:
-    pinned = cached(with_store(pin_models(teacher=teacher, proxies=[], student=student, store_root=store_root),
-                               s3_secret, env_config_map, image), False)
-    data = cached(with_store(prep(task=task, source=source, seed=data_seed, options=prep_options,
-                                  store_root=store_root), s3_secret, env_config_map, image), False)
-    d = diagnose(teacher=pinned.outputs["teacher"], student=pinned.outputs["student"], dataset=data.outputs["Output"], limit=limit,
-                 options=diagnose_options, store_root=store_root)
-    cached(on_gpu(with_store(d, s3_secret, env_config_map, image), accelerator_type, accelerator_count,
-                  gpu_node_selector, gpu_tolerations, gpu_image))
-    return d.outputs["Output"]
+    at = Place(locals())
+    pinned = at.light(pin_models(teacher=teacher, proxies=[], student=student, store_root=store_root), False)
+    data = at.light(prep(task=task, source=source, seed=data_seed, options=prep_options, store_root=store_root),
+                    False)
+    d = diagnose(teacher=pinned.outputs["teacher"], student=pinned.outputs["student"], dataset=data.outputs["Output"],
+                 limit=limit, options=diagnose_options, store_root=store_root)
+    return at.gpu(d).outputs["Output"]
 # fmt: on
 
 PIPELINE = diagnose_pipeline

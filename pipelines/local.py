@@ -31,7 +31,7 @@ from pipelines._args import parse_arguments
 _SMALL_HARDEN: dict[str, Any] = {
     "prep_options": {"n": 400},
     "calibrate_options": {"min_retention": 0.0, "preflight_accuracy": 0.0, "eval_n": 32, "sampled_k": 2},
-    "max_steps": 4,
+    "calibrate_steps": 4,
     "group_size": 4,
     "eval_limit": 32,
     "eval_options": {"k": 0},

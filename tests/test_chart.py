@@ -293,7 +293,7 @@ def test_full_values_reach_the_pods(helm: Path) -> None:
         "gpu_tolerations": values["reharden"]["gpu"]["tolerations"],
     }
     # extra pipeline arguments: integers printed as integers (not 1e+05), lists and mappings as JSON
-    assert {"eta=-1", "beta=0.2", "max_steps=100000", "publish=true"} <= set(args)
+    assert {"eta=-1", "beta=0.2", "calibrate_steps=100000", "publish=true"} <= set(args)
     assert {'attack_suite=["sft","kd"]', 'prep_options={"limit":512}'} <= set(args)
     cm = one(docs, "ConfigMap")["data"]
     assert (cm["S3_VERIFY_SSL"], cm["DG_S3_CREATE_BUCKET"], cm["AWS_REGION"]) == ("0", "1", "eu-west-1")

@@ -206,7 +206,7 @@ def test_local_arguments_layer_small_defaults_under_user_values(tmp_path):
     assert args["store_root"] == root
     assert args["releases_prefix"] == f"{root}/releases" and args["hardened_prefix"] == f"{root}/hardened"
     assert args["attack_steps"] == 7 and args["publish"] is False
-    assert args["max_steps"] == LOCAL_DEFAULTS["reharden"]["max_steps"]
+    assert args["calibrate_steps"] == LOCAL_DEFAULTS["reharden"]["calibrate_steps"]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
