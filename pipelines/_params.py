@@ -75,7 +75,7 @@ def stage_default(stage: str, name: str) -> Any:
     return field_default(stage_field(stage, name))
 
 
-_RES = "Kubernetes quantity; '' leaves it unset."
+_RES = "a Kubernetes quantity."
 
 # fmt: off
 PARAMS: dict[str, Field | Own] = {

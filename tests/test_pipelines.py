@@ -223,3 +223,76 @@ def test_a_failing_task_surfaces_its_one_line_error(tmp_path, capsys, monkeypatc
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "Inner task failed: 'prep'" in err and "config field 'n'" in err
+
+
+def _executors(name: str):
+    """(task name, container spec, kubernetes executor config, task spec) of every executing task."""
+    spec, platform = load(name)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for _c, tname, t, comp, _comps in all_tasks(spec):
+        label = comp.get("executorLabel")
+        if label:
+            yield tname, spec["deploymentSpec"]["executors"][label]["container"], k8s[label], t
+
+
+@pytest.mark.parametrize("name", list(pipelines.PIPELINES))
+def test_every_task_has_resources_retries_and_run_identity(name):
+    """CPU/memory requests and limits come from the per-class parameters; idempotent tasks retry with backoff;
+    GPU tasks get the ephemeral model-cache volume; every pod knows its KFP run, task and attempt."""
+    from pipelines._k8s import CACHE_MOUNT, NOT_IDEMPOTENT
+
+    params = read_parameters(pipelines.compiled_path(name))
+    for k in ("light_cpu_request", "light_memory_limit", "gpu_cpu_request", "gpu_memory_limit"):
+        assert params[k]["type"] == "STRING" and params[k]["default"]
+    for tname, container, k8s, task in _executors(name):
+        base = tname.rsplit("-", 1)[0] if tname[-1].isdigit() else tname
+        cls = "gpu" if base in GPU_STAGES else "light"
+        res = container["resources"]
+        for key, param in (("resourceCpuRequest", "cpu_request"), ("resourceCpuLimit", "cpu_limit"),
+                           ("resourceMemoryRequest", "memory_request"), ("resourceMemoryLimit", "memory_limit")):  # fmt: skip
+            assert f"pipelinechannel--{cls}_{param}" in res[key], f"{name}: {tname} {key} = {res.get(key)}"
+        retry = task.get("retryPolicy")
+        if tname in NOT_IDEMPOTENT:
+            assert retry is None, f"{tname} writes mutable state: no automatic retry"
+        else:
+            assert retry["maxRetryCount"] == 2 and retry["backoffDuration"] == "30s", tname
+            assert retry["backoffFactor"] == 2.0 and retry["backoffMaxDuration"] == "900s", tname
+        vols = k8s.get("genericEphemeralVolume", [])
+        if cls == "gpu":
+            (v,) = vols
+            assert v["mountPath"] == CACHE_MOUNT and v["size"] == "50Gi" and v["defaultStorageClass"] is True
+        else:
+            assert vols == []
+        env = {e["name"]: e["fieldPath"] for e in k8s["fieldPathAsEnv"]}
+        assert env == {"DG_RUN_ID": "metadata.labels['pipeline/runid']", "DG_ATTEMPT": "metadata.name"}
+        assert {"name": "DG_TASK", "value": tname} in container["env"]
+        assert "podMetadata" not in k8s and "imagePullSecret" not in k8s  # optional: off by default
+
+
+def test_attack_loop_parallelism_is_capped():
+    spec, _ = load("calibrate")
+    judge = spec["components"]["comp-dguard-judge"]["dag"]["tasks"]
+    (loop,) = [t for n, t in judge.items() if n.startswith("for-loop")]
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 4
+
+
+def test_compile_options_reach_the_ir(tmp_path, capsys):
+    """Kueue queue, image pull secrets, retries, parallelism and the cache volume are compile options."""
+    out = tmp_path / "c"
+    rc = dguard(["compile", "calibrate", "--out", str(out), "--option", "kueue_queue=gpu-q", "--option",
+                 "image_pull_secrets=[regcred]", "--option", "attack_parallelism=9", "--option", "retries=0",
+                 "--option", "cache_size=200Gi", "--option", "cache_storage_class=fast"])  # fmt: skip
+    assert rc == 0
+    docs = list(yaml.safe_load_all((out / "calibrate.yaml").read_text()))
+    k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for label, cfg in k8s.items():
+        assert cfg["podMetadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "gpu-q"}, label
+        assert [s["secretName"] for s in cfg["imagePullSecret"]] == ["regcred"], label
+    assert k8s["exec-distill"]["genericEphemeralVolume"][0]["size"] == "200Gi"
+    assert k8s["exec-distill"]["genericEphemeralVolume"][0]["storageClassName"] == "fast"
+    text = (out / "calibrate.yaml").read_text()
+    assert "retryPolicy" not in text and "parallelismLimit: 9" in text
+    # The committed package keeps the defaults, and options never overwrite it.
+    assert "kueue" not in pipelines.compiled_path("calibrate").read_text()
+    assert dguard(["compile", "calibrate", "--option", "retries=1"]) == 2
+    assert "pass --out DIR" in capsys.readouterr().err
