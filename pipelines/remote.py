@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     parser.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
     parser.add_argument("--ssl-ca-cert", default=None, help="CA bundle to verify the server's TLS certificate")
+    from pipelines.compile import add_option_argument
+
+    add_option_argument(parser)
     if verb == "upload":
         parser.add_argument("names", nargs="*", help=f"pipelines to upload ({', '.join(PIPELINES)})")
         parser.add_argument("--all", action="store_true", help="upload every pipeline")
@@ -77,31 +80,43 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def main(args: argparse.Namespace, verb: str) -> int:
     """Dispatch one remote verb; failures of input or of the server come back as one-line DGErrors."""
-    if verb == "upload":
-        names = list(PIPELINES) if args.all else list(args.names)
-        if not names:
-            raise DGError(f"dguard upload: name the pipelines to upload ({', '.join(PIPELINES)}) or pass --all")
-        if args.all and args.names:
-            raise DGError("dguard upload: pass pipeline names or --all, not both")
-        packages = {n: _package(n, None) for n in names}
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dguard-compile-") as tmp:
+        if verb == "upload":
+            names = list(PIPELINES) if args.all else list(args.names)
+            if not names:
+                raise DGError(f"dguard upload: name the pipelines to upload ({', '.join(PIPELINES)}) or pass --all")
+            if args.all and args.names:
+                raise DGError("dguard upload: pass pipeline names or --all, not both")
+            packages = {n: _package(n, None, args.option, tmp) for n in names}
+            client = connect(args)
+            for name, package in packages.items():
+                upload(client, name, package, namespace=args.namespace)
+            return 0
+        package = _package(args.pipeline, args.package, args.option, tmp)
+        arguments = parse_arguments(package, args.overrides)
         client = connect(args)
-        for name, package in packages.items():
-            upload(client, name, package, namespace=args.namespace)
-        return 0
-    package = _package(args.pipeline, args.package)
-    arguments = parse_arguments(package, args.overrides)
-    client = connect(args)
-    if verb == "submit":
-        submit(client, args, package, arguments)
-    else:
-        schedule(client, args, package, arguments)
+        if verb == "submit":
+            submit(client, args, package, arguments)
+        else:
+            schedule(client, args, package, arguments)
     return 0
 
 
 # --------------------------------------------------------------------------------------------- connection
 
 
-def _package(name: str, override: str | None) -> Path:
+def _package(name: str, override: str | None, options: list[str] | None = None, tmp: str = "") -> Path:
+    """The committed package of ``name`` (or ``--package``); with compile ``--option``s, a fresh one in ``tmp``."""
+    if options:
+        if override:
+            raise DGError("pass --package or --option, not both (--option compiles the package itself)")
+        from pipelines.compile import compile_one, parse_options
+
+        path = Path(tmp) / f"{name}.yaml"
+        compile_one(name, path, parse_options(options))
+        return path
     path = Path(override) if override else compiled_path(name)
     if not path.is_file():
         raise DGError(f"compiled pipeline {str(path)!r} not found: run `dguard compile` first")
@@ -308,7 +323,11 @@ def normalise_cron(expr: str) -> str:
 
 
 def schedule(client: Any, args: argparse.Namespace, package: Path, arguments: dict[str, Any]) -> str | None:
-    """Create the recurring run (max concurrency 1, no catch-up); keeps an existing one unless --replace."""
+    """Create the recurring run (max concurrency 1, no catch-up); keeps an existing one unless --replace.
+
+    The run is created from the pipeline *version* on the server (uploaded first when missing, as `dguard
+    upload` does), not from the package file, so the UI shows which version each scheduled run used.
+    """
     host = _host(client)
     cron = normalise_cron(args.cron)
     name = args.name or f"{DISPLAY_PREFIX}{args.pipeline}-schedule"
@@ -336,6 +355,7 @@ def schedule(client: Any, args: argparse.Namespace, package: Path, arguments: di
             lambda rr=rr: client.delete_recurring_run(rr.recurring_run_id),
         )
         print(f"replaced recurring run {name!r} ({rr.recurring_run_id})")
+    version = upload(client, args.pipeline, package, namespace=args.namespace)
     created = _call(
         host,
         f"schedule {args.pipeline}",
@@ -348,11 +368,15 @@ def schedule(client: Any, args: argparse.Namespace, package: Path, arguments: di
             max_concurrency=1,
             no_catchup=True,
             params=arguments,
-            pipeline_package_path=str(package),
+            pipeline_id=version["pipeline_id"],
+            version_id=version["version_id"],
             enable_caching=False if args.no_cache else None,
             pipeline_root=args.pipeline_root,
             service_account=args.service_account,
         ),
     )
-    print(f"scheduled {args.pipeline}: recurring run {created.recurring_run_id} {name!r} cron {cron!r}")
+    print(
+        f"scheduled {args.pipeline}: recurring run {created.recurring_run_id} {name!r} cron {cron!r}, "
+        f"pipeline version {version['version']} ({version['version_id']})"
+    )
     return created.recurring_run_id

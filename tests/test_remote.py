@@ -335,7 +335,14 @@ def test_schedule_reharden_recurring_run(kfp_server, compiled, capsys):
     assert body["mode"] == "ENABLE"
     assert body["display_name"] == "dguard-reharden-schedule"
     assert body["runtime_config"]["parameters"] == {"steps": 5}
-    assert body["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]["eta"]["defaultValue"] == -1.0
+    # The recurring run uses the pipeline version on the server (uploaded first), not an inline package.
+    assert "pipeline_spec" not in body
+    ref = body["pipeline_version_reference"]
+    version = kfp_server.versions[ref["pipeline_version_id"]]
+    assert version["pipeline_id"] == ref["pipeline_id"]
+    assert kfp_server.pipelines[ref["pipeline_id"]]["display_name"] == "dguard-reharden"
+    assert (compiled / "reharden.yaml").read_bytes() in version["body"]
+    assert ref["pipeline_version_id"] in capsys.readouterr().out
     exp = kfp_server.experiments[body["experiment_id"]]
     assert exp["display_name"] == "distillation-guards"
 
@@ -349,6 +356,7 @@ def test_schedule_reharden_recurring_run(kfp_server, compiled, capsys):
     (new,) = kfp_server.recurring.values()
     assert new["trigger"]["cron_schedule"]["cron"] == "@every 6h"
     assert len(kfp_server.experiments) == 1
+    assert len(kfp_server.versions) == 1  # the same package: the same version, not a new upload each time
 
 
 @pytest.mark.parametrize("cron", ["0 3 * *", "* * * * * * *", "@sometimes", "0 3 * * * ;rm"])
@@ -394,3 +402,20 @@ def test_upload_in_a_namespace(kfp_server, compiled):
     assert lookup["query"]["namespace"] == "team-a"
     (created,) = kfp_server.pipelines.values()
     assert created["namespace"] == "team-a" and created["display_name"] == "dguard-diagnose"
+
+
+def test_upload_with_compile_options_uploads_a_package_built_with_them(kfp_server, compiled):
+    """--option compiles the real pipeline with cluster settings (image pull secrets, Kueue) and uploads that."""
+    rc = dguard(["upload", "diagnose", "--host", kfp_server.url, "--option", "image_pull_secrets=[regcred]",
+                 "--option", "kueue_queue=team-a"])  # fmt: skip
+    assert rc == 0
+    (v,) = kfp_server.versions.values()
+    body = v["body"].decode()
+    assert "regcred" in body and "kueue.x-k8s.io/queue-name: team-a" in body
+    assert "dguard-diagnose" in body and "dguard-fixture" not in body
+
+
+def test_bad_compile_option_fails_before_contacting_the_server(kfp_server, compiled, capsys):
+    assert dguard(["upload", "diagnose", "--host", kfp_server.url, "--option", "retries=-1"]) == 2
+    assert "config field 'retries'" in capsys.readouterr().err
+    assert kfp_server.requests == []
