@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dg_core.errors import DGError
-from dg_core.metrics import StageMetrics
+from dg_core.metrics import StageMetrics, default_attempt, groups, prune
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -29,8 +29,9 @@ def _scrape(pushgateway) -> dict[tuple[str, tuple], float]:
         return _samples(r.read().decode())
 
 
-def _lbl(run: str, stage: str, job: bool = True, **extra: str) -> tuple:
-    d = {"run": run, "stage": stage, **extra}
+def _lbl(run: str, stage: str, job: bool = True, task: str = "", attempt: str = "", **extra: str) -> tuple:
+    """Labels of a series; task and attempt default to a local run's (the stage, this host and process)."""
+    d = {"run": run, "stage": stage, "task": task or stage, "attempt": attempt or default_attempt(), **extra}
     if job:
         d["job"] = "dguard"
     return tuple(sorted(d.items()))
@@ -91,7 +92,7 @@ def test_textfile_when_no_pushgateway(clean_env, tmp_path):
     with m.timer("load_seconds"):
         pass
     assert m.flush()
-    path = tmp_path / "prom" / "prep-kfp_run_7.prom"
+    path = tmp_path / "prom" / f"prep-kfp_run_7-{default_attempt()}.prom"
     assert m.textfile == path
     got = _samples(path.read_text())
     lab = _lbl("kfp/run 7", "prep", job=False)
@@ -113,7 +114,9 @@ def test_push_failure_warns_and_falls_back_to_textfile(clean_env, tmp_path, capl
 
     m.metrics_dir = tmp_path
     assert m.flush() is True
-    assert _samples((tmp_path / "train-r1.prom").read_text())[("dguard_steps_total", _lbl("r1", "train", job=False))]
+    assert _samples((tmp_path / f"train-r1-{default_attempt()}.prom").read_text())[
+        ("dguard_steps_total", _lbl("r1", "train", job=False))
+    ]
 
 
 def test_nothing_configured_is_a_quiet_no_op(clean_env, tmp_path, monkeypatch):
@@ -135,3 +138,45 @@ def test_misuse_is_a_clear_error(clean_env):
         m.inc("steps", -1)
     with pytest.raises(DGError, match="stage name '' is empty"):
         StageMetrics("")
+
+
+def test_kfp_identity_groups_parallel_pods_apart(pushgateway, clean_env):
+    """Two pods of one task (a ParallelFor, or a retry) push in the same second: two groups, both kept, each
+    labelled with the KFP run, task and attempt the pipeline put in their environment."""
+    clean_env.setenv("DG_PUSHGATEWAY_URL", pushgateway.url)
+    clean_env.setenv("DG_RUN_ID", "3f1c9a2e-run")
+    clean_env.setenv("DG_TASK", "distill-2")
+    for pod, acc in (("dguard-calibrate-abc-system-container-impl-111", 0.25),
+                     ("dguard-calibrate-abc-system-container-impl-222", 0.75)):  # fmt: skip
+        clean_env.setenv("DG_ATTEMPT", pod)
+        m = StageMetrics("distill")
+        m.set("accuracy", acc)
+        assert m.flush()
+    got = _scrape(pushgateway)
+    lab = {"task": "distill-2", "run": "3f1c9a2e-run", "stage": "distill"}
+    assert got[("dguard_accuracy", _lbl(attempt="dguard-calibrate-abc-system-container-impl-111", **lab))] == 0.25
+    assert got[("dguard_accuracy", _lbl(attempt="dguard-calibrate-abc-system-container-impl-222", **lab))] == 0.75
+    mine = [g for g in groups(pushgateway.url) if g["labels"].get("run") == "3f1c9a2e-run"]
+    assert sorted(g["labels"]["attempt"] for g in mine) == ["dguard-calibrate-abc-system-container-impl-111",
+                                                              "dguard-calibrate-abc-system-container-impl-222"]  # fmt: skip
+
+
+def test_groups_past_their_ttl_are_deleted_when_a_stage_closes(pushgateway, clean_env):
+    import time
+
+    clean_env.setenv("DG_PUSHGATEWAY_URL", pushgateway.url)
+    old = StageMetrics("prep", "run-ttl-old")
+    old.set("x", 1)
+    assert old.flush()
+    time.sleep(1.5)
+    clean_env.setenv("DG_PUSHGATEWAY_TTL", "1")
+    with StageMetrics("prep", "run-ttl-new") as new:
+        new.set("x", 2)
+    runs = {g["labels"]["run"] for g in groups(pushgateway.url)}
+    assert "run-ttl-new" in runs and "run-ttl-old" not in runs
+    assert ("dguard_x", _lbl("run-ttl-old", "prep")) not in _scrape(pushgateway)
+    # TTL 0 keeps everything; an unreachable gateway is a warning, not an error.
+    assert prune(pushgateway.url, 0, now=time.time() + 10**6) == []
+    from servers import free_port
+
+    assert prune(f"http://127.0.0.1:{free_port()}", 1, timeout_s=1) == []
