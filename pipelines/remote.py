@@ -69,8 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     else:
         parser.add_argument(
             "--cron",
-            required=True,
+            default=None,
             help="schedule: 5-field cron ('0 3 * * *'), 6-field KFP cron with seconds, or @daily/@hourly/@every 6h",
+        )
+        parser.add_argument(
+            "--delete", action="store_true", help="delete the recurring run of this name instead (helm uninstall)"
         )
         parser.add_argument("--name", default=None, help="recurring run name (default dguard-<pipeline>-schedule)")
         parser.add_argument("--replace", action="store_true", help="replace a recurring run of the same name")
@@ -94,6 +97,11 @@ def main(args: argparse.Namespace, verb: str) -> int:
             for name, package in packages.items():
                 upload(client, name, package, namespace=args.namespace)
             return 0
+        if verb == "schedule" and args.delete:
+            unschedule(connect(args), args)
+            return 0
+        if verb == "schedule" and not args.cron:
+            raise DGError("dguard schedule: --cron is required (e.g. --cron '0 3 * * *'), or pass --delete")
         package = _package(args.pipeline, args.package, args.option, tmp)
         arguments = parse_arguments(package, args.overrides)
         client = connect(args)
@@ -322,15 +330,9 @@ def normalise_cron(expr: str) -> str:
     return expr if len(fields) == 6 else "0 " + expr
 
 
-def schedule(client: Any, args: argparse.Namespace, package: Path, arguments: dict[str, Any]) -> str | None:
-    """Create the recurring run (max concurrency 1, no catch-up); keeps an existing one unless --replace.
-
-    The run is created from the pipeline *version* on the server (uploaded first when missing, as `dguard
-    upload` does), not from the package file, so the UI shows which version each scheduled run used.
-    """
+def _recurring_runs(client: Any, args: argparse.Namespace, name: str) -> tuple[Any, list[Any]]:
+    """The experiment and its recurring runs named ``name``."""
     host = _host(client)
-    cron = normalise_cron(args.cron)
-    name = args.name or f"{DISPLAY_PREFIX}{args.pipeline}-schedule"
     experiment = _call(
         host,
         f"get experiment {args.experiment}",
@@ -343,9 +345,40 @@ def schedule(client: Any, args: argparse.Namespace, package: Path, arguments: di
             experiment_id=experiment.experiment_id, filter=_eq_filter("display_name", name), page_size=10
         ),
     )
-    for rr in existing.recurring_runs or []:
-        if rr.display_name != name:
-            continue
+    return experiment, [rr for rr in existing.recurring_runs or [] if rr.display_name == name]
+
+
+def _schedule_name(args: argparse.Namespace) -> str:
+    return args.name or f"{DISPLAY_PREFIX}{args.pipeline}-schedule"
+
+
+def unschedule(client: Any, args: argparse.Namespace) -> int:
+    """Delete the recurring run(s) of this name (the chart's pre-delete hook); none is not an error."""
+    name = _schedule_name(args)
+    _, found = _recurring_runs(client, args, name)
+    for rr in found:
+        _call(
+            _host(client),
+            f"delete recurring run {rr.recurring_run_id}",
+            lambda rr=rr: client.delete_recurring_run(rr.recurring_run_id),
+        )
+        print(f"deleted recurring run {name!r} ({rr.recurring_run_id})")
+    if not found:
+        print(f"no recurring run {name!r} in experiment {args.experiment!r}: nothing to delete")
+    return len(found)
+
+
+def schedule(client: Any, args: argparse.Namespace, package: Path, arguments: dict[str, Any]) -> str | None:
+    """Create the recurring run (max concurrency 1, no catch-up); keeps an existing one unless --replace.
+
+    The run is created from the pipeline *version* on the server (uploaded first when missing, as `dguard
+    upload` does), not from the package file, so the UI shows which version each scheduled run used.
+    """
+    host = _host(client)
+    cron = normalise_cron(args.cron)
+    name = _schedule_name(args)
+    experiment, found = _recurring_runs(client, args, name)
+    for rr in found:
         if not args.replace:
             print(f"recurring run {name!r} already exists ({rr.recurring_run_id}); pass --replace to update it")
             return None

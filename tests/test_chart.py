@@ -65,6 +65,17 @@ def one(docs: list[dict], kind: str) -> dict:
     return found[0]
 
 
+def setup_job(docs: list[dict]) -> dict:
+    """The post-install/post-upgrade Job (the pre-delete cleanup Job is the other one)."""
+    (job,) = [d for d in by_kind(docs, "Job") if d["metadata"]["annotations"]["helm.sh/hook"] != "pre-delete"]
+    return job
+
+
+def cleanup_job(docs: list[dict]) -> dict:
+    (job,) = [d for d in by_kind(docs, "Job") if d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"]
+    return job
+
+
 def job_containers(job: dict) -> list[dict]:
     spec = job["spec"]["template"]["spec"]
     return spec.get("initContainers", []) + spec["containers"]
@@ -101,7 +112,7 @@ def test_rendered_manifests_are_valid_kubernetes(helm: Path, values: Path, kube_
 
 def test_validator_rejects_a_broken_manifest(helm: Path) -> None:
     """The validation above is live: the same Job with a misspelt field is refused."""
-    job = one(render(helm, *CREDS), "Job")
+    job = setup_job(render(helm, *CREDS))
     job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, KUBE_VERSIONS[-1], strict=True)
@@ -193,15 +204,15 @@ def test_cross_field_mistakes_fail_with_one_clear_line(helm: Path, args: list[st
 def test_defaults_create_secret_configmap_rbac_and_the_hook_job(helm: Path) -> None:
     docs = render(helm, *CREDS)
     assert sorted(d["kind"] for d in docs) == sorted(
-        ["ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Job"]
-    ), "Pushgateway is off by default"
+        ["ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Job", "Job"]
+    ), "Pushgateway is off by default; the Jobs: setup (post-install/upgrade) and cleanup (pre-delete)"
     secret = one(docs, "Secret")
     assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     cm = one(docs, "ConfigMap")["data"]
     assert cm["AWS_ENDPOINT_URL"] == "http://minio-service.kubeflow:9000"
     assert "DG_PUSHGATEWAY_URL" not in cm
 
-    job = one(docs, "Job")
+    job = setup_job(docs)
     ann = job["metadata"]["annotations"]
     assert set(ann["helm.sh/hook"].split(",")) == {"post-install", "post-upgrade"}
     assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation"
@@ -267,7 +278,7 @@ def test_pushgateway_on_is_wired_to_the_configmap(helm: Path) -> None:
 def test_full_values_reach_the_pods(helm: Path) -> None:
     values = values_of(CHART / "ci" / "full-values.yaml")
     docs = render(helm, "-f", str(CHART / "ci" / "full-values.yaml"))
-    job = one(docs, "Job")
+    job = setup_job(docs)
     for pod in (job["spec"]["template"]["spec"], one(docs, "Deployment")["spec"]["template"]["spec"]):
         assert pod["tolerations"] == values["tolerations"]
         assert pod["nodeSelector"] == values["nodeSelector"]
@@ -278,7 +289,7 @@ def test_full_values_reach_the_pods(helm: Path) -> None:
     upload, schedule = job_containers(job)
     assert upload["image"] == "registry.example.com:5000/ml/dguard:0.1.0-rc1"
     assert upload["resources"] == values["setupJob"]["resources"]
-    assert upload["args"][-2:] == ["--namespace", "team-a"]
+    assert upload["args"][upload["args"].index("--namespace") + 1] == "team-a"
     args = schedule["args"]
     assert args[args.index("--namespace") + 1] == "team-a"
     assert args[args.index("--experiment") + 1] == "hardening"
@@ -287,7 +298,13 @@ def test_full_values_reach_the_pods(helm: Path) -> None:
     # the store wiring and GPU placement of the scheduled runs
     assert {"s3_secret=team-a-s3", "env_config_map=dguard-env", "store_root=s3://team-a-dguard/runs"} <= set(args)
     assert {"accelerator_type=nvidia.com/gpu", "accelerator_count=2"} <= set(args)
-    gpu = {a.split("=", 1)[0]: json.loads(a.split("=", 1)[1]) for a in args if a.startswith("gpu_")}
+    gpu = {
+        a.split("=", 1)[0]: json.loads(a.split("=", 1)[1])
+        for a in args
+        if a.startswith(("gpu_node_selector=", "gpu_tolerations="))
+    }
+    assert {"image=registry.example.com:5000/ml/dguard:0.1.0-rc1",
+            "gpu_image=registry.example.com:5000/ml/dguard:0.1.0-rc1-cuda"} <= set(args)  # fmt: skip
     assert gpu == {
         "gpu_node_selector": values["reharden"]["gpu"]["nodeSelector"],
         "gpu_tolerations": values["reharden"]["gpu"]["tolerations"],
@@ -303,7 +320,7 @@ def test_full_values_reach_the_pods(helm: Path) -> None:
 def test_upload_only_runs_one_container_and_no_rbac(helm: Path) -> None:
     docs = render(helm, "-f", str(CHART / "ci" / "upload-only-values.yaml"))
     assert not by_kind(docs, "Role") and not by_kind(docs, "ServiceAccount")
-    job = one(docs, "Job")
+    job = setup_job(docs)
     spec = job["spec"]["template"]["spec"]
     assert "initContainers" not in spec
     (c,) = spec["containers"]
@@ -327,7 +344,7 @@ def test_rbac_is_least_privilege_and_bound_to_the_jobs_account(helm: Path) -> No
     assert not any(r == "runs" for r, _ in granted), "the schedule creates runs server-side"
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ml-team"}]
-    job = one(docs, "Job")
+    job = setup_job(docs)
     spec = job["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == sa["metadata"]["name"]
     assert sa["automountServiceAccountToken"] is False and spec["automountServiceAccountToken"] is False
@@ -340,7 +357,7 @@ def test_pods_are_restricted_and_match_the_images_user(helm: Path) -> None:
     assert users, "images/Dockerfile.cpu sets no numeric USER"
     image_uid = int(users[-1])
     docs = render(helm, *CREDS, "--set", "pushgateway.enabled=true")
-    for pod in (one(docs, "Job")["spec"]["template"]["spec"], one(docs, "Deployment")["spec"]["template"]["spec"]):
+    for pod in (setup_job(docs)["spec"]["template"]["spec"], one(docs, "Deployment")["spec"]["template"]["spec"]):
         psc = pod["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
         for c in pod.get("initContainers", []) + pod["containers"]:
@@ -348,7 +365,7 @@ def test_pods_are_restricted_and_match_the_images_user(helm: Path) -> None:
             assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
             assert sc["capabilities"]["drop"] == ["ALL"]
             assert c["resources"]["limits"]["memory"]
-    job_pod = one(docs, "Job")["spec"]["template"]["spec"]
+    job_pod = setup_job(docs)["spec"]["template"]["spec"]
     assert job_pod["securityContext"]["runAsUser"] == image_uid
     # read-only root: kfp.Client writes ~/.config/kfp, so $HOME and /tmp are emptyDirs
     mounts = {m["mountPath"] for m in job_pod["containers"][0]["volumeMounts"]}
@@ -361,7 +378,7 @@ def test_job_arguments_parse_with_the_dguard_cli(helm: Path, monkeypatch: pytest
     from dg_core import cli
 
     for values in CI_VALUES:
-        job = one(render(helm, "-f", str(values)), "Job")
+        job = setup_job(render(helm, "-f", str(values)))
         for c in job_containers(job):
             env = {e["name"]: e["value"] for e in c["env"]}
             argv = [re.sub(r"\$\((\w+)\)", lambda m, env=env: env[m.group(1)], a) for a in c["args"]]
@@ -417,9 +434,9 @@ def test_scheduled_arguments_fit_the_compiled_reharden_pipeline(helm: Path, valu
     from pipelines import compiled_path
     from pipelines._args import parse_arguments, read_parameters
 
-    job = one(render(helm, "-f", str(values)), "Job")
+    job = setup_job(render(helm, "-f", str(values)))
     args = job_containers(job)[-1]["args"]
-    overrides = [a for a in args if re.match(r"^[A-Za-z_]\w*=", a)]
+    overrides = [a for i, a in enumerate(args) if re.match(r"^[A-Za-z_]\w*=", a) and args[i - 1] != "--option"]
     if args[0] == "upload":
         assert not overrides
         return
@@ -432,3 +449,80 @@ def test_scheduled_arguments_fit_the_compiled_reharden_pipeline(helm: Path, valu
             assert isinstance(value, list), name
         elif kind == "STRUCT":
             assert isinstance(value, dict), name
+
+
+# ------------------------------------------------------------------------- runs, uninstall, Istio, identity
+
+
+def _cli_namespace(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """Parse a Job's argv with the real dguard CLI (the network step replaced by a recorder)."""
+    from dg_core import cli
+
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in argv]
+    mod = importlib.import_module(cli.COMMANDS[argv[0]][0])
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(mod, "main", lambda ns, v: seen.append(ns) or 0)
+    assert cli.main(argv) == 0 and len(seen) == 1
+    return seen[0]
+
+
+def test_scheduled_runs_get_the_charts_image_and_pull_secrets(helm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.compile import parse_options
+
+    docs = render(helm, *CREDS, "--set", "image.repository=mirror.example/ml/dguard,image.tag=1.2.3",
+                  "--set", "imagePullSecrets[0].name=regcred")  # fmt: skip
+    upload, schedule = job_containers(setup_job(docs))
+    for c in (upload, schedule):
+        assert c["image"] == "mirror.example/ml/dguard:1.2.3"
+        ns = _cli_namespace(c["args"], {e["name"]: e["value"] for e in c["env"]}, monkeypatch)
+        assert parse_options(ns.option).image_pull_secrets == ["regcred"]  # compiled into every task pod
+    assert {"image=mirror.example/ml/dguard:1.2.3", "gpu_image=mirror.example/ml/dguard:1.2.3-cuda"} <= set(
+        schedule["args"]
+    )
+    docs = render(helm, *CREDS, "--set", "image.gpuTag=1.2.3-cu124")
+    args = job_containers(setup_job(docs))[-1]["args"]
+    assert "gpu_image=ghcr.io/distillation-guards/dguard:1.2.3-cu124" in args
+    assert not any(a == "--option" for a in args)  # no pull secrets: the committed packages as they are
+
+
+def test_uninstall_hook_deletes_the_recurring_run(helm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(helm, *CREDS, "--set", "kfp.namespace=team-a,kfp.experiment=nightly")
+    job = cleanup_job(docs)
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert "hook-succeeded" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    (c,) = job_containers(job)
+    ns = _cli_namespace(c["args"], {e["name"]: e["value"] for e in c["env"]}, monkeypatch)
+    assert ns.delete and ns.pipeline == "reharden" and ns.experiment == "nightly" and ns.namespace == "team-a"
+    assert ns.name is None  # the default name, the one the setup Job schedules under
+    spec = job["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == setup_job(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+    (rule,) = [r for r in one(docs, "Role")["rules"] if r["resources"] == ["jobs"]]
+    assert "delete" in rule["verbs"]
+    for off in ("reharden.deleteOnUninstall=false", "reharden.enabled=false"):
+        assert [d["metadata"]["name"] for d in by_kind(render(helm, *CREDS, "--set", off), "Job")] == [
+            "rel-distillation-guards-setup"
+        ]
+
+
+def test_jobs_opt_out_of_istio_sidecars_by_default(helm: Path) -> None:
+    docs = render(helm, *CREDS, "--set", "podAnnotations.team=a")
+    for job in (setup_job(docs), cleanup_job(docs)):
+        ann = job["spec"]["template"]["metadata"]["annotations"]
+        assert ann == {"sidecar.istio.io/inject": "false", "team": "a"}
+    docs = render(helm, *CREDS, "--set", "istio.sidecarInject=true")
+    assert "annotations" not in setup_job(docs)["spec"]["template"]["metadata"]
+    docs = render(helm, *CREDS, "--set-string", "podAnnotations.sidecar\\.istio\\.io/inject=true")
+    assert setup_job(docs)["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] == "true"
+
+
+def test_workload_identity_needs_no_static_keys(helm: Path) -> None:
+    arn = "arn:aws:iam::123456789012:role/dguard"
+    docs = render(helm, "--set", "s3.workloadIdentity=true,reharden.runServiceAccount=default-editor",
+                  "--set", f"serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={arn}")  # fmt: skip
+    assert not by_kind(docs, "Secret")
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": arn}
+    args = job_containers(setup_job(docs))[-1]["args"]
+    assert args[args.index("--service-account") + 1] == "default-editor"
+    err = render_error(helm, "--set", "s3.workloadIdentity=true,s3.accessKeyId=a,s3.secretAccessKey=b")
+    assert "workloadIdentity takes credentials from the runs' ServiceAccount" in err
+    assert "s3.workloadIdentity=true" in render_error(helm)  # the error for no credentials names the option

@@ -419,3 +419,15 @@ def test_bad_compile_option_fails_before_contacting_the_server(kfp_server, compi
     assert dguard(["upload", "diagnose", "--host", kfp_server.url, "--option", "retries=-1"]) == 2
     assert "config field 'retries'" in capsys.readouterr().err
     assert kfp_server.requests == []
+
+
+def test_schedule_delete_removes_the_recurring_run(kfp_server, compiled, capsys):
+    """What the chart's pre-delete hook runs: the recurring run goes; running it again is not an error."""
+    assert dguard(["schedule", "reharden", "--host", kfp_server.url, "--cron", "@daily"]) == 0
+    (rid,) = kfp_server.recurring
+    assert dguard(["schedule", "reharden", "--host", kfp_server.url, "--delete"]) == 0
+    assert kfp_server.recurring == {} and kfp_server.calls("DELETE", f"/recurringruns/{rid}")
+    assert dguard(["schedule", "reharden", "--host", kfp_server.url, "--delete"]) == 0
+    assert "nothing to delete" in capsys.readouterr().out
+    assert dguard(["schedule", "reharden", "--host", kfp_server.url]) == 2
+    assert "--cron is required" in capsys.readouterr().err

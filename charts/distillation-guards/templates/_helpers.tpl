@@ -39,6 +39,22 @@ app.kubernetes.io/part-of: distillation-guards
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The CUDA image of the runs' GPU tasks: image.repository with image.gpuTag, or <tag>-cuda. */}}
+{{- define "dguard.gpuImage" -}}
+{{- printf "%s:%s" .Values.image.repository (default (printf "%s-cuda" (default .Chart.AppVersion .Values.image.tag)) .Values.image.gpuTag) }}
+{{- end }}
+
+{{/* `dguard upload/schedule --option ...` that compile cluster settings into the uploaded pipelines (a YAML list). */}}
+{{- define "dguard.compileOptions" -}}
+{{- $opts := list }}
+{{- with .Values.imagePullSecrets }}
+{{- $names := list }}
+{{- range . }}{{ $names = append $names .name }}{{ end }}
+{{- $opts = concat $opts (list "--option" (printf "image_pull_secrets=%s" (toJson $names))) }}
+{{- end }}
+{{- toYaml $opts }}
+{{- end }}
+
 {{- define "dguard.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "dguard.fullname" .) .Values.serviceAccount.name }}
@@ -79,8 +95,11 @@ app.kubernetes.io/part-of: distillation-guards
 
 {{/* Cross-field checks the schema cannot phrase clearly; each fails with one line naming the value. */}}
 {{- define "dguard.validate" -}}
-{{- if and (not .Values.s3.existingSecret) (or (not .Values.s3.accessKeyId) (not .Values.s3.secretAccessKey)) }}
-{{- fail "s3: set s3.existingSecret to a Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or set both s3.accessKeyId and s3.secretAccessKey" }}
+{{- if and .Values.s3.workloadIdentity (or .Values.s3.existingSecret .Values.s3.accessKeyId .Values.s3.secretAccessKey) }}
+{{- fail "s3: workloadIdentity takes credentials from the runs' ServiceAccount; unset s3.existingSecret, s3.accessKeyId and s3.secretAccessKey" }}
+{{- end }}
+{{- if and (not .Values.s3.workloadIdentity) (not .Values.s3.existingSecret) (or (not .Values.s3.accessKeyId) (not .Values.s3.secretAccessKey)) }}
+{{- fail "s3: set s3.existingSecret to a Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or set both s3.accessKeyId and s3.secretAccessKey (or s3.workloadIdentity=true: IRSA / Workload Identity)" }}
 {{- end }}
 {{- if and .Values.s3.existingSecret (or .Values.s3.accessKeyId .Values.s3.secretAccessKey) }}
 {{- fail (printf "s3: existingSecret %q and accessKeyId/secretAccessKey are both set; use one of them" .Values.s3.existingSecret) }}
@@ -95,6 +114,74 @@ app.kubernetes.io/part-of: distillation-guards
 {{- if and (not .Values.serviceAccount.create) .Values.rbac.create (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create binds a Role to the Job's ServiceAccount: set serviceAccount.name when serviceAccount.create is false" }}
 {{- end }}
+{{- end }}
+
+{{/* Pod template of a hook Job: root, component, init and containers (lists of {name, args}). */}}
+{{- define "dguard.jobPod" -}}
+{{- $root := .root }}
+metadata:
+  labels:
+    {{- include "dguard.selectorLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    {{- with $root.Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- $annotations := $root.Values.podAnnotations | default dict }}
+  {{- if not $root.Values.istio.sidecarInject }}
+  {{- $annotations = merge (deepCopy $annotations) (dict "sidecar.istio.io/inject" "false") }}
+  {{- end }}
+  {{- with $annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ include "dguard.serviceAccountName" $root }}
+  automountServiceAccountToken: false
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  {{- with .init }}
+  initContainers:
+    {{- range . }}
+    - name: {{ .name }}
+      {{- include "dguard.setupContainer" (dict "root" $root "args" .args) | nindent 6 }}
+    {{- end }}
+  {{- end }}
+  containers:
+    {{- range .containers }}
+    - name: {{ .name }}
+      {{- include "dguard.setupContainer" (dict "root" $root "args" .args) | nindent 6 }}
+    {{- end }}
+  volumes:
+    - name: home
+      emptyDir: {}
+    - name: tmp
+      emptyDir: {}
+    {{- if $root.Values.kfp.serviceAccountToken.enabled }}
+    - name: kfp-token
+      projected:
+        sources:
+          - serviceAccountToken:
+              path: token
+              audience: {{ $root.Values.kfp.serviceAccountToken.audience | quote }}
+              expirationSeconds: {{ $root.Values.kfp.serviceAccountToken.expirationSeconds }}
+    {{- end }}
+  {{- with $root.Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end }}
 
 {{/* One container of the setup Job: the dguard image running `dguard <args>` with no write access but $HOME and /tmp. */}}
