@@ -63,6 +63,30 @@ def tradeoff_rows(attacks: dict[str, dict[str, Any]], direction: str = "undistil
     return rows
 
 
+def _defined(x: Any) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def eval_label(e: dict[str, Any], uri: str, calibration: str = "") -> str:
+    """What an evaluation measured, for people: the teacher side it evaluated (original / calibrated (eta=...)) or
+    the student and method, from the record the pipeline attached; the model's last path part otherwise."""
+    rec = e.get("label") or e.get("record") or {}
+    side = rec.get("teacher")
+    if rec.get("model") == "teacher" and side:
+        if side == "calibrated" and calibration:
+            return f"calibrated teacher ({calibration})"
+        return f"{side} teacher"
+    if rec.get("student"):
+        return f"student {rec['student']}/{rec.get('method') or 'default'} of {side or '?'} teacher"
+    return str(e.get("model", uri)).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _calibration(rows: list[dict[str, Any]]) -> str:
+    """The calibration's label (eta=... when the calibrated model records it) when the report has just one."""
+    labels = {r["label"] for r in rows}
+    return labels.pop() if len(labels) == 1 else ""
+
+
 def _fmt(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
@@ -135,24 +159,34 @@ def plots(rows: list[dict[str, Any]], attacks: dict[str, dict[str, Any]], evals:
         ax.set_title(f"Attack suite: {_label(a, uri)}")
         ax.legend(fontsize=8)
         out[f"attack:{uri}"] = _png(fig)
-    pts = [r for r in rows if r["retention"] is not None and r["worst_transfer"] is not None]
-    if pts:
+    if rows:
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
-        ax.scatter([r["retention"] for r in pts], [r["worst_transfer"] for r in pts], label="worst attack")
-        ax.scatter([r["retention"] for r in pts], [r["mean_transfer"] for r in pts], marker="x", label="mean transfer")
-        for r in pts:
+        ok = [r for r in rows if _defined(r["retention"]) and _defined(r["worst_transfer"])]
+        undefined = [r for r in rows if r not in ok]
+        ax.scatter([r["retention"] for r in ok], [r["worst_transfer"] for r in ok], label="worst attack")
+        ax.scatter([r["retention"] for r in ok], [r["mean_transfer"] for r in ok], marker="x", label="mean transfer")
+        for r in ok:
             ax.annotate(
                 r["label"], (r["retention"], r["max_transfer"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
+        # A NaN transfer (an original-teacher student at 0 accuracy) or retention is not dropped: it is drawn on
+        # the x axis (at retention, or 0 when that is undefined too) as a hollow red marker, labelled.
+        for r in undefined:
+            x = r["retention"] if _defined(r["retention"]) else 0.0
+            ax.scatter([x], [0.0], marker="o", facecolors="none", edgecolors="#d62728", clip_on=False,
+                       label="transfer undefined")  # fmt: skip
+            ax.annotate(f"{r['label']}: undefined", (x, 0.0), fontsize=7, xytext=(3, 6), textcoords="offset points")
         ax.axhline(1.0, color="#999999", lw=0.8, ls="--")
         ax.set_xlabel("teacher retention")
         ax.set_ylabel("student transfer")
         ax.set_title("Distillability trade-off")
-        ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        seen = dict(zip(labels, handles))
+        ax.legend(seen.values(), seen.keys(), fontsize=8)
         out["tradeoff"] = _png(fig)
     if evals:
         fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(evals)), 3.2))
-        names = [str(e.get("model", u)).rstrip("/").rsplit("/", 1)[-1] for u, e in evals.items()]
+        names = [eval_label(e, u, _calibration(rows)) for u, e in evals.items()]
         accs = [e.get("accuracy") or 0.0 for e in evals.values()]
         ci = [e.get("greedy_ci95") or e.get("sampled_ci95") or [a, a] for a, e in zip(accs, evals.values())]
         ax.bar(
@@ -169,23 +203,120 @@ def plots(rows: list[dict[str, Any]], attacks: dict[str, dict[str, Any]], evals:
     return out
 
 
-def render_html(markdown: str, attacks: dict[str, dict[str, Any]], images: dict[str, str]) -> str:
-    from dg_core.distill.suite import attack_markdown
+def _table(head: list[str], rows: list[list[str]], caption: str = "") -> str:
+    """A real HTML table (escaped cells; a header row always, so an empty table still says what it holds)."""
+    e = html.escape
+    cap = f"<caption>{e(caption)}</caption>" if caption else ""
+    th = "".join(f"<th scope='col'>{e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{cap}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
+
+def _short(uri: str) -> str:
+    """The last two path parts of a URI (the full one goes in the title attribute)."""
+    return "/".join(uri.rstrip("/").split("/")[-2:])
+
+
+def _stat(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return f"{_fmt(d.get('mean'))} ± {_fmt(d.get('std'))} (n={d.get('n', '?')})"
+
+
+def render_html(
+    markdown: str,
+    attacks: dict[str, dict[str, Any]],
+    images: dict[str, str],
+    rows: list[dict[str, Any]] | None = None,
+    evals: dict[str, dict[str, Any]] | None = None,
+    verdict: dict[str, Any] | None = None,
+) -> str:
+    """One self-contained page: the gate's verdict and reasons first, then real tables and the plots."""
+    e = html.escape
+    rows = rows if rows is not None else []
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>distillation-guards report</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}pre{background:#f6f6f6;padding:1em;"
-        "overflow-x:auto}img{max-width:100%}</style></head><body>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>distillation-guards report</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;"
+        "margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f0f0f0}"
+        "caption{text-align:left;font-weight:bold;padding:.3em 0}img{max-width:100%}.pass{color:#070}"
+        ".fail{color:#b00}code{font-size:90%}</style></head><body>",
         "<h1>distillation-guards report</h1>",
-        f"<pre>{html.escape(markdown)}</pre>",
     ]
+    if verdict:
+        ok = verdict.get("passed")
+        word, cls = ("PASSED", "pass") if ok else ("FAILED", "fail")
+        parts.append(
+            f"<h2>Release gate: <span class='{cls}'>{word}</span> ({e(str(verdict.get('direction', '')))})</h2>"
+        )
+        parts.append("<ul>" + "".join(f"<li>{e(str(r))}</li>" for r in verdict.get("reasons") or []) + "</ul>")
+    else:
+        parts.append("<p>No release-gate decision was given to this report.</p>")
+    if rows:
+        parts.append(
+            _table(
+                [
+                    "calibration",
+                    "original teacher",
+                    "calibrated teacher",
+                    "retention",
+                    "transfer (worst)",
+                    "transfer (min)",
+                    "transfer (max)",
+                    "transfer (mean)",
+                ],  # fmt: skip
+                [
+                    [
+                        r["label"],
+                        _fmt(r["teacher_original"]),
+                        _fmt(r["teacher_calibrated"]),
+                        _fmt(r["retention"]),
+                        _fmt(r["worst_transfer"]),
+                        _fmt(r["min_transfer"]),
+                        _fmt(r["max_transfer"]),
+                        _fmt(r["mean_transfer"]),
+                    ]  # fmt: skip
+                    for r in rows
+                ],
+                "Distillability trade-off (teacher accuracy; transfer = student accuracy from the calibrated "
+                "teacher / from the original; '-' = undefined)",
+            )
+        )
     if "tradeoff" in images:
-        parts.append(f"<h2>Trade-off</h2><img alt='trade-off' src='data:image/png;base64,{images['tradeoff']}'>")
+        parts.append(f"<h2>Trade-off</h2><img alt='trade-off plot' src='data:image/png;base64,{images['tradeoff']}'>")
     for uri, a in attacks.items():
-        parts.append(f"<h2>Attack suite {html.escape(uri)}</h2><pre>{html.escape(attack_markdown(a))}</pre>")
-        parts.append(f"<img alt='attack' src='data:image/png;base64,{images[f'attack:{uri}']}'>")
+        label = _label(a, uri)
+        cal = "calibrated" in a["teachers"]
+        head = ["attack (student/method)", "undistilled floor", "students of the original teacher"]
+        if cal:
+            head += [f"students of the calibrated teacher ({label})", "transfer"]
+        body = []
+        for r in a["attacks"]:
+            row = [r["attack"], _fmt(r.get("floor")), _stat(r.get("original"))]
+            if cal:
+                row += [_stat(r.get("calibrated")), _fmt(r.get("transfer"))]
+            body.append(row)
+        parts.append(f"<h2 title='{e(uri)}'>Attack suite <code>{e(_short(uri))}</code></h2>")
+        parts.append(_table(head, body, "Student accuracy, mean ± std over seeds"))
+        if f"attack:{uri}" in images:
+            parts.append(f"<img alt='attack suite {e(label)}' src='data:image/png;base64,{images[f'attack:{uri}']}'>")
+    if evals:
+        parts.append("<h2>Evaluations</h2>")
+        parts.append(
+            _table(
+                ["model", "n", "greedy accuracy", "sampled accuracy"],
+                [
+                    [
+                        eval_label(ev, u, _calibration(rows)),
+                        str(ev.get("n")),
+                        _fmt(ev.get("greedy_accuracy")),
+                        _fmt(ev.get("sampled_accuracy")),
+                    ]
+                    for u, ev in evals.items()
+                ],  # fmt: skip
+            )
+        )
     if "evals" in images:
-        parts.append(f"<h2>Evaluations</h2><img alt='evaluations' src='data:image/png;base64,{images['evals']}'>")
+        parts.append(f"<img alt='evaluations' src='data:image/png;base64,{images['evals']}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -199,6 +330,7 @@ class Config(StageConfig):
         "Which transfer is the worst case: the highest (undistillable) or lowest (distillable).",
         choices=("undistillable", "distillable"),
     )
+    gate: str = option("", "URI of the release gate's decision (gate.json): its verdict and reasons head the page.")
     output: str = option("", "Where to publish the report (default: <store root>/reports/<inputs hash>).")
 
     def check(self) -> None:
@@ -234,7 +366,14 @@ def build(cfg: Config) -> dict[str, Any]:
             for u, e in evals.items()
         },
     }
-    return {"markdown": md, "json": data, "html": render_html(md, attacks, images), "n_plots": len(images)}
+    verdict = None
+    if cfg.gate:
+        from dg_core.gate import read_result
+
+        verdict = read_result(cfg.gate)
+        data["gate"] = {k: verdict.get(k) for k in ("passed", "direction", "reasons")}
+    page = render_html(md, attacks, images, rows, evals, verdict)
+    return {"markdown": md, "json": data, "html": page, "n_plots": len(images)}
 
 
 def run(cfg: Config) -> dict:

@@ -87,15 +87,16 @@ def judge(
     def collected(side):  # one Collected per consumer: the compiler does not share them
         return dsl.Collected(records[side].outputs["Output"])
 
-    r = report(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
-               students_original=collected("original"), students_calibrated=collected("calibrated"),
-               floors=dsl.Collected(floor.outputs["Output"]), attack_steps=attack_steps, eta=eta,
-               direction=direction, store_root=store_root)
     g = gate(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
              students_original=collected("original"), students_calibrated=collected("calibrated"),
              model=calibrated, eta=eta, direction=direction, min_retention=min_retention,
              max_transfer=max_transfer, min_transfer=min_transfer, aggregate=gate_aggregate,
              min_seeds=min_seeds, store_root=store_root)
+    # After the gate: the report opens with its verdict and reasons.
+    r = report(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
+               students_original=collected("original"), students_calibrated=collected("calibrated"),
+               floors=dsl.Collected(floor.outputs["Output"]), attack_steps=attack_steps, eta=eta,
+               direction=direction, decision=g.outputs["decision"], store_root=store_root)
     for t in (r, g):
         at.light(t)
     # A single bool output (not a named one) keeps the condition resolvable by kfp.local too.

@@ -2,6 +2,7 @@
 # Install the loopback servers the store/metrics contract tests run against, into <repo>/.tools/:
 #   - s3rver (npm): an S3-protocol server that enforces credentials (wrong-credential tests)
 #   - prometheus-pushgateway (Debian): the real Pushgateway binary the metrics test pushes to
+#   - chromium-headless-shell (Debian, apt-get install): the browser the report tests render with
 # Idempotent: tools already present at the pinned versions are left alone. Needs node/npm, and apt-get
 # (root, or a configured apt cache) for the Debian package. moto[server] comes with the Python test extra.
 set -euo pipefail
@@ -43,4 +44,21 @@ else
   dpkg-deb -x "$work"/prometheus-pushgateway_*.deb "$TOOLS/pushgateway"
   "$PGW_BIN" --version >/dev/null 2>&1 || { echo "error: extracted pushgateway does not run" >&2; exit 1; }
   echo "installed $("$PGW_BIN" --version 2>&1 | head -1) into $TOOLS/pushgateway"
+fi
+
+# --- headless Chromium (tests/browser.py renders the HTML reports) -------------------------------------
+if command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null; then
+  echo "headless Chromium already installed ($(command -v chromium-headless-shell || command -v chromium))"
+else
+  command -v apt-get >/dev/null || { echo "error: apt-get not found; install chromium-headless-shell (or chromium) yourself" >&2; exit 1; }
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "error: installing chromium-headless-shell needs root (or sudo)" >&2; exit 1; }
+    SUDO="sudo"
+  fi
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { echo "error: could not install chromium-headless-shell or chromium with apt-get" >&2; exit 1; }
+  echo "installed $(chromium-headless-shell --version 2>/dev/null || chromium --version)"
 fi

@@ -1,7 +1,7 @@
 # No `from __future__ import annotations`: kfp reads the real annotations of component signatures.
 
 from kfp import dsl
-from kfp.dsl import HTML, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Output
 
 from components._common import IMAGE
 
@@ -16,6 +16,7 @@ def report(
     attack_steps: int,
     eta: float,
     direction: str,
+    decision: Input[Artifact],
     store_root: str,
     html: Output[HTML],
     table: Output[Markdown],
@@ -26,13 +27,14 @@ def report(
 
     The attack loop's evaluation records are gathered into one `attack` artifact (the layout `dguard attack`
     writes), then rendered by `dguard report`; both are published to the store. `direction` "auto" follows the
-    sign of eta, as the gate does. Returns the report URI.
+    sign of eta, as the gate does. `decision` is the release gate's decision: its verdict and reasons head the
+    page. Returns the report URI.
     """
     import json
     import tempfile
     from pathlib import Path
 
-    from components._common import log_metrics, output_uri, run_stage, setup, uri_of, write_text
+    from components._common import log_metrics, output_uri, read_ref, run_stage, setup, unpin, uri_of, write_text
     from dg_core import store
     from dg_core.distill.suite import ATTACK_FILE, attack_markdown
     from dg_core.gate import attack_summary
@@ -54,7 +56,8 @@ def report(
     evals = [r["eval"] for r in (teacher_original, teacher_calibrated) if r.get("eval")]
     if direction == "auto":
         direction = "distillable" if eta > 0 else "undistillable"
-    out = run_stage("report", {"attacks": [attack_uri], "evals": evals, "direction": direction})
+    gate_uri = unpin(read_ref(decision))
+    out = run_stage("report", {"attacks": [attack_uri], "evals": evals, "direction": direction, "gate": gate_uri})
     d = store.fetch(out["report"])
     write_text(html, (d / "report.html").read_text())
     write_text(table, (d / "report.md").read_text())

@@ -366,9 +366,11 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         ax.bar([x + 0.2 for x in xs], [r["tail"] for r in rows], width=0.4, label="tail", color="#d65f5f")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(xs, [str(r["k"]) for r in rows])
-        ax.set_title(f"{kind} KL: head vs tail by k")
+        ax.set_title(f"{kind} KL split at the teacher's top-k")
         ax.set_xlabel("k (teacher's top-k tokens)")
-        ax.set_ylabel("KL summed over positions (nats)")
+        # A part of a KL sum is not a divergence: terms p*log(p/q) are < 0 where the student rates a token higher
+        # than the teacher, so the head at k=1 (or the tail) can be negative; head + tail is the KL, >= 0.
+        ax.set_ylabel("contribution to KL (nats, summed)")
         ax.legend(fontsize=8)
     out["head_tail"] = _png(fig)
 
@@ -411,14 +413,31 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _rows(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+def _rows(d: dict[str, Any], skip: tuple[str, ...] = (), head: tuple[str, str] = ("measure", "value")) -> str:
     cells = []
     for k, v in d.items():
         if k in skip or isinstance(v, (dict, list)):
             continue
         val = _fmt(v, ".4g") if isinstance(v, float) else html.escape(str(v))
         cells.append(f"<tr><td>{html.escape(k)}</td><td>{val}</td></tr>")
-    return "<table>" + "".join(cells) + "</table>"
+    th = "".join(f"<th scope='col'>{html.escape(h)}</th>" for h in head)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>" + "".join(cells) + "</tbody></table>"
+
+
+def _head_tail_table(tail: dict[str, Any]) -> str:
+    """Per k: the head and tail parts of forward and reverse KL and the tail's share (a part may be < 0)."""
+    e = html.escape
+    head = ["k", "forward KL: head", "forward KL: tail", "forward tail share", "reverse KL: head", "reverse KL: tail"]
+    rows = []
+    for f, r in zip(tail["forward"]["per_k"], tail["reverse"]["per_k"]):
+        cells = [f["k"], f.get("head"), f.get("tail"), f.get("tail_share"), r.get("head"), r.get("tail")]
+        rows.append(
+            "<tr>"
+            + "".join(f"<td>{_fmt(c, '.4g') if isinstance(c, float) else e(str(c))}</td>" for c in cells)
+            + "</tr>"
+        )
+    th = "".join(f"<th scope='col'>{e(h)}</th>" for h in head)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
@@ -427,7 +446,7 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>distillation trap diagnosis</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;"
-        "margin:.5em 0}td{border:1px solid #ccc;padding:2px 8px}.flag{color:#b00}.ok{color:#070}</style></head><body>",
+        "margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}th{background:#f0f0f0}.flag{color:#b00}.ok{color:#070}</style></head><body>",
         "<h1>Distillation trap diagnosis</h1>",
         f"<p><b>{e(report['summary'])}</b></p>",
         f"<p>teacher <code>{e(str(report['teacher']['ref']))}</code> &middot; student "
@@ -441,10 +460,17 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
             parts.append(f"<li><b>{e(name)}</b>: <span class='{cls}'>{word}</span> {e(v.get('why') or '')}</li>")
         parts.append("</ul>")
     parts.append("<h2>Tail noise: where the KL signal sits</h2>")
-    parts.append(f"<img src='data:image/png;base64,{figures['head_tail']}'>")
-    parts.append(_rows(report["traps"]["tail_noise"]["teacher_tail_mass"]))
+    parts.append(f"<img alt='KL head and tail by k' src='data:image/png;base64,{figures['head_tail']}'>")
+    parts.append(
+        "<p>Each bar is a <i>part</i> of one divergence: the KL summed over the teacher's top-k tokens (head) and "
+        "over the rest (tail). A part is not itself a divergence: its terms p&middot;log(p/q) are negative where "
+        "the student gives a token more probability than the teacher, so a bar can go below zero (typically the "
+        "head at k=1). Head + tail is the full KL, which is never negative.</p>"
+    )
+    parts.append(_head_tail_table(report["traps"]["tail_noise"]))
+    parts.append(_rows(report["traps"]["tail_noise"]["teacher_tail_mass"], head=("top-k", "teacher tail mass")))
     parts.append("<h2>Off-policy instability</h2>")
-    parts.append(f"<img src='data:image/png;base64,{figures['prefix']}'>")
+    parts.append(f"<img alt='reverse KL and entropy by prefix' src='data:image/png;base64,{figures['prefix']}'>")
     parts.append(_rows(report["traps"]["off_policy"]))
     parts.append("<h2>Teacher–student gap</h2>" + _rows(report["traps"]["gap"]))
     wt = report["traps"]["wrong_trace"]
@@ -452,7 +478,7 @@ def render_html(report: dict[str, Any], figures: dict[str, str]) -> str:
         "<h2>Wrong-trace preference</h2><p>student</p>" + _rows(wt["student"]) + "<p>teacher</p>" + _rows(wt["teacher"])
     )
     parts.append("<h2>Student symptoms</h2>")
-    parts.append(f"<img src='data:image/png;base64,{figures['calibration']}'>")
+    parts.append(f"<img alt='student calibration' src='data:image/png;base64,{figures['calibration']}'>")
     parts.append(_rows(report["symptoms"]["overconfidence"]))
     parts.append("<p>self-correction</p>" + _rows(report["symptoms"]["self_correction"]))
     parts.append("<p>decoding degradation (greedy)</p>" + _rows(report["symptoms"]["degradation"]["greedy"]))
