@@ -464,3 +464,30 @@ def test_make_images_builds_both_with_the_charts_tag() -> None:
         "images/Dockerfile.cpu": f"ghcr.io/distillation-guards/dguard:{version}",
         "images/Dockerfile.cuda": f"ghcr.io/distillation-guards/dguard:{version}-cuda",
     }
+
+
+def test_base_image_is_pinned_by_digest_and_the_same_in_both() -> None:
+    """A tag moves; the digest does not. Both images start from one base (tag kept for people)."""
+    bases = {}
+    for flavour in FLAVOURS:
+        text = (IMAGES / f"Dockerfile.{flavour}").read_text()
+        (arg,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+        assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", arg), arg
+        assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in text.splitlines() if line.startswith("FROM ")), (
+            flavour
+        )
+        bases[flavour] = arg
+    assert bases["cpu"] == bases["cuda"]
+    readme = (IMAGES / "README.md").read_text()
+    assert "pinned by digest" in readme and "not been pulled or verified" in readme
+
+
+def test_comments_name_the_torch_build_of_their_image() -> None:
+    assert "+cpu" not in (IMAGES / "Dockerfile.cuda").read_text()
+    assert "2.13.0+cu130 satisfies" in (IMAGES / "Dockerfile.cuda").read_text()
+
+
+def test_expected_image_sizes_are_documented() -> None:
+    readme = (IMAGES / "README.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (CPU|CUDA) \| about ([\d.]+ GB) \|", readme, re.M)}
+    assert set(rows) == {"CPU", "CUDA"}, rows
