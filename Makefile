@@ -1,23 +1,28 @@
 # One command sets up and runs the tests; one sets up and runs the main job (see README).
-PYTHON ?= python3
+# PYTHON: a Python 3.11 that can make a venv, found by scripts/find-python.sh (python3 may be another version).
+PYTHON ?= $(shell bash scripts/find-python.sh 2>/dev/null)
 VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup tools test lint demo compile images clean
+.PHONY: setup tools test lint demo compile images clean which-python
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
+	@[ -n "$(PYTHON)" ] || bash scripts/find-python.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-tools:
+which-python:
+	@[ -n "$(PYTHON)" ] && echo "$(PYTHON)" || bash scripts/find-python.sh
+
+tools: setup
 	bash scripts/install-test-tools.sh
-	bash scripts/install-helm.sh
+	PYTHON=$(abspath $(BIN))/python bash scripts/install-helm.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -11,6 +11,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${DG_TOOLS_DIR:-$ROOT/.tools}"
 S3RVER_VERSION="${S3RVER_VERSION:-3.7.1}"
 mkdir -p "$TOOLS"
+# apt-get update/install need root: use sudo when not root (apt-get download does not).
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 # --- s3rver -------------------------------------------------------------------------------------------
 S3RVER_BIN="$TOOLS/node_modules/.bin/s3rver"
@@ -20,7 +23,11 @@ have_s3rver() {
 if have_s3rver; then
   echo "s3rver $S3RVER_VERSION already in $TOOLS"
 else
-  command -v npm >/dev/null || { echo "error: npm not found; install node.js + npm first" >&2; exit 1; }
+  command -v npm >/dev/null || {
+    echo "error: npm not found: s3rver (the S3 server the store tests check credentials against) needs node.js and" \
+      "npm; on Debian/Ubuntu: apt-get install nodejs npm" >&2
+    exit 1
+  }
   [ -f "$TOOLS/package.json" ] || echo '{"name": "dg-test-tools", "private": true}' > "$TOOLS/package.json"
   npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error "s3rver@$S3RVER_VERSION"
   have_s3rver || { echo "error: s3rver install failed" >&2; exit 1; }
@@ -32,12 +39,16 @@ PGW_BIN="$TOOLS/pushgateway/usr/bin/prometheus-pushgateway"
 if [ -x "$PGW_BIN" ] && "$PGW_BIN" --version >/dev/null 2>&1; then
   echo "prometheus-pushgateway already in $TOOLS/pushgateway"
 else
-  command -v apt-get >/dev/null || { echo "error: apt-get not found (need a Debian/Ubuntu host)" >&2; exit 1; }
+  command -v apt-get >/dev/null || {
+    echo "error: apt-get not found: the Pushgateway test binary comes from the Debian package prometheus-pushgateway;" \
+      "on another OS put a prometheus-pushgateway binary at $PGW_BIN" >&2
+    exit 1
+  }
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   if ! (cd "$work" && apt-get download prometheus-pushgateway >/dev/null 2>&1); then
     # A fresh machine may have empty package lists.
-    apt-get update -qq >/dev/null
+    $SUDO apt-get update -qq >/dev/null || { echo "error: 'apt-get update' failed (it needs root or sudo)" >&2; exit 1; }
     (cd "$work" && apt-get download prometheus-pushgateway)
   fi
   rm -rf "$TOOLS/pushgateway"
@@ -51,10 +62,9 @@ if command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/nu
   echo "headless Chromium already installed ($(command -v chromium-headless-shell || command -v chromium))"
 else
   command -v apt-get >/dev/null || { echo "error: apt-get not found; install chromium-headless-shell (or chromium) yourself" >&2; exit 1; }
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || { echo "error: installing chromium-headless-shell needs root (or sudo)" >&2; exit 1; }
-    SUDO="sudo"
+  if [ "$(id -u)" != 0 ] && [ -z "$SUDO" ]; then
+    echo "error: installing chromium-headless-shell (the browser the report tests use) needs root or sudo" >&2
+    exit 1
   fi
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null \
