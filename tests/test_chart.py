@@ -153,6 +153,7 @@ BAD_VALUES = [
     (["--set", "reharden.releasesPrefix=models/releases"], "at '/reharden/releasesPrefix'"),
     (["--set", "reharden.params.releases_prefix=s3://x/y"], "at '/reharden/params/releases_prefix'"),
     (["--set", "reharden.params.s3_secret=other"], "at '/reharden/params/s3_secret'"),
+    (["--set", "reharden.params.image=other:1"], "at '/reharden/params/image'"),
     (["--set", "reharden.gpu.acceleratorCount=two"], "at '/reharden/gpu/acceleratorCount'"),
     (["--set", "reharden.storeRoot=/data/dguard"], "at '/reharden/storeRoot': '/data/dguard' does not match"),
     (["--set", "reharden.params.bad-name=1"], "at '/reharden/params': additional properties 'bad-name' not allowed"),
