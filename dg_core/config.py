@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -110,8 +111,37 @@ def _validate(obj: Any, prefix: str) -> None:
                 raise DGError(f"config field '{name}': got {value!r}, expected a value {word} {bound}")
 
 
+def _nonfinite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """(where, value) of the first NaN or infinity inside ``value`` ('' for the value itself), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, dict):
+        items: Any = ((f".{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for sub, v in items:
+        found = _nonfinite(v, path + sub)
+        if found is not None:
+            return found
+    return None
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a YAML/CLI value to the annotated type, or fail naming the field."""
+    """Convert a YAML/CLI value to the annotated type, or fail naming the field. NaN and infinity are refused in
+    every field, nested ones included: no setting of any stage means anything with them, and they poison
+    training state (a NaN learning rate writes NaN weights)."""
+    out = _coerce_any(value, tp, name)
+    bad = _nonfinite(out)
+    if bad is not None:
+        where, got = bad
+        shown = value if where == "" and isinstance(value, str) else got
+        raise DGError(f"config field '{name}{where}': got {shown!r}, expected a finite number (not NaN or infinity)")
+    return out
+
+
+def _coerce_any(value: Any, tp: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

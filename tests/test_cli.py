@@ -70,3 +70,22 @@ def test_secrets_are_redacted_but_token_counts_are_not():
         "api_key": "***",
         "tokenizer": "char",
     }
+
+
+def test_non_finite_numbers_exit_2_with_one_line(capsys):
+    from dg_core.cli import main
+
+    for args, field in (
+        (["calibrate", "eta=nan"], "'eta'"),
+        (["calibrate", "eta=inf"], "'eta'"),
+        (["calibrate", "eta=-inf"], "'eta'"),
+        (["calibrate", "lr=inf", "checkpoint_every=1"], "'lr'"),
+        (["calibrate", "temperature=inf"], "'temperature'"),
+        (["distill", "temperature=.inf"], "'temperature'"),
+        (["train", "lr=.nan"], "'lr'"),
+        (["prep", "splits={train: .nan, test: 1.0}"], "'splits.train'"),
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "error:" in err[-1] and field in err[-1] and "finite number" in err[-1], (args, err)
+        assert not any("Traceback" in line for line in err)

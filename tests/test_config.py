@@ -86,3 +86,48 @@ def test_help_rows_document_every_field():
     rows = {name: help_ for name, _, _, help_ in Demo.help_rows()}
     assert rows["lora.r"] == "LoRA rank."
     assert all(rows[k] for k in ("eta", "steps", "method", "proxies"))
+
+
+@dataclass
+class Knobs(StageConfig):
+    eta: float = option(-1.0, "The knob.")
+    lr: float = option(1e-3, "Learning rate.", gt=0)
+    steps: int = option(30, "RL steps.", gt=0)
+    splits: dict = option({"train": 0.8, "test": 0.2}, "Split fractions.")
+    records: list[dict] = option([], "Records.")
+    scores: list[float] = option([], "Scores.")
+    lora: Inner = option(default_factory=Inner)
+    name: str = option("", "A name (the text 'nan' is just text).")
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("eta=nan", "'eta'"),
+        ("eta=.nan", "'eta'"),
+        ("eta=inf", "'eta'"),
+        ("eta=-.inf", "'eta'"),
+        ("eta=-Infinity", "'eta'"),
+        ("lr=inf", "'lr'"),
+        ("lr=1e999", "'lr'"),
+        ("splits={train: .nan, test: 1.0}", "'splits.train'"),
+        ("records=[{accuracy: 1.0}, {accuracy: .inf}]", "'records[1].accuracy'"),
+        ("scores=[0.5, nan]", "'scores[1]'"),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_every_field(override, field):
+    with pytest.raises(DGError, match="expected a finite number") as e:
+        load_config(Knobs, None, [override])
+    assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_finite_numbers_are_refused_from_yaml_and_mappings(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("eta: .inf\n")
+    with pytest.raises(DGError, match="'eta': got inf, expected a finite number"):
+        load_config(Knobs, f)
+    with pytest.raises(DGError, match="'lora.r'"):
+        from_dict(Knobs, {"lora": {"r": float("nan")}})
+    with pytest.raises(DGError, match="'steps'"):
+        from_dict(Knobs, {"steps": float("inf")})
+    assert load_config(Knobs, None, ["name=nan"]).name == "nan"
