@@ -8,11 +8,16 @@ Two rules keep a resume honest:
 
 - **Only finite state is saved or resumed.** A step whose weights, optimizer state or loss hold NaN or
   infinity is never checkpointed (the last good checkpoint stays), and a checkpoint holding them is refused.
-- ``resume=never`` starts from step 0 whatever checkpoint exists (it is overwritten at the next save).
+- **Only the config that wrote a checkpoint resumes it.** Each checkpoint records :func:`config_hash` of the
+  stage config; a different one is refused with a line saying how to start fresh (``resume=never``, or another
+  ``output=``). Fields that cannot change the result (:data:`NON_RESULT_FIELDS`: where things go, how often to
+  checkpoint, logging and progress, the device) do not count, so a pod restarted on another device resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
@@ -33,15 +38,30 @@ log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never")
 
+# Config fields that do not change what a run computes (where it writes, how often it checkpoints, what it
+# prints, which device runs it): a checkpoint resumes across changes to them.
+NON_RESULT_FIELDS = frozenset(
+    {"output", "checkpoint_every", "resume", "progress", "log_every", "run_id", "device", "metrics"}
+)
+
 
 def resume_option() -> object:
     """The ``resume`` field every checkpointing stage declares (one definition, one help text)."""
     return option(
         "auto",
-        "auto: resume this output's checkpoint if there is one; "
+        "auto: resume this output's checkpoint when the same config wrote it (refused otherwise); "
         "never: ignore any checkpoint and start from step 0 (it is overwritten at the next save).",
         choices=RESUME_MODES,
     )
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of a stage config (a dataclass or mapping) without :data:`NON_RESULT_FIELDS`."""
+    import dataclasses
+
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    body = {k: v for k, v in data.items() if k not in NON_RESULT_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def first_nonfinite(tensors: Mapping[str, Any]) -> str | None:
@@ -93,14 +113,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Checkpointer:
     """Save every `every` steps to `uri` and resume from it. `uri=None` or `every<=0` disables checkpoints.
 
-    ``resume="never"`` ignores an existing checkpoint.
+    ``config_hash`` (of the stage config, :func:`config_hash`) is recorded with every save and must match on
+    resume; ``resume="never"`` ignores an existing checkpoint.
     """
 
-    def __init__(self, uri: str | None, every: int, *, resume: str = "auto"):
+    def __init__(self, uri: str | None, every: int, *, config_hash: str = "", resume: str = "auto"):
         if resume not in RESUME_MODES:
             raise DGError(f"resume={resume!r}: expected one of {list(RESUME_MODES)}")
         self.uri = uri or None
         self.every = every
+        self.config_hash = config_hash
         self.resume_mode = resume
 
     @property
@@ -134,6 +156,8 @@ class Checkpointer:
                 "diverged; lower lr, or check the data); the last good checkpoint, if any, is kept"
             )
         metadata = {"kind": "checkpoint", "step": step}
+        if self.config_hash:
+            metadata["config_sha256"] = self.config_hash
         with tempfile.TemporaryDirectory(prefix="dg-ckpt-") as tmp:
             save_file(weights, str(Path(tmp) / "trainable.safetensors"))
             torch.save(
@@ -157,7 +181,7 @@ class Checkpointer:
     ) -> tuple[int, dict[str, Any]]:
         """Load the last checkpoint into the objects given; return (step, extra), or (0, {}) when none exists.
 
-        Refused (one line, nothing loaded) when it holds non-finite state.
+        Refused (one line, nothing loaded) when another config wrote it or it holds non-finite state.
         """
         if not self.enabled or not store.is_published(self.uri):
             return 0, {}
@@ -165,6 +189,10 @@ class Checkpointer:
         if self.resume_mode == "never":
             log.info("resume=never: ignoring the checkpoint at %s, starting from step 0", self.uri)
             return 0, {}
+        meta = store.read_manifest(self.uri).get("metadata", {})
+        if self.config_hash and meta.get("config_sha256") != self.config_hash:
+            why = "a different config" if meta.get("config_sha256") else "a run that recorded no config"
+            raise DGError(f"checkpoint {self.uri} (step {meta.get('step')}) was written by {why}: {fresh}")
         d = store.fetch(self.uri)
         weights = load_file(str(d / "trainable.safetensors"))
         missing = set(trainable_state(model)) - set(weights)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dg_core import store
-from dg_core.checkpoint import resume_option
+from dg_core.checkpoint import config_hash, resume_option
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
@@ -96,6 +96,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         seed=cfg.seed,
         checkpoint_uri=ckpt_uri,
         checkpoint_every=cfg.checkpoint_every,
+        config_hash=config_hash(cfg),
         resume=cfg.resume,
     )
     seed_everything(cfg.seed)

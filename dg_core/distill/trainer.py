@@ -45,6 +45,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_uri: str | None = None
     checkpoint_every: int = 0
+    config_hash: str = ""  # of the stage config: a checkpoint another config wrote is not resumed
     resume: str = "auto"
     log_every: int = 10
     progress: bool = True
@@ -194,7 +195,9 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
     model, opt = accelerator.prepare(model, opt)
     raw = accelerator.unwrap_model(model)
-    ckpt = Checkpointer(settings.checkpoint_uri, settings.checkpoint_every, resume=settings.resume)
+    ckpt = Checkpointer(
+        settings.checkpoint_uri, settings.checkpoint_every, config_hash=settings.config_hash, resume=settings.resume
+    )
     # Seed here, not earlier: loading a model may build a zoo member (which reseeds), and the RNG streams
     # (dropout) must depend on the seed alone. A checkpoint then replaces them with its own.
     seed_everything(settings.seed)
