@@ -61,6 +61,7 @@ class StageConfig:
     def __post_init__(self) -> None:
         _validate(self, prefix="")
         self.check()
+        _check_outputs(self)
 
     def check(self) -> None:
         """Cross-field validation; raise :class:`DGError` naming the fields involved."""
@@ -72,6 +73,62 @@ class StageConfig:
     def help_rows(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, help) for every field, nested fields dotted."""
         return list(_help_rows(cls, ""))
+
+
+# Fields that name what a stage reads, and what it writes. Writing where an input lives (or above or inside it)
+# would overwrite or corrupt the input, so it is refused for every stage at once.
+INPUT_FIELDS = ("source", "model", "teacher", "student", "proxies", "calibrated", "dataset", "attacks", "evals")
+INPUT_FIELDS += ("gate", "card", "release")
+OUTPUT_FIELDS = ("output", "dest")
+
+
+def _location(value: str, *, must_exist: bool) -> tuple[str, str] | None:
+    """(store, absolute path) of a URI or local path, or None when it names no store location (``zoo:x``, a hub
+    id, a malformed URI the stage will report itself). Local paths are resolved (symlinks, ``..``)."""
+    import os
+
+    from dg_core.store import parse_uri
+
+    value = value.strip()
+    if not value or value.startswith("zoo:"):
+        return None
+    if "://" not in value and must_exist and not Path(value).expanduser().exists():
+        return None  # a hub id such as org/name
+    try:
+        scheme, bucket, path = parse_uri(value)
+    except DGError:
+        return None
+    if scheme == "s3":
+        return f"s3://{bucket}", "/" + path.strip("/")
+    return "file", os.path.realpath(path)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _check_outputs(cfg: Any) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one (one line naming both fields)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for out_name in OUTPUT_FIELDS:
+        out = getattr(cfg, out_name, None) if out_name in names else None
+        if not isinstance(out, str) or not (out_loc := _location(out, must_exist=False)):
+            continue
+        for in_name in INPUT_FIELDS:
+            if in_name not in names:
+                continue
+            value = getattr(cfg, in_name)
+            for i, v in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+                loc = _location(v, must_exist=True) if isinstance(v, str) else None
+                if loc and loc[0] == out_loc[0] and _overlaps(loc[1], out_loc[1]):
+                    field = in_name if isinstance(value, str) else f"{in_name}[{i}]"
+                    a, b = loc[1].rstrip("/"), out_loc[1].rstrip("/")
+                    how = "is" if a == b else ("lies inside" if b.startswith(a + "/") else "contains")
+                    raise DGError(
+                        f"config field '{out_name}': {out!r} {how} the input '{field}' ({v!r}); writing there would "
+                        f"overwrite it: expected an {out_name} outside every input"
+                    )
 
 
 def _help_rows(cls: type, prefix: str):
