@@ -271,3 +271,61 @@ def test_cli_prep_on_s3_store(s3_store_root, capsys):
     assert summary["uri"] == store.join(s3_store_root, "datasets", "qa") and store.is_published(summary["uri"])
     assert task_of(summary["uri"]).options == {"hops": 2}
     assert sum(len(load_split(summary["uri"], s)) for s in summary["splits"]) == 40
+
+
+def test_data_file_may_not_leave_the_artifact(store_root, tmp_path):
+    """Issue 11 item 10: `data_file=../../../outside.jsonl` read a file outside the artifact as if from it."""
+    (tmp_path / "outside.jsonl").write_bytes((FIX / "gsm8k.jsonl").read_bytes())
+    art = tmp_path / "a" / "b" / "art"
+    art.mkdir(parents=True)
+    shutil.copy(FIX / "csqa.jsonl", art / "csqa.jsonl")
+    (art / "link.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    uri = store.join(store_root, "raw", "art")
+    local = Path(store.fetch(store.publish(art, uri)["uri"]))
+    depth = len(local.relative_to(tmp_path).parts)
+    out = store.join(store_root, "ds", "x")
+    for data_file, words in (
+        ("../" * depth + "outside.jsonl", "leaves the artifact"),
+        (str(tmp_path / "outside.jsonl"), "leaves the artifact"),
+        ("sub/../../outside.jsonl", "leaves the artifact"),
+    ):
+        with pytest.raises(DGError, match=words):
+            run(_cfg(source=uri, data_file=data_file, output=out))
+    assert not store.is_published(out)
+    # inside the artifact and listed in its manifest: fine
+    assert sum(run(_cfg(source=uri, data_file="csqa.jsonl", output=out))["splits"].values()) == 4
+
+
+def test_data_file_symlink_out_of_a_plain_folder_is_refused(tmp_path):
+    (tmp_path / "outside.jsonl").write_bytes((FIX / "gsm8k.jsonl").read_bytes())
+    d = tmp_path / "folder"
+    d.mkdir()
+    (d / "link.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    with pytest.raises(DGError, match="resolves outside the artifact"):
+        prepare(_cfg(source=str(d), data_file="link.jsonl"), tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "splits, words",
+    [
+        ({"train": float("nan"), "test": 1.0}, "finite number"),
+        ({"train": float("inf"), "test": 0.0}, "finite number"),
+        ({"train": -0.5, "test": 1.5}, "expected a fraction in [0, 1]"),
+        ({"train": 0.5, "test": 0.6}, "fractions sum to 1.1"),
+    ],
+)
+def test_split_fractions_must_be_finite_fractions_summing_to_1(splits, words):
+    """Issue 11 item 11: `splits={train: .nan, test: 1.0}` was accepted and gave an empty train split."""
+    with pytest.raises(DGError, match=words.replace("[", r"\[")):
+        _cfg(splits=splits)
+    with pytest.raises(DGError, match="splits"):
+        Config(splits=splits)  # built directly too (check() is the last line of defence)
+
+
+def test_prep_cli_on_the_yaml_form_of_a_nan_split(store_root, capsys):
+    from dg_core.cli import main
+
+    assert main(["prep", "splits={train: .nan, test: 1.0}"]) == 2
+    assert "'splits.train': got nan" in capsys.readouterr().err
+    assert not (Path(store_root[len("file://") :]) / "datasets").exists()
+

@@ -92,14 +92,37 @@ def read_file(path: Path, where: str) -> list[dict[str, Any] | BadRow]:
     raise DGError(f"{where}: unsupported file type {suffix or '(none)'!r}, expected one of {', '.join(SUFFIXES)}")
 
 
-def _pick_file(d: Path, data_file: str, where: str) -> Path:
+def _pick_file(d: Path, data_file: str, where: str, listed: set[str] | None = None) -> Path:
+    """The data file of a folder: ``data_file`` (a relative path that stays inside it, and for a published
+    artifact one its manifest lists), or its only data file. ``listed``: the manifest's files, when published."""
     if data_file:
-        p = d / data_file
+        from pathlib import PurePosixPath
+
+        rel = PurePosixPath(data_file.replace("\\", "/"))
+        if rel.is_absolute() or ".." in rel.parts or data_file.startswith("~"):
+            raise DGError(
+                f"{where}: data_file {data_file!r} leaves the artifact, expected a path inside it such as "
+                "'train.jsonl' or 'data/part-0.jsonl'"
+            )
+        p = d / rel
+        try:
+            inside = p.resolve().is_relative_to(d.resolve())
+        except OSError:
+            inside = False
+        if not inside:
+            raise DGError(f"{where}: data_file {data_file!r} resolves outside the artifact (a symbolic link?)")
+        if listed is not None and rel.as_posix() not in listed:
+            raise DGError(f"{where}: no file {data_file!r} in the artifact's manifest")
         if not p.is_file():
             raise DGError(f"{where}: no file {data_file!r} in the artifact")
         return p
     files = sorted(
-        p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name != "MANIFEST.json"
+        p
+        for p in d.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and p.name != "MANIFEST.json"
+        and (listed is None or p.relative_to(d).as_posix() in listed)
     )
     if len(files) != 1:
         names = [str(p.relative_to(d)) for p in files]
@@ -126,7 +149,7 @@ def read_source(
         if source.startswith("s3://") or local.is_dir():
             if store.is_published(source):
                 d = store.fetch(source)
-                p = _pick_file(d, data_file, source)
+                p = _pick_file(d, data_file, source, set(store.read_manifest(source)["files"]))
                 where = f"{source}/{p.relative_to(d)}"
                 return SourceRows(
                     read_file(p, where),
