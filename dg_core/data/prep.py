@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import unicodedata
 from dataclasses import dataclass, replace
@@ -62,10 +63,10 @@ class Config(StageConfig):
         for k, v in self.splits.items():
             if not isinstance(k, str) or not k.replace("_", "").replace("-", "").isalnum():
                 raise DGError(f"config field 'splits': split name {k!r}, expected letters, digits, '_' or '-'")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise DGError(f"config field 'splits.{k}': got {v!r}, expected a fraction >= 0")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 1:
+                raise DGError(f"config field 'splits.{k}': got {v!r}, expected a fraction in [0, 1]")
         total = sum(self.splits.values())
-        if abs(total - 1.0) > 1e-6:
+        if not abs(total - 1.0) <= 1e-6:
             raise DGError(f"config field 'splits': fractions sum to {total:g}, expected 1")
         if self.source == "synthetic" and self.format != "auto":
             raise DGError("config field 'format': synthetic sources have no format, leave it 'auto'")
