@@ -62,6 +62,14 @@ class StageConfig:
         _validate(self, prefix="")
         self.check()
         _check_outputs(self)
+        device = getattr(self, "device", None)
+        if isinstance(device, str) and device not in ("auto", "cpu"):
+            from dg_core.utils import check_device
+
+            try:
+                check_device(device)
+            except DGError as e:
+                raise DGError(f"config field 'device': {e}") from None
 
     def check(self) -> None:
         """Cross-field validation; raise :class:`DGError` naming the fields involved."""
@@ -222,7 +230,7 @@ def _coerce_any(value: Any, tp: Any, name: str) -> Any:
     if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
         if isinstance(value, str):
             value = (
-                yaml.safe_load(value)
+                _yaml_value(value, name, "a list")
                 if value.strip().startswith("[")
                 else [v.strip() for v in value.split(",") if v.strip()]
             )
@@ -233,7 +241,7 @@ def _coerce_any(value: Any, tp: Any, name: str) -> Any:
         return tuple(out) if origin is tuple or tp is tuple else out
     if origin is dict or tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, name, "a mapping")
         if not isinstance(value, dict):
             raise DGError(f"config field '{name}': got {value!r}, expected a mapping")
         return dict(value)
@@ -269,6 +277,18 @@ def _coerce_any(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def _yaml_value(text: str, name: str, what: str) -> Any:
+    """A YAML flow value (``[a, b]``, ``{k: v}``) given as text, or one line saying why it is not one."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DGError(
+            f"config field '{name}': got {text[:80]!r}, expected {what} ({getattr(e, 'problem', e)})"
+        ) from None
+    except RecursionError:
+        raise DGError(f"config field '{name}': nested too deeply, expected {what}") from None
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -302,7 +322,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise DGError(f"override {text!r}: empty key, expected key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -327,7 +347,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise DGError(f"config file {str(p)!r} not found: expected a YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise DGError(
+            f"config file {str(p)!r}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
+    except RecursionError:
+        raise DGError(f"config file {str(p)!r}: nested too deeply, expected a mapping of field: value") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

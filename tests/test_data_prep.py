@@ -329,3 +329,33 @@ def test_prep_cli_on_the_yaml_form_of_a_nan_split(store_root, capsys):
     assert "'splits.train': got nan" in capsys.readouterr().err
     assert not (Path(store_root[len("file://") :]) / "datasets").exists()
 
+
+def test_unreadable_jsonl_is_one_line_not_a_traceback(store_root, tmp_path, capsys):
+    """Issue 11 item 9: non-UTF-8 / binary JSONL and too-deep JSON are bad rows, never a traceback."""
+    from dg_core.cli import main
+
+    good = (FIX / "gsm8k.jsonl").read_bytes()
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(good + b"\xff\xfe\x00 not text\n")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(bytes(range(256)) * 8)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"question": ' + "[" * 100_000 + "]" * 100_000 + ', "answer": "#### 1"}\n')
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text("[" * 100_000 + "]" * 100_000)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('[{"question": "caf\xe9", "answer": "#### 1"}]'.encode("latin-1"))
+    for src, words in (
+        (mixed, "row 5: not UTF-8 text (byte 0xff at column 1)"),
+        (binary, "none of 9 rows could be read (row 1: invalid JSON"),
+        (deep, "row 1: JSON nested deeper than 64 levels"),
+        (deep_json, "JSON nested deeper than 64 levels"),
+        (latin, "not UTF-8 text (byte 0xe9"),
+    ):
+        rc = main(["prep", f"source={src}", "format=gsm8k", "max_rejected_fraction=0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and words in err[0], (src.name, err)
+    assert not (Path(store_root[len("file://") :]) / "datasets").exists()
+    # under the rejected-row budget, the readable rows are published and the bad one counted
+    res = run(_cfg(source=str(mixed), format="gsm8k", max_rejected_fraction=0.5))
+    assert sum(res["splits"].values()) == 4 and res["rejected"] == 1

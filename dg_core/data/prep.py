@@ -121,6 +121,12 @@ def _load_rows(cfg: Config) -> tuple[list[tuple[int, Example | None, str, str]],
     rows = src.rows[: cfg.limit] if cfg.limit else src.rows
     if not rows:
         raise DGError(f"{src.where}: no rows, expected at least one")
+    if not any(isinstance(r, dict) for r in rows):
+        first = next((i, r) for i, r in enumerate(rows, start=1) if isinstance(r, BadRow))
+        raise DGError(
+            f"{src.where}: none of {len(rows)} rows could be read (row {first[0]}: {first[1].reason}); "
+            "expected one JSON object per line in UTF-8"
+        )
     adapter = (
         get_adapter(cfg.format)
         if cfg.format != "auto"
