@@ -242,3 +242,12 @@ def test_copy_verifies_every_file_against_its_pin(tmp_path):
     (src / "model.safetensors").symlink_to(tmp_path / "elsewhere")  # same content, but a link
     with pytest.raises(DGError, match="cannot read pinned file 'model.safetensors' as a regular file"):
         publish._copy_pinned(src, out, pins, "publish x")
+
+
+def test_publish_from_and_to_s3_releases_the_pinned_files(tmp_path, s3_store_root):
+    model = put(tmp_path, store.join(s3_store_root, "runs/r1/calibrated"), b"calibrated", {"config.json": "{}"})
+    g = _gate(s3_store_root, model)
+    out = publish.run(from_dict(publish.Config, {"model": model, "gate": g, "dest": store.join(s3_store_root, "pub")}))
+    files = store.read_manifest(out["uri"])["files"]
+    assert set(files) == {"model.safetensors", "config.json", publish.CARD_JSON, publish.CARD_MD}
+    assert (store.fetch(out["uri"]) / "model.safetensors").read_bytes() == b"calibrated"

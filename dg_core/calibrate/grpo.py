@@ -367,7 +367,9 @@ def run_calibration(
                 tok_loss = clipped_pg_loss(lp, old, a, cfg.clip_eps, cfg.clip_eps_high) + cfg.beta * kl
                 loss = aggregate(tok_loss, mask, cfg.loss_agg, n_tok, B)
                 if not torch.isfinite(loss):
-                    raise DGError(f"calibrate: loss became {float(loss)} at step {step}: the run diverged (lower lr)")
+                    raise DGError(
+                        f"calibrate: loss became {float(loss.detach())} at step {step}: the run diverged (lower lr)"
+                    )
                 accelerator.backward(loss)
                 loss_sum += float(loss.detach())
                 if epoch == 0:
