@@ -3,13 +3,26 @@
 Every long stage (train, distill, calibrate) saves through :class:`Checkpointer`, so a killed pod restarts
 where it stopped. A checkpoint is an ordinary published artifact (manifest last), so a crash while saving
 leaves the previous checkpoint unreadable-as-new rather than half-new: readers only trust a full manifest.
+
+Two rules keep a resume honest:
+
+- **Only finite state is saved or resumed.** A step whose weights, optimizer state or loss hold NaN or
+  infinity is never checkpointed (the last good checkpoint stays), and a checkpoint holding them is refused.
+- **Only the config that wrote a checkpoint resumes it.** Each checkpoint records :func:`config_hash` of the
+  stage config; a different one is refused with a line saying how to start fresh (``resume=never``, or another
+  ``output=``). Fields that cannot change the result (:data:`NON_RESULT_FIELDS`: where things go, how often to
+  checkpoint, logging and progress, the device) do not count, so a pod restarted on another device resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import random
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +31,56 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dg_core import store
+from dg_core.config import option
+from dg_core.errors import DGError
 
 log = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto", "never")
+
+# Config fields that do not change what a run computes (where it writes, how often it checkpoints, what it
+# prints, which device runs it): a checkpoint resumes across changes to them.
+NON_RESULT_FIELDS = frozenset(
+    {"output", "checkpoint_every", "resume", "progress", "log_every", "run_id", "device", "metrics"}
+)
+
+
+def resume_option() -> object:
+    """The ``resume`` field every checkpointing stage declares (one definition, one help text)."""
+    return option(
+        "auto",
+        "auto: resume this output's checkpoint when the same config wrote it (refused otherwise); "
+        "never: ignore any checkpoint and start from step 0 (it is overwritten at the next save).",
+        choices=RESUME_MODES,
+    )
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of a stage config (a dataclass or mapping) without :data:`NON_RESULT_FIELDS`."""
+    import dataclasses
+
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    body = {k: v for k, v in data.items() if k not in NON_RESULT_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def first_nonfinite(tensors: Mapping[str, Any]) -> str | None:
+    """The name of the first tensor (nested mappings and lists searched) holding NaN or infinity, else None."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return str(name)
+        elif isinstance(t, float) and not math.isfinite(t):
+            return str(name)
+        elif isinstance(t, Mapping):
+            inner = first_nonfinite(t)
+            if inner is not None:
+                return f"{name}.{inner}"
+        elif isinstance(t, (list, tuple)):
+            inner = first_nonfinite({str(i): v for i, v in enumerate(t)})
+            if inner is not None:
+                return f"{name}[{inner}]"
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,11 +111,19 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Checkpointer:
-    """Save every `every` steps to `uri` and resume from it. `uri=None` or `every<=0` disables checkpoints."""
+    """Save every `every` steps to `uri` and resume from it. `uri=None` or `every<=0` disables checkpoints.
 
-    def __init__(self, uri: str | None, every: int):
+    ``config_hash`` (of the stage config, :func:`config_hash`) is recorded with every save and must match on
+    resume; ``resume="never"`` ignores an existing checkpoint.
+    """
+
+    def __init__(self, uri: str | None, every: int, *, config_hash: str = "", resume: str = "auto"):
+        if resume not in RESUME_MODES:
+            raise DGError(f"resume={resume!r}: expected one of {list(RESUME_MODES)}")
         self.uri = uri or None
         self.every = every
+        self.config_hash = config_hash
+        self.resume_mode = resume
 
     @property
     def enabled(self) -> bool:
@@ -70,22 +139,38 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any = None,
         extra: dict[str, Any] | None = None,
+        loss: float | None = None,
     ) -> None:
+        """Save step ``step``; refuses (DGError, nothing written, the last good checkpoint kept) when the weights,
+        the optimizer state or ``loss`` are not finite: a diverged run must not leave state a rerun resumes."""
         if not self.enabled:
             return
+        weights = trainable_state(model)
+        opt_state = optimizer.state_dict() if optimizer else None
+        bad = first_nonfinite(weights) or (first_nonfinite({"optimizer": opt_state["state"]}) if opt_state else None)
+        if bad is None and loss is not None and not math.isfinite(loss):
+            bad = f"the loss ({loss})"
+        if bad is not None:
+            raise DGError(
+                f"step {step}: {bad} is NaN or infinite, so no checkpoint was written to {self.uri} (the run "
+                "diverged; lower lr, or check the data); the last good checkpoint, if any, is kept"
+            )
+        metadata = {"kind": "checkpoint", "step": step}
+        if self.config_hash:
+            metadata["config_sha256"] = self.config_hash
         with tempfile.TemporaryDirectory(prefix="dg-ckpt-") as tmp:
-            save_file(trainable_state(model), str(Path(tmp) / "trainable.safetensors"))
+            save_file(weights, str(Path(tmp) / "trainable.safetensors"))
             torch.save(
                 {
                     "step": step,
-                    "optimizer": optimizer.state_dict() if optimizer else None,
+                    "optimizer": opt_state,
                     "scheduler": scheduler.state_dict() if scheduler else None,
                     "rng": rng_state(),
                     "extra": extra or {},
                 },
                 Path(tmp) / "state.pt",
             )
-            store.publish(tmp, self.uri, metadata={"kind": "checkpoint", "step": step})
+            store.publish(tmp, self.uri, metadata=metadata)
         log.info("checkpoint at step %d -> %s", step, self.uri)
 
     def resume(
@@ -94,18 +179,30 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any = None,
     ) -> tuple[int, dict[str, Any]]:
-        """Load the last checkpoint into the objects given; return (step, extra), or (0, {}) when none exists."""
+        """Load the last checkpoint into the objects given; return (step, extra), or (0, {}) when none exists.
+
+        Refused (one line, nothing loaded) when another config wrote it or it holds non-finite state.
+        """
         if not self.enabled or not store.is_published(self.uri):
             return 0, {}
+        fresh = "rerun with resume=never to start from step 0 (it is overwritten), or give another output="
+        if self.resume_mode == "never":
+            log.info("resume=never: ignoring the checkpoint at %s, starting from step 0", self.uri)
+            return 0, {}
+        meta = store.read_manifest(self.uri).get("metadata", {})
+        if self.config_hash and meta.get("config_sha256") != self.config_hash:
+            why = "a different config" if meta.get("config_sha256") else "a run that recorded no config"
+            raise DGError(f"checkpoint {self.uri} (step {meta.get('step')}) was written by {why}: {fresh}")
         d = store.fetch(self.uri)
         weights = load_file(str(d / "trainable.safetensors"))
         missing = set(trainable_state(model)) - set(weights)
         if missing:
-            from dg_core.errors import DGError
-
             raise DGError(f"checkpoint {self.uri} does not match the model: missing {sorted(missing)[0]}")
-        model.load_state_dict(weights, strict=False)
         state = torch.load(d / "state.pt", weights_only=True, map_location="cpu")
+        bad = first_nonfinite(weights) or first_nonfinite({"optimizer": (state["optimizer"] or {}).get("state", {})})
+        if bad is not None:
+            raise DGError(f"checkpoint {self.uri} (step {state['step']}) holds NaN or infinite {bad}: {fresh}")
+        model.load_state_dict(weights, strict=False)
         if optimizer is not None and state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:

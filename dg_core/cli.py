@@ -6,7 +6,9 @@
     dguard submit / schedule                            talk to a Kubeflow Pipelines server
 
 Every stage logs the config it resolved, prints its JSON summary on stdout, and on bad input prints one
-line `dguard <stage>: error: ...` and exits 2.
+line `dguard <stage>: error: ...` and exits 2. Anything else that goes wrong (a bug) prints one line
+`dguard <stage>: internal error: ...` and exits 1; `-v` adds the traceback. A closed stdout (`dguard --help |
+head`) ends the command quietly with exit code 141, as a shell reports a SIGPIPE.
 """
 
 from __future__ import annotations
@@ -95,15 +97,61 @@ def _main_parser() -> argparse.ArgumentParser:
     return p
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EXIT_BROKEN_PIPE = 141
+
+
+def _log_level(verbose: bool) -> int:
+    if verbose:
+        return logging.DEBUG
+    name = os.environ.get("DG_LOG_LEVEL", "").strip().upper() or "INFO"
+    if name not in LOG_LEVELS:
+        raise DGError(f"DG_LOG_LEVEL={os.environ['DG_LOG_LEVEL']!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return getattr(logging, name)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """`dguard`'s entry point: an exit code, never a traceback unless -v asks for one."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`dguard --help | head`): stop quietly, and keep Python from complaining at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except DGError as e:
+        print(f"dguard: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback only on request
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"dguard: internal error: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     parser = _main_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else getattr(logging, os.environ.get("DG_LOG_LEVEL", "INFO")),
+        level=_log_level(args.verbose),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if os.environ.get("DG_THREADS"):  # checked up front: a typo fails at once, whatever the stage
+        from dg_core.utils import env_threads
+
+        env_threads()
     if args.version:
         from dg_core import __version__
 
@@ -136,9 +184,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DGError as e:
         print(f"dguard {verb}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except (RecursionError, UnicodeError) as e:  # input too deep or not text, wherever it was read
+        print(f"dguard {verb}: error: unreadable input ({_one_line(e)})", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named: exists, missing, not a folder, no permission
+        if isinstance(e, BrokenPipeError):
+            raise
+        if e.filename is None:
+            raise
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        what = e.strerror or type(e).__name__
+        print(f"dguard {verb}: error: {what}: {str(e.filename)!r}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dguard {verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback only with -v
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"dguard {verb}: internal error: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

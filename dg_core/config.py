@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -60,6 +61,15 @@ class StageConfig:
     def __post_init__(self) -> None:
         _validate(self, prefix="")
         self.check()
+        _check_outputs(self)
+        device = getattr(self, "device", None)
+        if isinstance(device, str) and device not in ("auto", "cpu"):
+            from dg_core.utils import check_device
+
+            try:
+                check_device(device)
+            except DGError as e:
+                raise DGError(f"config field 'device': {e}") from None
 
     def check(self) -> None:
         """Cross-field validation; raise :class:`DGError` naming the fields involved."""
@@ -71,6 +81,62 @@ class StageConfig:
     def help_rows(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, help) for every field, nested fields dotted."""
         return list(_help_rows(cls, ""))
+
+
+# Fields that name what a stage reads, and what it writes. Writing where an input lives (or above or inside it)
+# would overwrite or corrupt the input, so it is refused for every stage at once.
+INPUT_FIELDS = ("source", "model", "teacher", "student", "proxies", "calibrated", "dataset", "attacks", "evals")
+INPUT_FIELDS += ("gate", "card", "release")
+OUTPUT_FIELDS = ("output", "dest")
+
+
+def _location(value: str, *, must_exist: bool) -> tuple[str, str] | None:
+    """(store, absolute path) of a URI or local path, or None when it names no store location (``zoo:x``, a hub
+    id, a malformed URI the stage will report itself). Local paths are resolved (symlinks, ``..``)."""
+    import os
+
+    from dg_core.store import parse_uri
+
+    value = value.strip()
+    if not value or value.startswith("zoo:"):
+        return None
+    if "://" not in value and must_exist and not Path(value).expanduser().exists():
+        return None  # a hub id such as org/name
+    try:
+        scheme, bucket, path = parse_uri(value)
+    except DGError:
+        return None
+    if scheme == "s3":
+        return f"s3://{bucket}", "/" + path.strip("/")
+    return "file", os.path.realpath(path)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _check_outputs(cfg: Any) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one (one line naming both fields)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for out_name in OUTPUT_FIELDS:
+        out = getattr(cfg, out_name, None) if out_name in names else None
+        if not isinstance(out, str) or not (out_loc := _location(out, must_exist=False)):
+            continue
+        for in_name in INPUT_FIELDS:
+            if in_name not in names:
+                continue
+            value = getattr(cfg, in_name)
+            for i, v in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+                loc = _location(v, must_exist=True) if isinstance(v, str) else None
+                if loc and loc[0] == out_loc[0] and _overlaps(loc[1], out_loc[1]):
+                    field = in_name if isinstance(value, str) else f"{in_name}[{i}]"
+                    a, b = loc[1].rstrip("/"), out_loc[1].rstrip("/")
+                    how = "is" if a == b else ("lies inside" if b.startswith(a + "/") else "contains")
+                    raise DGError(
+                        f"config field '{out_name}': {out!r} {how} the input '{field}' ({v!r}); writing there would "
+                        f"overwrite it: expected an {out_name} outside every input"
+                    )
 
 
 def _help_rows(cls: type, prefix: str):
@@ -110,8 +176,37 @@ def _validate(obj: Any, prefix: str) -> None:
                 raise DGError(f"config field '{name}': got {value!r}, expected a value {word} {bound}")
 
 
+def _nonfinite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """(where, value) of the first NaN or infinity inside ``value`` ('' for the value itself), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, dict):
+        items: Any = ((f".{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for sub, v in items:
+        found = _nonfinite(v, path + sub)
+        if found is not None:
+            return found
+    return None
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a YAML/CLI value to the annotated type, or fail naming the field."""
+    """Convert a YAML/CLI value to the annotated type, or fail naming the field. NaN and infinity are refused in
+    every field, nested ones included: no setting of any stage means anything with them, and they poison
+    training state (a NaN learning rate writes NaN weights)."""
+    out = _coerce_any(value, tp, name)
+    bad = _nonfinite(out)
+    if bad is not None:
+        where, got = bad
+        shown = value if where == "" and isinstance(value, str) else got
+        raise DGError(f"config field '{name}{where}': got {shown!r}, expected a finite number (not NaN or infinity)")
+    return out
+
+
+def _coerce_any(value: Any, tp: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -135,7 +230,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
         if isinstance(value, str):
             value = (
-                yaml.safe_load(value)
+                _yaml_value(value, name, "a list")
                 if value.strip().startswith("[")
                 else [v.strip() for v in value.split(",") if v.strip()]
             )
@@ -146,7 +241,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return tuple(out) if origin is tuple or tp is tuple else out
     if origin is dict or tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, name, "a mapping")
         if not isinstance(value, dict):
             raise DGError(f"config field '{name}': got {value!r}, expected a mapping")
         return dict(value)
@@ -182,6 +277,18 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def _yaml_value(text: str, name: str, what: str) -> Any:
+    """A YAML flow value (``[a, b]``, ``{k: v}``) given as text, or one line saying why it is not one."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DGError(
+            f"config field '{name}': got {text[:80]!r}, expected {what} ({getattr(e, 'problem', e)})"
+        ) from None
+    except RecursionError:
+        raise DGError(f"config field '{name}': nested too deeply, expected {what}") from None
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -215,7 +322,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise DGError(f"override {text!r}: empty key, expected key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -240,7 +347,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise DGError(f"config file {str(p)!r} not found: expected a YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise DGError(
+            f"config file {str(p)!r}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
+    except RecursionError:
+        raise DGError(f"config file {str(p)!r}: nested too deeply, expected a mapping of field: value") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -216,12 +216,16 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def model_sha(uri: str) -> str:
     """sha256 of a published artifact's manifest: identifies exactly which model the gate judged."""
-    import hashlib
-
     from dg_core import store
 
     manifest = store.read_manifest(uri)
-    files = manifest.get("files", manifest)
+    return files_sha(manifest.get("files", manifest))
+
+
+def files_sha(files: dict[str, Any]) -> str:
+    """sha256 of a manifest's file list (path -> sha256, size): the identity the gate pins."""
+    import hashlib
+
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 

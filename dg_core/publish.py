@@ -7,15 +7,21 @@ the gate decision) and its manifest metadata records the release's content sha, 
 new weights is seen as pending again.
 
 Publishing refuses, with one line, unless the gate decision passed *and* names exactly this model (the sha256
-of its manifest's files), so a stale or foreign gate result can never release a model. Nothing is written
-before those checks pass; the store's publish is itself atomic (manifest last).
+of its manifest's files), so a stale or foreign gate result can never release a model. Only the files that
+manifest lists — the ones the gate pinned — are released: each is copied as a regular file and checked against
+its pinned sha256 on the way. A model folder holding a symbolic link or a special file (device, FIFO, socket)
+anywhere is refused outright (a link can point at credentials or at ``/etc``); unlisted regular files are left
+behind with a warning. Nothing is written before those checks pass; the store's publish is itself atomic
+(manifest last).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import shutil
+import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +31,7 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
-from dg_core.gate import model_sha, read_result
+from dg_core.gate import files_sha, model_sha, read_result
 
 log = logging.getLogger("dguard.publish")
 
@@ -181,12 +187,61 @@ def _card_markdown(card: dict[str, Any], calib_md: str, gate: dict[str, Any]) ->
     return "\n".join(lines) + "\n" + to_markdown(gate)
 
 
+def check_tree(root: Path, what: str) -> None:
+    """Refuse a tree holding anything but regular files and folders (symbolic links, devices, FIFOs, sockets).
+
+    Walks without following links, so a link to a directory is seen as a link and never descended into.
+    """
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            mode = os.lstat(p).st_mode
+            rel = p.relative_to(root).as_posix()
+            if stat.S_ISLNK(mode):
+                raise DGError(
+                    f"{what}: {rel!r} is a symbolic link (to {os.readlink(p)!r}); expected only regular files and "
+                    "folders in a tree to publish: remove it, or copy the file it points to into the folder"
+                )
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise DGError(
+                    f"{what}: {rel!r} is a special file (not a regular file or folder); expected only regular files"
+                )
+
+
+def _copy_pinned(src_dir: Path, out: Path, files: dict[str, dict[str, Any]], what: str) -> None:
+    """Copy exactly the pinned ``files`` (rel -> sha256/size) from ``src_dir`` to ``out``, refusing anything that is
+    not a regular file and verifying each copy's sha256 against the pin as it is written."""
+    for rel, pin in sorted(files.items()):
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(src_dir / rel, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            raise DGError(f"{what}: cannot read pinned file {rel!r} as a regular file ({e.strerror})") from None
+        h, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "rb") as fi:
+            if not stat.S_ISREG(os.fstat(fi.fileno()).st_mode):
+                raise DGError(f"{what}: pinned file {rel!r} is not a regular file")
+            with open(dst, "wb") as fo:
+                while chunk := fi.read(4 * 1024 * 1024):
+                    h.update(chunk)
+                    fo.write(chunk)
+                    size += len(chunk)
+        if h.hexdigest() != pin["sha256"] or size != pin["size"]:
+            raise DGError(
+                f"{what}: {rel!r} changed after it was gated (sha256 {h.hexdigest()[:16]}..., the gate pinned "
+                f"{pin['sha256'][:16]}...): nothing published; gate the model again"
+            )
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Publish ``model`` as the hardened twin, if and only if ``gate`` passed for exactly this model."""
     gate = read_result(cfg.gate)
     if not gate["passed"]:
         raise DGError(f"gate {cfg.gate} did not pass, nothing published: {'; '.join(gate.get('reasons', []))}")
-    sha = model_sha(cfg.model)
+    manifest = store.read_manifest(cfg.model)
+    pinned: dict[str, dict[str, Any]] = manifest["files"]
+    sha = files_sha(pinned)
     judged = (gate.get("model") or {}).get("sha256")
     if not judged:
         raise DGError(f"gate {cfg.gate} does not name the model it judged: run `dguard gate` with model=<uri>")
@@ -215,10 +270,26 @@ def run(cfg: Config) -> dict[str, Any]:
         "gate": gate,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    src_dir = Path(store.fetch(cfg.model))
+    # A local model is read in place (every pinned file is hashed as it is copied, so a verifying fetch would
+    # only hash it twice); an s3 one is fetched (downloaded and verified) first.
+    st, key = store.open_store(cfg.model)
+    src_dir = st.path(key) if isinstance(st, store.LocalStore) else Path(store.fetch(cfg.model))
+    what = f"publish {cfg.model}"
+    check_tree(src_dir, what)
+    unlisted = sorted(
+        p.relative_to(src_dir).as_posix()
+        for p in src_dir.rglob("*")
+        if p.is_file() and p.relative_to(src_dir).as_posix() not in pinned and p.name != store.MANIFEST
+    )
+    if unlisted:
+        log.warning("%s: %d file(s) not in the gated manifest are not published: %s", what, len(unlisted), unlisted)
+    clash = sorted({CARD_JSON, CARD_MD} & set(pinned))
+    if clash:
+        raise DGError(f"{what}: the model already holds {clash[0]}, which publish writes; expected a model folder")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
-        shutil.copytree(src_dir, out, ignore=shutil.ignore_patterns(store.MANIFEST))
+        out.mkdir()
+        _copy_pinned(src_dir, out, pinned, what)
         (out / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
         (out / CARD_MD).write_text(_card_markdown(card, calib_md, gate))
         metadata = {
@@ -231,6 +302,11 @@ def run(cfg: Config) -> dict[str, Any]:
             "transfer": gate.get("transfer"),
         }
         manifest = store.publish(out, dest, metadata=metadata)
+    released = {rel: f for rel, f in manifest["files"].items() if rel not in (CARD_JSON, CARD_MD)}
+    if {rel: (f["sha256"], f["size"]) for rel, f in released.items()} != {
+        rel: (f["sha256"], f["size"]) for rel, f in pinned.items()
+    }:
+        raise DGError(f"{what}: the release at {dest} does not hold exactly the gated files; do not use it")
     return {
         "uri": manifest["uri"],
         "published": True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -17,11 +18,33 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str) -> str:
+    """A device setting this machine can honour: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with CUDA present.
+
+    Refused with one line otherwise, rather than failing deep inside torch or silently running on the CPU.
+    """
+    from dg_core.errors import DGError
+
+    d = str(device).strip().lower()
+    if not _DEVICE_RE.match(d):
+        raise DGError(f"device {device!r}: expected auto, cpu, cuda or cuda:N (for example cuda:0)")
+    if d.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DGError(f"device {device!r}: CUDA is not available on this machine, expected device=cpu or auto")
+        if ":" in d and int(d.split(":")[1]) >= n:
+            raise DGError(f"device {device!r}: this machine has {n} CUDA device(s), expected cuda:0..cuda:{n - 1}")
+    return d
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """`auto` means CUDA when present, else CPU (MPS is not used: its numerics differ for training)."""
-    if device == "auto":
+    if check_device(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(check_device(device))
 
 
 def pick_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype:
@@ -43,8 +66,20 @@ def pick_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def env_threads() -> int | None:
+    """DG_THREADS as a thread count (None when unset); one line when it is not a whole number >= 1."""
+    n = os.environ.get("DG_THREADS", "").strip()
+    if not n:
+        return None
+    if not n.isdigit() or int(n) < 1:
+        from dg_core.errors import DGError
+
+        raise DGError(f"DG_THREADS={n!r}: expected a whole number of threads >= 1 (or unset it)")
+    return int(n)
+
+
 def set_threads_from_env() -> None:
     """Honour DG_THREADS (CPU runs on a shared machine are steadier with a fixed thread count)."""
-    n = os.environ.get("DG_THREADS")
+    n = env_threads()
     if n:
-        torch.set_num_threads(int(n))
+        torch.set_num_threads(n)

@@ -417,3 +417,41 @@ def test_kl_guard_stops_early_and_stays_stopped_on_resume(zoo_root, proxy, task,
         policy2, tok, task, examples, cfg, cal_reward=cal, progress=False, checkpointer=Checkpointer(uri, 100)
     )
     assert again.steps_done == res.steps_done and again.stopped_reason == res.stopped_reason
+
+
+def test_a_non_finite_loss_stops_at_once_and_writes_no_checkpoint(zoo_root, task, examples, tmp_path):
+    """A loss that turns NaN (here: a reference pi_0 with a NaN weight, full fine-tuning) stops the loop at that
+    step with one line, before the update, and leaves no checkpoint of poisoned state for a rerun to resume."""
+    from dg_core import store
+    from dg_core.errors import DGError
+
+    base, tok = load_model("zoo:teacher", device="cpu")
+    cfg = CalibrationSettings(
+        eta=-1.0, steps=3, prompts_per_step=2, group_size=2, max_new_tokens=6, cal_gate="none", eval_every=0, lora_r=0
+    )
+    policy, ref = make_policy(copy.deepcopy(base), cfg)
+    with torch.no_grad():
+        next(ref.parameters()).fill_(float("nan"))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    uri = (tmp_path / "ckpt").as_uri()
+    with pytest.raises(DGError, match="calibrate: loss became nan at step 1: the run diverged"):
+        run_calibration(
+            policy, tok, task, examples, cfg, ref_model=ref, progress=False, checkpointer=Checkpointer(uri, 1)
+        )
+    assert not store.is_published(uri)
+    assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())  # stopped before the update
+
+    lcfg = CalibrationSettings(
+        eta=-1.0, steps=3, prompts_per_step=2, group_size=2, max_new_tokens=6, cal_gate="none", eval_every=0
+    )
+    policy, _ = make_policy(copy.deepcopy(base), lcfg)
+
+    def poison(step, row):  # weights turning NaN after an update, before the step's checkpoint
+        with torch.no_grad():
+            next(p for p in policy.parameters() if p.requires_grad).fill_(float("nan"))
+
+    with pytest.raises(DGError, match="is NaN or infinite, so no checkpoint was written"):
+        run_calibration(
+            policy, tok, task, examples, lcfg, progress=False, checkpointer=Checkpointer(uri, 1), on_step=poison
+        )
+    assert not store.is_published(uri)

@@ -86,3 +86,91 @@ def test_help_rows_document_every_field():
     rows = {name: help_ for name, _, _, help_ in Demo.help_rows()}
     assert rows["lora.r"] == "LoRA rank."
     assert all(rows[k] for k in ("eta", "steps", "method", "proxies"))
+
+
+@dataclass
+class Knobs(StageConfig):
+    eta: float = option(-1.0, "The knob.")
+    lr: float = option(1e-3, "Learning rate.", gt=0)
+    steps: int = option(30, "RL steps.", gt=0)
+    splits: dict = option({"train": 0.8, "test": 0.2}, "Split fractions.")
+    records: list[dict] = option([], "Records.")
+    scores: list[float] = option([], "Scores.")
+    lora: Inner = option(default_factory=Inner)
+    name: str = option("", "A name (the text 'nan' is just text).")
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("eta=nan", "'eta'"),
+        ("eta=.nan", "'eta'"),
+        ("eta=inf", "'eta'"),
+        ("eta=-.inf", "'eta'"),
+        ("eta=-Infinity", "'eta'"),
+        ("lr=inf", "'lr'"),
+        ("lr=1e999", "'lr'"),
+        ("splits={train: .nan, test: 1.0}", "'splits.train'"),
+        ("records=[{accuracy: 1.0}, {accuracy: .inf}]", "'records[1].accuracy'"),
+        ("scores=[0.5, nan]", "'scores[1]'"),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_every_field(override, field):
+    with pytest.raises(DGError, match="expected a finite number") as e:
+        load_config(Knobs, None, [override])
+    assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_finite_numbers_are_refused_from_yaml_and_mappings(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("eta: .inf\n")
+    with pytest.raises(DGError, match="'eta': got inf, expected a finite number"):
+        load_config(Knobs, f)
+    with pytest.raises(DGError, match="'lora.r'"):
+        from_dict(Knobs, {"lora": {"r": float("nan")}})
+    with pytest.raises(DGError, match="'steps'"):
+        from_dict(Knobs, {"steps": float("inf")})
+    assert load_config(Knobs, None, ["name=nan"]).name == "nan"
+
+
+@dataclass
+class Reads(StageConfig):
+    dataset: str = option("", "Input dataset.")
+    model: str = option("", "Input model.")
+    proxies: list[str] = option([], "Input proxies.")
+    output: str = option("", "Where to write.")
+
+
+def test_output_may_not_be_an_input_nor_inside_nor_around_one(tmp_path, monkeypatch):
+    ds, model = tmp_path / "ds", tmp_path / "models" / "m"
+    ds.mkdir()
+    model.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(ds)
+    monkeypatch.chdir(tmp_path)
+    for data, words in (
+        ({"dataset": ds.as_uri(), "output": ds.as_uri()}, "is the input 'dataset'"),
+        ({"dataset": str(ds), "output": "./ds/"}, "is the input 'dataset'"),  # two spellings, one place
+        ({"dataset": "ds", "output": (tmp_path / "link").as_uri()}, "is the input 'dataset'"),  # via a symlink
+        ({"model": model.as_uri(), "output": (model / "eval").as_uri()}, "lies inside the input 'model'"),
+        ({"model": str(model), "output": str(tmp_path / "models")}, "contains the input 'model'"),
+        ({"proxies": ["zoo:proxy", str(model)], "output": str(model)}, "the input 'proxies[1]'"),
+        ({"dataset": "s3://bkt/data/ds", "output": "s3://bkt/data/ds/x"}, "lies inside the input 'dataset'"),
+    ):
+        with pytest.raises(DGError, match="config field 'output': .*" + words.replace("[", r"\[")):
+            from_dict(Reads, data)
+    # neighbours, other buckets, zoo members and hub ids are fine
+    assert from_dict(Reads, {"dataset": str(ds), "output": str(tmp_path / "ds2")}).output
+    assert from_dict(Reads, {"dataset": "s3://bkt/data/ds", "output": "s3://other/data/ds"}).output
+    assert from_dict(Reads, {"model": "zoo:teacher", "proxies": ["org/name"], "output": "org/name2"}).output
+
+
+def test_evaluate_output_at_its_dataset_is_refused_and_the_dataset_kept(tmp_path, capsys):
+    from dg_core.cli import main
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "train.jsonl").write_text("{}\n")
+    rc = main(["evaluate", f"dataset={ds.as_uri()}", "model=zoo:proxy", f"output={ds.as_uri()}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "is the input 'dataset'" in err[-1]
+    assert sorted(p.name for p in ds.iterdir()) == ["train.jsonl"]

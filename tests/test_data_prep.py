@@ -271,3 +271,91 @@ def test_cli_prep_on_s3_store(s3_store_root, capsys):
     assert summary["uri"] == store.join(s3_store_root, "datasets", "qa") and store.is_published(summary["uri"])
     assert task_of(summary["uri"]).options == {"hops": 2}
     assert sum(len(load_split(summary["uri"], s)) for s in summary["splits"]) == 40
+
+
+def test_data_file_may_not_leave_the_artifact(store_root, tmp_path):
+    """Issue 11 item 10: `data_file=../../../outside.jsonl` read a file outside the artifact as if from it."""
+    (tmp_path / "outside.jsonl").write_bytes((FIX / "gsm8k.jsonl").read_bytes())
+    art = tmp_path / "a" / "b" / "art"
+    art.mkdir(parents=True)
+    shutil.copy(FIX / "csqa.jsonl", art / "csqa.jsonl")
+    (art / "link.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    uri = store.join(store_root, "raw", "art")
+    local = Path(store.fetch(store.publish(art, uri)["uri"]))
+    depth = len(local.relative_to(tmp_path).parts)
+    out = store.join(store_root, "ds", "x")
+    for data_file, words in (
+        ("../" * depth + "outside.jsonl", "leaves the artifact"),
+        (str(tmp_path / "outside.jsonl"), "leaves the artifact"),
+        ("sub/../../outside.jsonl", "leaves the artifact"),
+    ):
+        with pytest.raises(DGError, match=words):
+            run(_cfg(source=uri, data_file=data_file, output=out))
+    assert not store.is_published(out)
+    # inside the artifact and listed in its manifest: fine
+    assert sum(run(_cfg(source=uri, data_file="csqa.jsonl", output=out))["splits"].values()) == 4
+
+
+def test_data_file_symlink_out_of_a_plain_folder_is_refused(tmp_path):
+    (tmp_path / "outside.jsonl").write_bytes((FIX / "gsm8k.jsonl").read_bytes())
+    d = tmp_path / "folder"
+    d.mkdir()
+    (d / "link.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    with pytest.raises(DGError, match="resolves outside the artifact"):
+        prepare(_cfg(source=str(d), data_file="link.jsonl"), tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "splits, words",
+    [
+        ({"train": float("nan"), "test": 1.0}, "finite number"),
+        ({"train": float("inf"), "test": 0.0}, "finite number"),
+        ({"train": -0.5, "test": 1.5}, "expected a fraction in [0, 1]"),
+        ({"train": 0.5, "test": 0.6}, "fractions sum to 1.1"),
+    ],
+)
+def test_split_fractions_must_be_finite_fractions_summing_to_1(splits, words):
+    """Issue 11 item 11: `splits={train: .nan, test: 1.0}` was accepted and gave an empty train split."""
+    with pytest.raises(DGError, match=words.replace("[", r"\[")):
+        _cfg(splits=splits)
+    with pytest.raises(DGError, match="splits"):
+        Config(splits=splits)  # built directly too (check() is the last line of defence)
+
+
+def test_prep_cli_on_the_yaml_form_of_a_nan_split(store_root, capsys):
+    from dg_core.cli import main
+
+    assert main(["prep", "splits={train: .nan, test: 1.0}"]) == 2
+    assert "'splits.train': got nan" in capsys.readouterr().err
+    assert not (Path(store_root[len("file://") :]) / "datasets").exists()
+
+
+def test_unreadable_jsonl_is_one_line_not_a_traceback(store_root, tmp_path, capsys):
+    """Issue 11 item 9: non-UTF-8 / binary JSONL and too-deep JSON are bad rows, never a traceback."""
+    from dg_core.cli import main
+
+    good = (FIX / "gsm8k.jsonl").read_bytes()
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(good + b"\xff\xfe\x00 not text\n")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(bytes(range(256)) * 8)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"question": ' + "[" * 100_000 + "]" * 100_000 + ', "answer": "#### 1"}\n')
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text("[" * 100_000 + "]" * 100_000)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('[{"question": "caf\xe9", "answer": "#### 1"}]'.encode("latin-1"))
+    for src, words in (
+        (mixed, "row 5: not UTF-8 text (byte 0xff at column 1)"),
+        (binary, "none of 9 rows could be read (row 1: invalid JSON"),
+        (deep, "row 1: JSON nested deeper than 64 levels"),
+        (deep_json, "JSON nested deeper than 64 levels"),
+        (latin, "not UTF-8 text (byte 0xe9"),
+    ):
+        rc = main(["prep", f"source={src}", "format=gsm8k", "max_rejected_fraction=0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and words in err[0], (src.name, err)
+    assert not (Path(store_root[len("file://") :]) / "datasets").exists()
+    # under the rejected-row budget, the readable rows are published and the bad one counted
+    res = run(_cfg(source=str(mixed), format="gsm8k", max_rejected_fraction=0.5))
+    assert sum(res["splits"].values()) == 4 and res["rejected"] == 1

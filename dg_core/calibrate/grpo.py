@@ -251,6 +251,7 @@ def run_calibration(
 
     from dg_core.calibrate.guards import early_stop_reason, gated_cal_advantage
     from dg_core.calibrate.rewards import TaskReward
+    from dg_core.checkpoint import first_nonfinite
     from dg_core.models.lora import adapter_disabled
 
     if not train:
@@ -298,16 +299,21 @@ def run_calibration(
         rng = random.Random(sseed)
         batch = [train[i] for i in rng.sample(range(len(train)), P)]
         prompts = [task.prompt(e, tokenizer) for e in batch]
-        roll = generate_tokens(
-            core,
-            tokenizer,
-            prompts,
-            n=G,
-            temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.sample_batch,
-            seed=sseed,
-        )
+        try:
+            roll = generate_tokens(
+                core,
+                tokenizer,
+                prompts,
+                n=G,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.sample_batch,
+                seed=sseed,
+            )
+        except RuntimeError as e:
+            if "probability tensor contains" not in str(e):
+                raise
+            raise DGError(f"calibrate: the policy's probabilities became NaN at step {step}: lower lr") from None
         t_sample = time.perf_counter() - t0
         reps = [e for e in batch for _ in range(G)]
         r_task = task_reward(reps, roll.texts)
@@ -360,6 +366,10 @@ def run_calibration(
                 kl = k3_kl(lp, ref)
                 tok_loss = clipped_pg_loss(lp, old, a, cfg.clip_eps, cfg.clip_eps_high) + cfg.beta * kl
                 loss = aggregate(tok_loss, mask, cfg.loss_agg, n_tok, B)
+                if not torch.isfinite(loss):
+                    raise DGError(
+                        f"calibrate: loss became {float(loss.detach())} at step {step}: the run diverged (lower lr)"
+                    )
                 accelerator.backward(loss)
                 loss_sum += float(loss.detach())
                 if epoch == 0:
@@ -368,6 +378,9 @@ def run_calibration(
             if cfg.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
+            bad = first_nonfinite({n: p for n, p in core.named_parameters() if p.requires_grad})
+            if bad is not None:
+                raise DGError(f"calibrate: weight {bad} became NaN or infinite at step {step}: lower lr")
         optimizer.zero_grad(set_to_none=True)
         model.eval()
 

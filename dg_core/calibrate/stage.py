@@ -26,6 +26,7 @@ from dg_core.calibrate.card import build_card, write_card
 from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration, sampled_accuracy
 from dg_core.calibrate.guards import gate, preflight
 from dg_core.calibrate.rewards import CalibrationReward
+from dg_core.checkpoint import config_hash, resume_option
 from dg_core.config import option
 from dg_core.errors import DGError
 
@@ -54,6 +55,7 @@ class Config(CalibrationSettings):
     )
     run_id: str = option("", "Run id attached to pushed metrics.")
     progress: bool = option(True, "Show a progress bar.")
+    resume: str = resume_option()
 
     def check(self) -> None:
         if not self.teacher:
@@ -167,7 +169,9 @@ def run(cfg: Config) -> dict:
     policy, ref_model = make_policy(teacher, cfg)
     cal = CalibrationReward(policy, tok, proxies, **cal_kw)
     metrics = stage_metrics("calibrate", cfg.run_id or None)
-    ckpt = Checkpointer(store.join(out, "checkpoint"), cfg.checkpoint_every)
+    ckpt = Checkpointer(
+        store.join(out, "checkpoint"), cfg.checkpoint_every, config_hash=config_hash(cfg), resume=cfg.resume
+    )
     result = run_calibration(
         policy,
         tok,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import unicodedata
 from dataclasses import dataclass, replace
@@ -62,10 +63,10 @@ class Config(StageConfig):
         for k, v in self.splits.items():
             if not isinstance(k, str) or not k.replace("_", "").replace("-", "").isalnum():
                 raise DGError(f"config field 'splits': split name {k!r}, expected letters, digits, '_' or '-'")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise DGError(f"config field 'splits.{k}': got {v!r}, expected a fraction >= 0")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 1:
+                raise DGError(f"config field 'splits.{k}': got {v!r}, expected a fraction in [0, 1]")
         total = sum(self.splits.values())
-        if abs(total - 1.0) > 1e-6:
+        if not abs(total - 1.0) <= 1e-6:
             raise DGError(f"config field 'splits': fractions sum to {total:g}, expected 1")
         if self.source == "synthetic" and self.format != "auto":
             raise DGError("config field 'format': synthetic sources have no format, leave it 'auto'")
@@ -120,6 +121,12 @@ def _load_rows(cfg: Config) -> tuple[list[tuple[int, Example | None, str, str]],
     rows = src.rows[: cfg.limit] if cfg.limit else src.rows
     if not rows:
         raise DGError(f"{src.where}: no rows, expected at least one")
+    if not any(isinstance(r, dict) for r in rows):
+        first = next((i, r) for i, r in enumerate(rows, start=1) if isinstance(r, BadRow))
+        raise DGError(
+            f"{src.where}: none of {len(rows)} rows could be read (row {first[0]}: {first[1].reason}); "
+            "expected one JSON object per line in UTF-8"
+        )
     adapter = (
         get_adapter(cfg.format)
         if cfg.format != "auto"

@@ -1,8 +1,9 @@
 """Raw rows from where users keep data: a local JSONL/JSON/Parquet/Arrow file, an s3:// or file:// URI (a file, or
 a published artifact holding one), or a Hugging Face hub id (only when online).
 
-Rows come back as plain dicts numbered from 1 in file order; a line that is not valid JSON becomes a
-:class:`BadRow` so prep can count and report it instead of failing on the first typo. Every source also reports
+Rows come back as plain dicts numbered from 1 in file order; a line that is not valid JSON (or not UTF-8, or
+nested too deeply to parse) becomes a :class:`BadRow` so prep can count and report it instead of failing on the
+first typo. Every source also reports
 a content hash (sha256 of the file, or the hub revision/fingerprint) for the dataset manifest.
 """
 
@@ -43,19 +44,55 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+MAX_DEPTH = 64  # deeper JSON is not a dataset row (and would exhaust the parser's recursion)
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, iteratively (a deep value must not exhaust the stack here either)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that reports too-deep nesting as a ValueError (never a RecursionError)."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        obj = None
+    else:
+        if _depth(obj) <= MAX_DEPTH:
+            return obj
+    raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
 def read_file(path: Path, where: str) -> list[dict[str, Any] | BadRow]:
     """Rows of one local file, by its suffix."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows: list[dict[str, Any] | BadRow] = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(line)
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    rows.append(BadRow(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"))
+                    continue
+                try:
+                    obj = _loads(line)
                 except json.JSONDecodeError as e:
                     rows.append(BadRow(f"invalid JSON ({e.msg} at column {e.colno})"))
+                    continue
+                except ValueError as e:
+                    rows.append(BadRow(str(e)))
                     continue
                 rows.append(
                     obj if isinstance(obj, dict) else BadRow(f"expected a JSON object, got {type(obj).__name__}")
@@ -63,9 +100,13 @@ def read_file(path: Path, where: str) -> list[dict[str, Any] | BadRow]:
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = _loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DGError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
         except json.JSONDecodeError as e:
             raise DGError(f"{where}: invalid JSON at line {e.lineno} ({e.msg})") from None
+        except ValueError as e:
+            raise DGError(f"{where}: {e}, expected an array of row objects") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -92,14 +133,37 @@ def read_file(path: Path, where: str) -> list[dict[str, Any] | BadRow]:
     raise DGError(f"{where}: unsupported file type {suffix or '(none)'!r}, expected one of {', '.join(SUFFIXES)}")
 
 
-def _pick_file(d: Path, data_file: str, where: str) -> Path:
+def _pick_file(d: Path, data_file: str, where: str, listed: set[str] | None = None) -> Path:
+    """The data file of a folder: ``data_file`` (a relative path that stays inside it, and for a published
+    artifact one its manifest lists), or its only data file. ``listed``: the manifest's files, when published."""
     if data_file:
-        p = d / data_file
+        from pathlib import PurePosixPath
+
+        rel = PurePosixPath(data_file.replace("\\", "/"))
+        if rel.is_absolute() or ".." in rel.parts or data_file.startswith("~"):
+            raise DGError(
+                f"{where}: data_file {data_file!r} leaves the artifact, expected a path inside it such as "
+                "'train.jsonl' or 'data/part-0.jsonl'"
+            )
+        p = d / rel
+        try:
+            inside = p.resolve().is_relative_to(d.resolve())
+        except OSError:
+            inside = False
+        if not inside:
+            raise DGError(f"{where}: data_file {data_file!r} resolves outside the artifact (a symbolic link?)")
+        if listed is not None and rel.as_posix() not in listed:
+            raise DGError(f"{where}: no file {data_file!r} in the artifact's manifest")
         if not p.is_file():
             raise DGError(f"{where}: no file {data_file!r} in the artifact")
         return p
     files = sorted(
-        p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name != "MANIFEST.json"
+        p
+        for p in d.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and p.name != "MANIFEST.json"
+        and (listed is None or p.relative_to(d).as_posix() in listed)
     )
     if len(files) != 1:
         names = [str(p.relative_to(d)) for p in files]
@@ -126,7 +190,7 @@ def read_source(
         if source.startswith("s3://") or local.is_dir():
             if store.is_published(source):
                 d = store.fetch(source)
-                p = _pick_file(d, data_file, source)
+                p = _pick_file(d, data_file, source, set(store.read_manifest(source)["files"]))
                 where = f"{source}/{p.relative_to(d)}"
                 return SourceRows(
                     read_file(p, where),

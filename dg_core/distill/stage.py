@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dg_core import store
+from dg_core.checkpoint import config_hash, resume_option
 from dg_core.config import StageConfig, option
 from dg_core.data import task_of
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
@@ -67,6 +68,7 @@ class Config(StageConfig):
     dropout: bool = option(False, "Keep the student's dropout during distillation (off by default, as in TRL).")
     seed: int = option(0, "Student seed: data order, dropout, re-initialisation.")
     checkpoint_every: int = option(100, "Checkpoint every N steps (0 disables).", ge=0)
+    resume: str = resume_option()
     output: str = option("", "Where to publish the student (default: <store root>/students/<config hash>).")
     device: str = option("auto", "auto, cpu or cuda.")
 
@@ -99,7 +101,7 @@ def signal_spec(cfg: Config) -> SignalSpec:
 def run(cfg: Config, *, on_step: Any = None) -> dict:
     """Distil, publish the student, return its URI and training figures (a published result is reused)."""
     set_threads_from_env()
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "checkpoint_every", "device")}
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "checkpoint_every", "device", "resume")}
     out_uri, ckpt_uri = output_uris("students", cfg.output, params)
     if store.is_published(out_uri):
         meta = store.read_manifest(out_uri).get("metadata", {})
@@ -136,6 +138,8 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         seed=cfg.seed,
         checkpoint_uri=ckpt_uri,
         checkpoint_every=cfg.checkpoint_every,
+        config_hash=config_hash(cfg),
+        resume=cfg.resume,
     )
     seed_everything(cfg.seed)
     student, stok = load_trainable(

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dg_core import store
+from dg_core.checkpoint import config_hash, resume_option
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
@@ -45,6 +46,7 @@ class Config(StageConfig):
     reinit: bool = option(False, "Re-initialise the weights from `seed` before training.")
     seed: int = option(0, "Seed: data order, dropout, re-initialisation.")
     checkpoint_every: int = option(200, "Checkpoint every N steps (0 disables).", ge=0)
+    resume: str = resume_option()
     output: str = option("", "Where to publish the model (default: <store root>/trained/<config hash>).")
     device: str = option("auto", "auto, cpu or cuda.")
 
@@ -70,7 +72,7 @@ def _targets(ex: Example, style: str) -> list[str]:
 def run(cfg: Config, *, on_step: Any = None) -> dict:
     """Fine-tune, publish the model, return its URI and training figures (a published result is reused)."""
     set_threads_from_env()
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "checkpoint_every", "device")}
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "checkpoint_every", "device", "resume")}
     out_uri, ckpt_uri = output_uris("trained", cfg.output, params)
     if store.is_published(out_uri):
         meta = store.read_manifest(out_uri).get("metadata", {})
@@ -94,6 +96,8 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         seed=cfg.seed,
         checkpoint_uri=ckpt_uri,
         checkpoint_every=cfg.checkpoint_every,
+        config_hash=config_hash(cfg),
+        resume=cfg.resume,
     )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(None if cfg.device == "auto" else cfg.device)

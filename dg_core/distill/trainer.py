@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dg_core.checkpoint import Checkpointer
+from dg_core.checkpoint import Checkpointer, first_nonfinite, trainable_state
 from dg_core.errors import DGError
 from dg_core.generate import TokenBatch
 from dg_core.utils import seed_everything
@@ -45,6 +45,8 @@ class TrainSettings:
     seed: int = 0
     checkpoint_uri: str | None = None
     checkpoint_every: int = 0
+    config_hash: str = ""  # of the stage config: a checkpoint another config wrote is not resumed
+    resume: str = "auto"
     log_every: int = 10
     progress: bool = True
 
@@ -193,7 +195,9 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
     model, opt = accelerator.prepare(model, opt)
     raw = accelerator.unwrap_model(model)
-    ckpt = Checkpointer(settings.checkpoint_uri, settings.checkpoint_every)
+    ckpt = Checkpointer(
+        settings.checkpoint_uri, settings.checkpoint_every, config_hash=settings.config_hash, resume=settings.resume
+    )
     # Seed here, not earlier: loading a model may build a zoo member (which reseeds), and the RNG streams
     # (dropout) must depend on the seed alone. A checkpoint then replaces them with its own.
     seed_everything(settings.seed)
@@ -252,6 +256,9 @@ def train(
     bar.close()
     metrics.flush()
     model.eval()
+    bad = first_nonfinite(trainable_state(raw))
+    if bad is not None:
+        raise DGError(f"{stage}: weight {bad} became NaN or infinite by step {settings.steps}: lower lr")
     n_run = max(1, settings.steps - start)
     return TrainResult(
         steps=settings.steps,
