@@ -151,7 +151,7 @@ def test_adapter_off_reference_equals_base_model_logits(zoo_root):
 def _mean_r_cal(policy, tok, task, examples, cal) -> float:
     prompts = [task.prompt(e, tok) for e in examples[:32]]
     roll = generate_tokens(policy, tok, prompts, n=4, max_new_tokens=24, seed=1234)
-    return float(cal([p for p in prompts for _ in range(4)], roll.texts).mean())
+    return float(cal([p for p in prompts for _ in range(4)], roll.texts, None, roll.finished).mean())
 
 
 @pytest.mark.parametrize("eta", [1.0, -1.0])
@@ -159,12 +159,12 @@ def test_short_run_moves_r_cal_in_the_direction_of_eta(bootstrapped, proxy, task
     base, tok = bootstrapped
     cfg = CalibrationSettings(
         eta=eta,
-        beta=0.0,
+        beta=0.1,  # with beta=0 and lr=1e-2 an eta<0 policy drifts into text pi_0 itself finds unlikely
         steps=8,
         prompts_per_step=8,
         group_size=8,
         max_new_tokens=24,
-        lr=1e-2,
+        lr=5e-3,
         cal_gate="none",  # the 15-second teacher is rarely correct yet: let r_cal act on every sample
         eval_every=0,
         seed=0,
@@ -417,3 +417,43 @@ def test_kl_guard_stops_early_and_stays_stopped_on_resume(zoo_root, proxy, task,
         policy2, tok, task, examples, cfg, cal_reward=cal, progress=False, checkpointer=Checkpointer(uri, 100)
     )
     assert again.steps_done == res.steps_done and again.stopped_reason == res.stopped_reason
+
+
+class _RecordingReward(CalibrationReward):
+    """r_cal that keeps what it returned and which samples had ended, for the test to inspect."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen: list[tuple[torch.Tensor, list[bool]]] = []
+
+    def __call__(self, prompts, responses, reference=None, *finished):
+        out = super().__call__(prompts, responses, reference, *finished)
+        self.seen.append((out.clone(), list(finished[0]) if finished and finished[0] is not None else []))
+        return out
+
+
+@pytest.mark.parametrize("which", ["teacher", "bpe"])
+def test_r_cal_is_zero_when_the_proxy_is_pi0_for_finished_and_truncated_samples(
+    bootstrapped, proxy, task, examples, which
+):
+    """The loop's reward and the card's measurement both give r_cal = 0 with proxy = pi_0: a sample cut off at
+    max_new_tokens is scored without an end on both sides, and a sample whose ids are not what its text encodes
+    to (byte-level BPE sampling a non-canonical split) is scored from its text on both sides."""
+    from dg_core.calibrate.stage import measure_teacher
+
+    model, tok = bootstrapped if which == "teacher" else proxy
+    cfg = CalibrationSettings(
+        eta=-1.0, steps=2, prompts_per_step=4, group_size=4, max_new_tokens=6, lr=1e-2, cal_gate="none", eval_every=0
+    )
+    policy, _ = make_policy(copy.deepcopy(model), cfg)
+    for normalize in ("sum", "char"):
+        cal = _RecordingReward(policy, tok, [(model, tok)], normalize=normalize)
+        run_calibration(policy, tok, task, examples, cfg, cal_reward=cal, progress=False)
+        assert len(cal.seen) == 2
+        for r_cal, finished in cal.seen:
+            assert r_cal.abs().max() < 1e-4, (normalize, r_cal, finished)
+        card_side = measure_teacher(policy, tok, task, examples[:6], cal, cfg, 4, seed=3)
+        assert abs(card_side["r_cal_mean"]) < 1e-4
+    if which == "teacher":  # both kinds of sample were really there
+        flags = [f for _, fs in cal.seen for f in fs]
+        assert any(flags) and not all(flags)

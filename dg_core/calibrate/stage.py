@@ -23,7 +23,13 @@ import torch
 
 from dg_core import store
 from dg_core.calibrate.card import build_card, write_card
-from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration, sampled_accuracy
+from dg_core.calibrate.grpo import (
+    CalibrationSettings,
+    make_policy,
+    run_calibration,
+    sample_and_score,
+    sampled_accuracy,
+)
 from dg_core.calibrate.guards import gate, preflight
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.config import option
@@ -99,7 +105,7 @@ def measure_teacher(
 ) -> dict[str, float]:
     """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples."""
     greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
-    sampled, texts = sampled_accuracy(
+    sampled, roll = sample_and_score(
         model,
         tokenizer,
         task,
@@ -111,7 +117,8 @@ def measure_teacher(
     )
     reps = [e for e in examples for _ in range(k)]
     prompts = lambda tok: [task.prompt(e, tok) for e in reps]  # noqa: E731
-    r_cal = cal(prompts, texts)
+    texts = roll.texts
+    r_cal = cal(prompts, texts, None, roll.finished)
     correct = torch.tensor([s.correct for s in task.score_batch(reps, texts)])
     return {
         "greedy_accuracy": greedy,

@@ -127,6 +127,15 @@ def encode_pair(
     return ids, offs, resp
 
 
+def _per_row(flag: bool | Sequence[bool], n: int, name: str) -> list[bool]:
+    if isinstance(flag, bool):
+        return [flag] * n
+    flags = [bool(f) for f in flag]
+    if len(flags) != n:
+        raise DGError(f"{name}: {len(flags)} flags for {n} pairs, expected one per pair")
+    return flags
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -141,7 +150,7 @@ def score_pairs(
     responses: Sequence[str],
     *,
     layout: str = "separate",
-    append_eos: bool = False,
+    append_eos: bool | Sequence[bool] = False,
     add_bos: bool | None = None,
     batch_size: int = 8,
     with_entropy: bool = False,
@@ -149,7 +158,8 @@ def score_pairs(
 ) -> list[TokenScores]:
     """Per-token log-probabilities of each ``prompt + response`` under ``model`` (right-padded batches).
 
-    See :func:`encode_pair` for ``layout``/``append_eos``/``add_bos``. With ``with_entropy`` also returns each
+    See :func:`encode_pair` for ``layout``/``append_eos``/``add_bos``; ``append_eos`` may also be one flag per
+    pair (a sample cut off at its token budget has no end to score). With ``with_entropy`` also returns each
     position's predictive entropy.
     """
     if batch_size < 1:
@@ -160,11 +170,12 @@ def score_pairs(
         for i, x in enumerate(seq):
             if not isinstance(x, str):
                 raise DGError(f"{name} {i} is {type(x).__name__}, expected str")
+    eos_flags = _per_row(append_eos, len(prompts), "append_eos")
     device = _model_device(model)
     limit = _max_positions(model)
     encoded = [
-        encode_pair(tokenizer, p, r, layout=layout, append_eos=append_eos, add_bos=add_bos)
-        for p, r in zip(prompts, responses)
+        encode_pair(tokenizer, p, r, layout=layout, append_eos=e, add_bos=add_bos)
+        for p, r, e in zip(prompts, responses, eos_flags)
     ]
     for i, (ids, _, _) in enumerate(encoded):
         if limit is not None and len(ids) > limit:
@@ -207,7 +218,7 @@ def sequence_logprob(
     normalize: bool | str = False,
     batch_size: int = 8,
     layout: str = "separate",
-    append_eos: bool = False,
+    append_eos: bool | Sequence[bool] = False,
     add_bos: bool | None = None,
     requires_grad: bool = False,
 ) -> torch.Tensor:
