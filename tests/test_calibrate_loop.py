@@ -305,6 +305,7 @@ def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrappe
         preflight_accuracy=0.0,
         min_retention=0.0,
         eta=-0.5,
+        eval_n=50,  # the 15-second teacher is right on few prompts: 16 may hold none, and retention is undefined
     )
     summary = stage.run(cfg)
     assert summary["status"] == "passed"
@@ -320,7 +321,7 @@ def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrappe
     merged, mtok = load_model(summary["model"], device="cpu")
     from dg_core.calibrate.grpo import sampled_accuracy
 
-    held = examples[150:166]
+    held = examples[150:200]
     acc, _ = sampled_accuracy(merged, mtok, task, held, greedy=True, max_new_tokens=24)
     assert acc == pytest.approx(summary["after"]["greedy_accuracy"])
 

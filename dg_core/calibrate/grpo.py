@@ -115,6 +115,12 @@ class CalibrationSettings(StageConfig):
     clip_eps_high: float = option(0.2, "PPO clip range (upper; DAPO raises it).", gt=0)
     ppo_epochs: int = option(1, "Passes over each sampled batch (> 1 makes the clip bite).", ge=1)
     micro_batch: int = option(64, "Sequences per forward/backward (gradient accumulation over the step).", ge=1)
+    score_batch: int = option(16, "Sequences per r_cal scoring forward pass (teacher and each proxy).", ge=1)
+    gradient_checkpointing: str = option(
+        "auto",
+        "Recompute activations in backward: on, off, or auto (on for models of 20M+ parameters, i.e. real ones).",
+        choices=("auto", "on", "off"),
+    )
     sample_batch: int = option(256, "Sequences per generate() call.", ge=1)
     loss_agg: str = option("token-mean", "Loss aggregation.", choices=("token-mean", "seq-mean"))
     lora_r: int = option(16, "LoRA rank; 0 means full fine-tuning (then a frozen copy of pi_0 is kept).", ge=0)
@@ -157,18 +163,12 @@ def token_logprobs(
     model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token | prefix) at every position of a right-padded batch ``[B, T-1]`` (aligned with
-    ``batch.targets_mask()``), and the policy entropy there. Log-sum-exp instead of a full log-softmax copy."""
-    device = next(model.parameters()).device
-    ids = batch.input_ids.to(device)
-    logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits[:, :-1]
-    logits = logits.float() / temperature
-    lse = torch.logsumexp(logits, -1)
-    lp = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - lse
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = lse - (torch.softmax(logits, -1) * logits).sum(-1)
-    return lp, ent
+    ``batch.targets_mask()``), and the policy entropy there; chunked over positions, never a ``[B, T, V]``
+    tensor (:func:`dg_core.models.logprobs.token_logprobs`)."""
+    from dg_core.models.logprobs import token_logprobs as chunked
+
+    out = chunked(model, batch.input_ids, batch.attention_mask, temperature=temperature, with_entropy=with_entropy)
+    return out.logprobs, out.entropy
 
 
 def sampled_accuracy(
@@ -280,6 +280,7 @@ def run_calibration(
 
     from dg_core.calibrate.guards import early_stop_reason, gated_cal_advantage
     from dg_core.calibrate.rewards import TaskReward
+    from dg_core.models.logprobs import enable_checkpointing, wants_checkpointing
     from dg_core.models.lora import adapter_disabled
 
     if not train:
@@ -295,6 +296,8 @@ def run_calibration(
         raise DGError("calibrate: the policy has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, extra = checkpointer.resume(policy, optimizer) if checkpointer is not None else (0, {})
+    if wants_checkpointing(policy, cfg.gradient_checkpointing):
+        enable_checkpointing(policy)
     model, optimizer = accelerator.prepare(policy, optimizer)
     core = accelerator.unwrap_model(model)
     rank = accelerator.process_index

@@ -156,7 +156,13 @@ def run(cfg: Config) -> dict:
         proxies.append((m, t))
     for p in teacher.parameters():
         p.requires_grad_(False)
-    cal_kw = dict(normalize=cfg.normalize, combine=cfg.combine, reference=cfg.reference, eta_sign=cfg.eta or -1.0)
+    cal_kw = dict(
+        normalize=cfg.normalize,
+        combine=cfg.combine,
+        reference=cfg.reference,
+        eta_sign=cfg.eta or -1.0,
+        batch_size=cfg.score_batch,
+    )
 
     t0 = time.perf_counter()
     before = measure_teacher(

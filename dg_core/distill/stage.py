@@ -56,6 +56,14 @@ class Config(StageConfig):
     limit: int = option(0, "Use only the first N prompts of the split (0 = all).", ge=0)
     steps: int = option(300, "Optimizer steps (the attack budget).", ge=1)
     batch_size: int = option(32, "Sequences per micro-batch.", ge=1)
+    teacher_batch_size: int = option(
+        64, "Teacher sequences per generation and top-k scoring batch when building the signals.", ge=1
+    )
+    gradient_checkpointing: str = option(
+        "auto",
+        "Recompute student activations in backward: on, off, or auto (on for models of 20M+ parameters).",
+        choices=("auto", "on", "off"),
+    )
     grad_accum: int = option(1, "Micro-batches per optimizer step.", ge=1)
     lr: float = option(2e-3, "Peak learning rate (AdamW).", gt=0)
     warmup_steps: int = option(20, "Linear warmup steps before cosine decay.", ge=0)
@@ -93,6 +101,7 @@ def signal_spec(cfg: Config) -> SignalSpec:
         topk=cfg.topk if cfg.method in ("kd", "xtok") else 0,
         limit=cfg.limit,
         seed=cfg.signals_seed,
+        batch_size=cfg.teacher_batch_size,
     )
 
 
@@ -136,6 +145,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         seed=cfg.seed,
         checkpoint_uri=ckpt_uri,
         checkpoint_every=cfg.checkpoint_every,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
     seed_everything(cfg.seed)
     student, stok = load_trainable(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dg_core.errors import DGError
+from dg_core.models.logprobs import token_logprobs
 
 
 @dataclass
@@ -195,15 +196,19 @@ def score_pairs(
             for r, (ids, _, _) in enumerate(chunk):
                 input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 attn[r, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float()
-            logp = torch.log_softmax(logits, -1)
-            tok_lp = logp[:, :-1].gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            ent = -(logp.exp() * logp).sum(-1) if with_entropy else None
+            scored = token_logprobs(model, input_ids, attn, with_entropy=with_entropy)
+            tok_lp = scored.logprobs
+            ent = scored.entropy
             nan = torch.full((1,), float("nan"), device=device)
             for r, (ids, offs, resp) in enumerate(chunk):
                 n = len(ids)
                 lp = torch.cat([nan, tok_lp[r, : max(0, n - 1)]])[:n]
-                e = ent[r, :n].detach().cpu() if ent is not None else None
+                # entropy of the prediction made at token i; the last token's (after the text) is not needed
+                e = (
+                    torch.cat([ent[r, : max(0, n - 1)].detach().cpu(), torch.full((1,), float("nan"))])[:n]
+                    if ent is not None
+                    else None
+                )
                 text = prompts[a + r] + responses[a + r]
                 out.append(TokenScores(text, ids, offs, resp, lp if requires_grad else lp.detach().cpu(), e))
     return out
