@@ -29,6 +29,7 @@ __all__ = [
     "encode_prompt",
     "encode_response",
     "generate",
+    "prompt_adds_special_tokens",
     "generate_tokens",
     "pack",
     "pack_texts",
@@ -36,9 +37,18 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------- encoding
+def prompt_adds_special_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a prompt's encoding adds the tokenizer's special tokens (BOS): not for a tokenizer with a chat
+    template, whose rendered prompts (:meth:`dg_core.data.tasks.Task.prompt`) already hold the special tokens the
+    template wants. Llama-3 and Gemma templates write ``{{ bos_token }}`` and their tokenizers add BOS too;
+    encoding without adding gives exactly ``apply_chat_template(..., tokenize=True)``'s ids (what vLLM feeds)."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt ids as generation sees them (the tokenizer's own BOS convention applies)."""
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    """Prompt ids as generation sees them: the tokenizer's own BOS convention for plain text, the chat
+    template's own special tokens for a rendered chat prompt (see :func:`prompt_adds_special_tokens`)."""
+    return list(tokenizer(prompt, add_special_tokens=prompt_adds_special_tokens(tokenizer))["input_ids"])
 
 
 def encode_response(tokenizer: PreTrainedTokenizerBase, response: str, *, add_eos: bool = True) -> list[int]:

@@ -104,15 +104,18 @@ def encode_pair(
     """
     if layout not in LAYOUTS:
         raise DGError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+    from dg_core.generate import prompt_adds_special_tokens
+
     cut = len(prompt)
+    special = prompt_adds_special_tokens(tokenizer)
     if layout == "separate":
-        p_ids, p_offs = _offsets(tokenizer, prompt, special=True)
+        p_ids, p_offs = _offsets(tokenizer, prompt, special=special)
         r_ids, r_offs = _offsets(tokenizer, response, special=False)
         ids = p_ids + r_ids
         offs = p_offs + [(a + cut, b + cut) if b > a else (cut, cut) for a, b in r_offs]
         resp = [False] * len(p_ids) + [True] * len(r_ids)
     else:
-        ids, offs = _offsets(tokenizer, prompt + response, special=True)
+        ids, offs = _offsets(tokenizer, prompt + response, special=special)
         resp = [b > a and b > cut for a, b in offs]
     starts_special = bool(offs) and offs[0][1] <= offs[0][0] and not resp[0]
     needs = not ids or resp[0]
