@@ -229,6 +229,15 @@ def generate_tokens(
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise DGError("generate: a prompt encodes to zero tokens, expected a non-empty prompt")
+    from dg_core.models.limits import context_limit, model_name
+
+    limit = context_limit(model)
+    longest = max(len(e) for e in encoded)
+    if limit is not None and longest + max_new_tokens > limit:  # stages check up front; this is the safety net
+        raise DGError(
+            f"model {model_name(model, tokenizer)}: context of {limit} positions, but the longest prompt is {longest} "
+            f"tokens + max_new_tokens={max_new_tokens}; expected at most {limit} in all"
+        )
     flat = [i for i in range(len(prompts)) for _ in range(n)]  # prompt-major
     order = sorted(range(len(flat)), key=lambda j: (len(encoded[flat[j]]), j))
     sampling = (

@@ -183,9 +183,11 @@ def score_pairs(
     ]
     for i, (ids, _, _) in enumerate(encoded):
         if limit is not None and len(ids) > limit:
+            from dg_core.models.limits import model_name
+
             raise DGError(
-                f"text {i} is {len(ids)} tokens under {type(tokenizer).__name__}: expected at most {limit} "
-                "(the model's max positions); shorten prompts/responses"
+                f"text {i} is {len(ids)} tokens under model {model_name(model, tokenizer)}'s tokenizer: expected at "
+                f"most {limit} (the model's max positions); shorten prompts/responses"
             )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[TokenScores] = []
