@@ -338,10 +338,15 @@ def test_stage_gate_failure_publishes_only_the_card(zoo_root, task, examples, tm
     )
     summary = stage.run(cfg)  # an untrained teacher: accuracy 0, retention undefined
     assert summary["status"] == "failed" and "retention is undefined" in summary["reason"]
+    # stopped right after the 'before' measurement: nothing was trained, no checkpoint written
+    assert summary["steps"] == 0 and summary["after"] is None
+    assert not store.is_published(store.join(out, "checkpoint"))
     assert summary["model"] is None and not store.is_published(store.join(out, "model"))
     assert not store.is_published(store.join(out, "adapter"))
     card = json.loads((store.fetch(summary["card"]) / "card.json").read_text())
     assert card["status"] == "failed" and card["reason"] == summary["reason"]
+    assert card["training"]["preflight"].startswith("teacher soundness check off")
+    assert "threshold" not in card["training"]["preflight"]
 
 
 def test_stage_preflight_refuses_an_unsound_teacher(zoo_root, task, examples, tmp_path):

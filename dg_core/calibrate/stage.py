@@ -176,6 +176,10 @@ def run(cfg: Config) -> dict:
             "(train it further, or set preflight_accuracy=0 to skip this guard)"
         )
     t_measure = time.perf_counter() - t0
+    if before["greedy_accuracy"] <= 0:  # retention is undefined whatever training does: stop before training
+        verdict = gate(before["greedy_accuracy"], 0.0, cfg.min_retention)
+        log.warning("calibration stopped after the 'before' measurement: %s", verdict.reason)
+        return _publish_card(cfg, out, before, None, None, pf, verdict, t_all, t_measure)
 
     policy, ref_model = make_policy(teacher, cfg)
     cal = CalibrationReward(policy, tok, proxies, **cal_kw)
@@ -215,12 +219,29 @@ def run(cfg: Config) -> dict:
         outputs["model"] = save_model(merged, tok, store.join(out, "model"), metadata=meta)
     else:
         log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
-    hist = result.history
+    return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs)
+
+
+def _publish_card(
+    cfg: Config,
+    out: str,
+    before: dict,
+    after: dict | None,
+    result: Any,
+    pf: Any,
+    verdict: Any,
+    t_all: float,
+    t_measure: float,
+    outputs: dict | None = None,
+) -> dict:
+    """Write the calibration card (always) and return the stage summary; ``result`` None: nothing was trained."""
+    outputs = outputs or {"adapter": None, "model": None}
+    hist = result.history if result is not None else []
     training = {
-        "steps_done": result.steps_done,
-        "resumed_from": result.resumed_from,
-        "stopped_early": result.stopped_reason,
-        "train_seconds": result.seconds,
+        "steps_done": result.steps_done if result is not None else 0,
+        "resumed_from": result.resumed_from if result is not None else 0,
+        "stopped_early": result.stopped_reason if result is not None else "before training: " + verdict.reason,
+        "train_seconds": result.seconds if result is not None else 0.0,
         "measure_seconds": t_measure,
         "total_seconds": time.perf_counter() - t_all,
         "final_kl": hist[-1]["kl"] if hist else None,
@@ -229,7 +250,7 @@ def run(cfg: Config) -> dict:
         "retention": verdict.retention,
         "preflight": pf.reason,
         "history": hist,
-        "evals": result.evals,
+        "evals": result.evals if result is not None else [],
     }
     card = build_card(
         settings=settings_of(cfg),
@@ -256,7 +277,7 @@ def run(cfg: Config) -> dict:
         "adapter": outputs["adapter"],
         "before": before,
         "after": after,
-        "steps": result.steps_done,
-        "stopped_early": result.stopped_reason,
+        "steps": training["steps_done"],
+        "stopped_early": training["stopped_early"],
         "seconds": time.perf_counter() - t_all,
     }
