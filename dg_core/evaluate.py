@@ -168,6 +168,9 @@ def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[
     examples = load_split(cfg.dataset, cfg.split)
     if cfg.limit:
         examples = examples[: cfg.limit]
+    from dg_core.models.limits import check_generation_fits
+
+    check_generation_fits(model, tok, [task.prompt(ex, tok) for ex in examples], cfg.max_new_tokens, name=cfg.model)
     res = evaluate_model(
         model,
         tok,

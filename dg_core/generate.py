@@ -29,6 +29,7 @@ __all__ = [
     "encode_prompt",
     "encode_response",
     "generate",
+    "prompt_adds_special_tokens",
     "generate_tokens",
     "pack",
     "pack_texts",
@@ -36,9 +37,18 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------- encoding
+def prompt_adds_special_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a prompt's encoding adds the tokenizer's special tokens (BOS): not for a tokenizer with a chat
+    template, whose rendered prompts (:meth:`dg_core.data.tasks.Task.prompt`) already hold the special tokens the
+    template wants. Llama-3 and Gemma templates write ``{{ bos_token }}`` and their tokenizers add BOS too;
+    encoding without adding gives exactly ``apply_chat_template(..., tokenize=True)``'s ids (what vLLM feeds)."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt ids as generation sees them (the tokenizer's own BOS convention applies)."""
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    """Prompt ids as generation sees them: the tokenizer's own BOS convention for plain text, the chat
+    template's own special tokens for a rendered chat prompt (see :func:`prompt_adds_special_tokens`)."""
+    return list(tokenizer(prompt, add_special_tokens=prompt_adds_special_tokens(tokenizer))["input_ids"])
 
 
 def encode_response(tokenizer: PreTrainedTokenizerBase, response: str, *, add_eos: bool = True) -> list[int]:
@@ -219,6 +229,15 @@ def generate_tokens(
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise DGError("generate: a prompt encodes to zero tokens, expected a non-empty prompt")
+    from dg_core.models.limits import context_limit, model_name
+
+    limit = context_limit(model)
+    longest = max(len(e) for e in encoded)
+    if limit is not None and longest + max_new_tokens > limit:  # stages check up front; this is the safety net
+        raise DGError(
+            f"model {model_name(model, tokenizer)}: context of {limit} positions, but the longest prompt is {longest} "
+            f"tokens + max_new_tokens={max_new_tokens}; expected at most {limit} in all"
+        )
     flat = [i for i in range(len(prompts)) for _ in range(n)]  # prompt-major
     order = sorted(range(len(flat)), key=lambda j: (len(encoded[flat[j]]), j))
     sampling = (

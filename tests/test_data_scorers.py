@@ -50,6 +50,21 @@ MATH_CASES = [
     ("72", "\\boxed{72} ... actually \\boxed{71}", 0),
     ("72", "The answer is seventy-two", 0),
     ("100", "We get 10 then multiply by 10 to get 1000", 0),
+    # thousands grouped with spaces (SI style) in an answer span are one number
+    ("1234", "#### 1 234", 1),
+    ("1234567", "She saves 1 234 567 cents.\n#### 1 234 567", 1),
+    ("1234.5", "\\boxed{1 234.5}", 1),
+    ("1234", "#### 1\u2009234", 1),
+    ("1234", "#### 12 34", 0),
+    ("1234", "#### 1 2345", 0),
+    # hedged: two numbers offered as alternatives and no stated answer; the last-number fallback must not pick one
+    ("15", "It could be 12, or maybe 15.", 0),
+    ("15", "I think it is 12 or 15", 0),
+    ("15", "Perhaps 15. It might be 12 instead, I am not sure.", 0),
+    ("15", "Either 15 or 16 apples are left.", 0),
+    # a calculation ending the response is not a hedge
+    ("15", "She has 12 apples and buys 3 more, so 12 + 3 = 15.", 1),
+    ("15", "12 apples plus 3 apples makes 15 apples", 1),
 ]
 
 
@@ -164,6 +179,15 @@ MC_CASES = [
     ("\\boxed{E}", 0),
     ("The answer is", 0),
     ("A good question. I'd say Lyon and Paris", 0),
+    # an option letter named as the verdict inside a sentence, without brackets
+    ("Lyon is a big city but not the capital. I think B is correct.", 1),
+    ("Looking at the options, I would go with B since Paris is the capital.", 1),
+    ("Option B is the right one here.", 1),
+    ("Comparing the cities, B seems to be the best choice", 1),
+    ("Lyon is large, so I would go with A.", 0),
+    ("A is correct, though B is correct too.", 0),
+    ("I think B is correct. No wait, C is correct.", 0),
+    ("A is a city in France and so is Paris, Texas? No.", 0),
 ]
 
 

@@ -112,3 +112,59 @@ def test_trained_on_packed_text_generates_it_back_and_stops(name):
     long = generate_tokens(model, tok, prompts, do_sample=False, max_new_tokens=30, stop_at_eos=False)
     assert [len(r) for r in long.response_ids] == [30, 30]
     assert long.finished == [False, False]
+
+
+# ------------------------------------------------------------------------------------- chat templates
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def _llama3_style_tokenizer():
+    """A byte-level BPE tokenizer that, like Llama-3's, adds <|begin_of_text|> itself *and* has a chat template
+    writing {{ bos_token }}: re-encoding the rendered text with special tokens would give two BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    corpus = ["user assistant question answer 12*3+4 = 40 #40 Show your steps"] * 20
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    bos = tk.token_to_id("<|begin_of_text|>")
+    tk.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|eot_id|>"
+    )
+    tok.chat_template = LLAMA3_TEMPLATE
+    return tok
+
+
+def test_chat_prompt_ids_equal_apply_chat_template_with_one_bos():
+    from dg_core.data import get_task
+    from dg_core.generate import encode_prompt
+    from dg_core.traps.align import encode_pair
+
+    tok = _llama3_style_tokenizer()
+    assert tok("x")["input_ids"][0] == tok.bos_token_id  # the tokenizer adds BOS on its own
+    task = get_task("synthetic_math", a_digits=1, b_digits=1, terms=1, term_digits=1)
+    ex = task.generate(1, 0)[0]
+    text = task.prompt(ex, tok)
+    assert text.startswith("<|begin_of_text|>")
+    content = f"{task.question(ex)}\n\n{task.instruction(ex)}"
+    want = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=True, add_generation_prompt=True)
+    want = list(want["input_ids"] if hasattr(want, "keys") else want)
+    got = encode_prompt(tok, text)
+    assert got == want
+    assert got.count(tok.bos_token_id) == 1
+    # scoring a pair lays the prompt out the same way
+    ids, _, resp = encode_pair(tok, text, "#40")
+    assert ids[: len(want)] == want and not any(resp[: len(want)])
+    # plain text (no chat template) keeps the tokenizer's own BOS convention
+    tok.chat_template = None
+    assert encode_prompt(tok, "12*3+4\n")[0] == tok.bos_token_id

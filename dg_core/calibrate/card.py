@@ -86,7 +86,7 @@ def _fmt(v: Any) -> str:
 
 def card_markdown(card: dict[str, Any]) -> str:
     """A human-readable rendering of :func:`build_card`'s output."""
-    before, after = card["teacher_metrics"]["before"], card["teacher_metrics"]["after"]
+    before, after = card["teacher_metrics"]["before"], card["teacher_metrics"]["after"] or {}
     keys = sorted(set(before) | set(after))
     lines = [
         "# Calibration card",

@@ -115,6 +115,12 @@ class CalibrationSettings(StageConfig):
     clip_eps_high: float = option(0.2, "PPO clip range (upper; DAPO raises it).", gt=0)
     ppo_epochs: int = option(1, "Passes over each sampled batch (> 1 makes the clip bite).", ge=1)
     micro_batch: int = option(64, "Sequences per forward/backward (gradient accumulation over the step).", ge=1)
+    score_batch: int = option(16, "Sequences per r_cal scoring forward pass (teacher and each proxy).", ge=1)
+    gradient_checkpointing: str = option(
+        "auto",
+        "Recompute activations in backward: on, off, or auto (on for models of 20M+ parameters, i.e. real ones).",
+        choices=("auto", "on", "off"),
+    )
     sample_batch: int = option(256, "Sequences per generate() call.", ge=1)
     loss_agg: str = option("token-mean", "Loss aggregation.", choices=("token-mean", "seq-mean"))
     lora_r: int = option(16, "LoRA rank; 0 means full fine-tuning (then a frozen copy of pi_0 is kept).", ge=0)
@@ -157,18 +163,12 @@ def token_logprobs(
     model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token | prefix) at every position of a right-padded batch ``[B, T-1]`` (aligned with
-    ``batch.targets_mask()``), and the policy entropy there. Log-sum-exp instead of a full log-softmax copy."""
-    device = next(model.parameters()).device
-    ids = batch.input_ids.to(device)
-    logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits[:, :-1]
-    logits = logits.float() / temperature
-    lse = torch.logsumexp(logits, -1)
-    lp = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - lse
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = lse - (torch.softmax(logits, -1) * logits).sum(-1)
-    return lp, ent
+    ``batch.targets_mask()``), and the policy entropy there; chunked over positions, never a ``[B, T, V]``
+    tensor (:func:`dg_core.models.logprobs.token_logprobs`)."""
+    from dg_core.models.logprobs import token_logprobs as chunked
+
+    out = chunked(model, batch.input_ids, batch.attention_mask, temperature=temperature, with_entropy=with_entropy)
+    return out.logprobs, out.entropy
 
 
 def sampled_accuracy(
@@ -185,6 +185,35 @@ def sampled_accuracy(
     seed: int = 0,
 ) -> tuple[float, list[str]]:
     """Mean task reward over ``n`` samples per example (greedy: one deterministic answer each), and the texts."""
+    acc, roll = sample_and_score(
+        model,
+        tokenizer,
+        task,
+        examples,
+        n=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    return acc, roll.texts
+
+
+def sample_and_score(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    greedy: bool = False,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> tuple[float, Any]:
+    """:func:`sampled_accuracy` with the whole :class:`~dg_core.generate.Rollouts` (which samples finished)."""
     if not examples:
         raise DGError("sampled_accuracy: no examples to evaluate")
     prompts = [task.prompt(e, tokenizer) for e in examples]
@@ -202,7 +231,7 @@ def sampled_accuracy(
     )
     reps = [e for e in examples for _ in range(k)]
     scores = task.score_batch(reps, roll.texts)
-    return sum(s.reward for s in scores) / len(scores), roll.texts
+    return sum(s.reward for s in scores) / len(scores), roll
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -252,6 +281,7 @@ def run_calibration(
     from dg_core.calibrate.guards import early_stop_reason, gated_cal_advantage
     from dg_core.calibrate.rewards import TaskReward
     from dg_core.checkpoint import first_nonfinite
+    from dg_core.models.logprobs import enable_checkpointing, wants_checkpointing
     from dg_core.models.lora import adapter_disabled
 
     if not train:
@@ -267,6 +297,8 @@ def run_calibration(
         raise DGError("calibrate: the policy has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, extra = checkpointer.resume(policy, optimizer) if checkpointer is not None else (0, {})
+    if wants_checkpointing(policy, cfg.gradient_checkpointing):
+        enable_checkpointing(policy)
     model, optimizer = accelerator.prepare(policy, optimizer)
     core = accelerator.unwrap_model(model)
     rank = accelerator.process_index
@@ -284,13 +316,16 @@ def run_calibration(
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # r_cal's pi_0 term can reuse the KL anchor's reference pass when it scores pi_0 with the policy's tokenizer
+    # at temperature 1 (the anchor's log-probs are tempered), on rows whose sampled ids are what the text encodes to
     reuse_reference = (
         cal_reward is not None
         and getattr(cal_reward, "reference", None) == "base"
         and getattr(cal_reward, "teacher_tokenizer", None) is tokenizer
         and getattr(cal_reward, "append_eos", False)
+        and getattr(cal_reward, "add_bos", None) is None
         and hasattr(cal_reward, "normalize_reference")
         and ref_model is None
+        and cfg.temperature == 1.0
     )
     # a run that a guard stopped stays stopped when its pod restarts
     for step in range(start + 1, cfg.steps + 1 if result.stopped_reason is None else start + 1):
@@ -335,14 +370,10 @@ def run_calibration(
                     old_lp.append(token_logprobs(core, part, cfg.temperature)[0])
         if cal_reward is not None:
             reference = None
+            source = _prompt_source(task, batch, G)
             if reuse_reference:
-                # log pi_0(y|x) of the sampled tokens (EOS included when the sample stopped): already computed above
-                tmask = packed.targets_mask().float()
-                sums = torch.cat(
-                    [(lp.float().cpu() * tmask[i : i + mb]).sum(-1) for i, lp in zip(range(0, B, mb), ref_lp)]
-                )
-                reference = cal_reward.normalize_reference(sums, tmask.sum(-1), roll.texts)
-            r_cal = cal_reward(_prompt_source(task, batch, G), roll.texts, reference)
+                reference = _reference_from_anchor(cal_reward, tokenizer, roll, packed, ref_lp, mb, source)
+            r_cal = cal_reward(source, roll.texts, reference, roll.finished)
             r_cal = torch.as_tensor(r_cal, dtype=torch.float32)
         else:
             r_cal = torch.zeros_like(r_task)
@@ -444,6 +475,38 @@ def run_calibration(
     bar.close()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _reference_from_anchor(
+    cal_reward: Any,
+    tokenizer: Any,
+    roll: Any,
+    packed: TokenBatch,
+    ref_lp: list[torch.Tensor],
+    mb: int,
+    source: Callable[[Any], list[str]],
+) -> torch.Tensor:
+    """r_cal's π₀ term from the KL anchor's log-probs of the sampled tokens (EOS included only where the sample
+    stopped, as the proxies score it). A row whose sampled ids are not what its text encodes to (a non-canonical
+    tokenisation, a special token dropped from the text) is scored again from the text, so that both sides of
+    the log-ratio score the very same token sequence and r_cal is exactly 0 for a proxy equal to π₀."""
+    from dg_core.generate import encode_response
+
+    B = packed.input_ids.shape[0]
+    tmask = packed.targets_mask().float()
+    sums = torch.cat([(lp.float().cpu() * tmask[i : i + mb]).sum(-1) for i, lp in zip(range(0, B, mb), ref_lp)])
+    reference = cal_reward.normalize_reference(sums, tmask.sum(-1), roll.texts)
+    redo = [
+        i
+        for i in range(B)
+        if encode_response(tokenizer, roll.texts[i], add_eos=roll.finished[i]) != list(roll.response_ids[i])
+    ]
+    if redo:
+        prompts = source(tokenizer)
+        reference[redo] = cal_reward.reference_logprob(
+            [prompts[i] for i in redo], [roll.texts[i] for i in redo], [roll.finished[i] for i in redo]
+        )
+    return reference
 
 
 def _prompt_source(task: Task, batch: Sequence[Example], G: int) -> Callable[[Any], list[str]]:

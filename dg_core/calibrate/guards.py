@@ -64,6 +64,8 @@ class Preflight:
 
     @property
     def reason(self) -> str:
+        if self.threshold <= 0:
+            return f"teacher soundness check off (preflight_accuracy=0): sampled accuracy {self.accuracy:.3f} over {self.n} samples"
         verdict = "sound" if self.ok else "not sound"
         return (
             f"teacher {verdict} on the task: sampled accuracy {self.accuracy:.3f} over {self.n} samples "

@@ -78,7 +78,7 @@ def score_text(
     responses: Sequence[str],
     normalize: str = "sum",
     *,
-    append_eos: bool = True,
+    append_eos: bool | Sequence[bool] = True,
     add_bos: bool | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
@@ -87,7 +87,7 @@ def score_text(
     ``sum``: the sequence log-probability; ``token``: divided by the model's own token count;
     ``char``: divided by the response's character count (the same divisor for every tokenizer).
     ``append_eos`` also scores the end of the response, so a proxy's view of where an answer stops (and of a
-    junk suffix after it) counts. ``add_bos=None`` follows the training layout of :mod:`dg_core.generate` (prompt encoded on its own).
+    junk suffix after it) counts; one flag per pair scores the end only where the sample ended. ``add_bos=None`` follows the training layout of :mod:`dg_core.generate` (prompt encoded on its own).
     """
     from dg_core.traps.align import sequence_logprob
 
@@ -119,8 +119,11 @@ class CalibrationReward:
             η > 0), so calibration must satisfy every proxy, not their average.
         reference: ``base`` scores with π₀ (adapter off, the paper's term) or ``current`` with π_θ.
         eta_sign: the sign of η, needed only by ``combine='worst'``.
-        append_eos: score the end of each response too (see :func:`score_text`).
+        append_eos: score the end of each response too (see :func:`score_text`); only of responses that ended
+            when the caller passes ``finished`` (a sample cut off at its token budget has no end to score, on
+            either side of the log-ratio).
         add_bos: passed to :func:`dg_core.traps.align.sequence_logprob` (None: the training layout).
+        batch_size: sequences per scoring forward pass.
     """
 
     def __init__(
@@ -154,14 +157,29 @@ class CalibrationReward:
         self.append_eos = append_eos
         self.add_bos = add_bos
 
-    def _score(self, model: torch.nn.Module, tokenizer: Any, prompts: PromptSource, responses: Sequence[str]):
+    def _eos(self, n: int, finished: Sequence[bool] | None) -> bool | list[bool]:
+        """Which responses get their end scored: every one (``append_eos``), or only those that ended."""
+        if finished is None or not self.append_eos:
+            return self.append_eos
+        if len(finished) != n:
+            raise DGError(f"r_cal: {len(finished)} finished flags for {n} responses, expected one per response")
+        return [bool(f) for f in finished]
+
+    def _score(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        prompts: PromptSource,
+        responses: Sequence[str],
+        finished: Sequence[bool] | None = None,
+    ):
         return score_text(
             model,
             tokenizer,
             self._prompts_for(prompts, tokenizer),
             responses,
             self.normalize,
-            append_eos=self.append_eos,
+            append_eos=self._eos(len(responses), finished),
             add_bos=self.add_bos,
             batch_size=self.batch_size,
         )
@@ -170,13 +188,15 @@ class CalibrationReward:
     def _prompts_for(prompts: PromptSource, tokenizer: Any) -> list[str]:
         return list(prompts(tokenizer) if callable(prompts) else prompts)
 
-    def reference_logprob(self, prompts: PromptSource, responses: Sequence[str]) -> torch.Tensor:
+    def reference_logprob(
+        self, prompts: PromptSource, responses: Sequence[str], finished: Sequence[bool] | None = None
+    ) -> torch.Tensor:
         """log π_ref(y|x) per response (π₀ with the adapter off, or the current π_θ)."""
         from dg_core.models.lora import adapter_disabled
 
         ctx = adapter_disabled(self.teacher) if self.reference == "base" else contextlib.nullcontext()
         with ctx:
-            return self._score(self.teacher, self.teacher_tokenizer, prompts, responses)
+            return self._score(self.teacher, self.teacher_tokenizer, prompts, responses, finished)
 
     def normalize_reference(
         self, logprob_sums: torch.Tensor, n_tokens: torch.Tensor, responses: Sequence[str]
@@ -191,15 +211,23 @@ class CalibrationReward:
         return sums
 
     def per_proxy(
-        self, prompts: PromptSource, responses: Sequence[str], reference: torch.Tensor | None = None
+        self,
+        prompts: PromptSource,
+        responses: Sequence[str],
+        reference: torch.Tensor | None = None,
+        finished: Sequence[bool] | None = None,
     ) -> torch.Tensor:
-        """``[n_proxies, n]`` matrix of r_cal, one row per proxy (``reference``: a precomputed π_ref term)."""
+        """``[n_proxies, n]`` matrix of r_cal, one row per proxy (``reference``: a precomputed π_ref term, scored
+        on the same text with the same ``finished`` flags)."""
         if len(responses) == 0:
             return torch.zeros(len(self.proxies), 0)
-        ref = self.reference_logprob(prompts, responses) if reference is None else reference.float().cpu()
+        if reference is None:
+            ref = self.reference_logprob(prompts, responses, finished)
+        else:
+            ref = reference.float().cpu()
         rows = []
         for model, tok in self.proxies:
-            rows.append(self._score(model, tok, prompts, responses) - ref)
+            rows.append(self._score(model, tok, prompts, responses, finished) - ref)
         return torch.stack(rows)
 
     def reduce(self, per_proxy: torch.Tensor) -> torch.Tensor:
@@ -214,10 +242,15 @@ class CalibrationReward:
         return per_proxy.max(0).values
 
     def __call__(
-        self, prompts: PromptSource, responses: Sequence[str], reference: torch.Tensor | None = None
+        self,
+        prompts: PromptSource,
+        responses: Sequence[str],
+        reference: torch.Tensor | None = None,
+        finished: Sequence[bool] | None = None,
     ) -> torch.Tensor:
-        """r_cal per response (a detached tensor: the stop-gradient of the definition)."""
-        return self.reduce(self.per_proxy(prompts, responses, reference)).detach()
+        """r_cal per response (a detached tensor: the stop-gradient of the definition). ``finished``: whether each
+        response ended (EOS) or was cut off at its budget; both sides then score the same (un)terminated text."""
+        return self.reduce(self.per_proxy(prompts, responses, reference, finished)).detach()
 
     def as_trl(self) -> Callable[..., list[float]]:
         """TRL signature; prompts arrive already formatted (TRL applies the chat template itself)."""

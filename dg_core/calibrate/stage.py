@@ -23,7 +23,13 @@ import torch
 
 from dg_core import store
 from dg_core.calibrate.card import build_card, write_card
-from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration, sampled_accuracy
+from dg_core.calibrate.grpo import (
+    CalibrationSettings,
+    make_policy,
+    run_calibration,
+    sample_and_score,
+    sampled_accuracy,
+)
 from dg_core.calibrate.guards import gate, preflight
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.checkpoint import config_hash, resume_option
@@ -101,7 +107,7 @@ def measure_teacher(
 ) -> dict[str, float]:
     """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples."""
     greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
-    sampled, texts = sampled_accuracy(
+    sampled, roll = sample_and_score(
         model,
         tokenizer,
         task,
@@ -113,7 +119,8 @@ def measure_teacher(
     )
     reps = [e for e in examples for _ in range(k)]
     prompts = lambda tok: [task.prompt(e, tok) for e in reps]  # noqa: E731
-    r_cal = cal(prompts, texts)
+    texts = roll.texts
+    r_cal = cal(prompts, texts, None, roll.finished)
     correct = torch.tensor([s.correct for s in task.score_batch(reps, texts)])
     return {
         "greedy_accuracy": greedy,
@@ -151,7 +158,13 @@ def run(cfg: Config) -> dict:
         proxies.append((m, t))
     for p in teacher.parameters():
         p.requires_grad_(False)
-    cal_kw = dict(normalize=cfg.normalize, combine=cfg.combine, reference=cfg.reference, eta_sign=cfg.eta or -1.0)
+    cal_kw = dict(
+        normalize=cfg.normalize,
+        combine=cfg.combine,
+        reference=cfg.reference,
+        eta_sign=cfg.eta or -1.0,
+        batch_size=cfg.score_batch,
+    )
 
     t0 = time.perf_counter()
     before = measure_teacher(
@@ -165,6 +178,10 @@ def run(cfg: Config) -> dict:
             "(train it further, or set preflight_accuracy=0 to skip this guard)"
         )
     t_measure = time.perf_counter() - t0
+    if before["greedy_accuracy"] <= 0:  # retention is undefined whatever training does: stop before training
+        verdict = gate(before["greedy_accuracy"], 0.0, cfg.min_retention)
+        log.warning("calibration stopped after the 'before' measurement: %s", verdict.reason)
+        return _publish_card(cfg, out, before, None, None, pf, verdict, t_all, t_measure)
 
     policy, ref_model = make_policy(teacher, cfg)
     cal = CalibrationReward(policy, tok, proxies, **cal_kw)
@@ -206,12 +223,29 @@ def run(cfg: Config) -> dict:
         outputs["model"] = save_model(merged, tok, store.join(out, "model"), metadata=meta)
     else:
         log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
-    hist = result.history
+    return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs)
+
+
+def _publish_card(
+    cfg: Config,
+    out: str,
+    before: dict,
+    after: dict | None,
+    result: Any,
+    pf: Any,
+    verdict: Any,
+    t_all: float,
+    t_measure: float,
+    outputs: dict | None = None,
+) -> dict:
+    """Write the calibration card (always) and return the stage summary; ``result`` None: nothing was trained."""
+    outputs = outputs or {"adapter": None, "model": None}
+    hist = result.history if result is not None else []
     training = {
-        "steps_done": result.steps_done,
-        "resumed_from": result.resumed_from,
-        "stopped_early": result.stopped_reason,
-        "train_seconds": result.seconds,
+        "steps_done": result.steps_done if result is not None else 0,
+        "resumed_from": result.resumed_from if result is not None else 0,
+        "stopped_early": result.stopped_reason if result is not None else "before training: " + verdict.reason,
+        "train_seconds": result.seconds if result is not None else 0.0,
         "measure_seconds": t_measure,
         "total_seconds": time.perf_counter() - t_all,
         "final_kl": hist[-1]["kl"] if hist else None,
@@ -220,7 +254,7 @@ def run(cfg: Config) -> dict:
         "retention": verdict.retention,
         "preflight": pf.reason,
         "history": hist,
-        "evals": result.evals,
+        "evals": result.evals if result is not None else [],
     }
     card = build_card(
         settings=settings_of(cfg),
@@ -247,7 +281,7 @@ def run(cfg: Config) -> dict:
         "adapter": outputs["adapter"],
         "before": before,
         "after": after,
-        "steps": result.steps_done,
-        "stopped_early": result.stopped_reason,
+        "steps": training["steps_done"],
+        "stopped_early": training["stopped_early"],
         "seconds": time.perf_counter() - t_all,
     }

@@ -1,7 +1,8 @@
 """Which option a response picked, in the many ways models write it, and short-answer matching.
 
 Accepted forms: a bare letter (``B``, ``(B)``, ``B.``, ``**B**``), ``\\boxed{B}``, "The answer is (B)",
-"Answer: B. Paris", "the correct option is B", the option's text itself, or its text inside an answer statement.
+"Answer: B. Paris", "the correct option is B", a capital letter named as the verdict inside a sentence ("I think
+B is correct", "I'd go with C"), the option's text itself, or its text inside an answer statement.
 Ambiguity scores 0: two different letters where one was promised ("A or B"), a letter whose attached text is
 another option's, several option texts, a letter that is not an option. Scanning for any capital letter anywhere
 is deliberately not done: "A" is also an English article.
@@ -24,6 +25,13 @@ _LEAD_LETTER = re.compile(
     r"^(?:[Oo]ption|[Cc]hoice)?\s*[\(\[]?(?P<l>[A-Za-z])[\)\]]?(?=$|[\s.:,;)!])(?P<rest>.*)$", re.S
 )
 _PAREN_LETTER = re.compile(r"\((?P<l>[A-Z])\)")
+# a capital option letter named as the verdict inside a sentence, without brackets: "I think B is correct",
+# "so I'd go with C", "option D is the right one"
+_VERDICT_LETTER = re.compile(
+    r"(?:\b(?:go(?:ing)?\s+with|choose|chose|pick|select|opt\s+for)\s+(?:option\s+|choice\s+)?(?P<a>[A-Z])\b(?!\s+(?:is|are)\s+(?:not|wrong|incorrect)))"
+    r"|(?:\b(?:[Oo]ption\s+|[Cc]hoice\s+)?(?P<b>[A-Z])\s+(?:is|seems|looks)\s+(?:to\s+be\s+)?(?:the\s+)?"
+    r"(?:correct|right|best|answer)\b)"
+)
 
 
 def normalize_text(text: str) -> str:
@@ -100,6 +108,12 @@ def parse_choice(response: str, choices: list[str]) -> tuple[int | None, str]:
     spans = list(_ANSWER_SPAN.finditer(text))
     if spans:
         return _resolve(_sentence(spans[-1].group("span")), choices)
+    # a letter named as the verdict ("I think B is correct") outranks option texts mentioned in the reasoning
+    verdicts = {m.group("a") or m.group("b") for m in _VERDICT_LETTER.finditer(text)} - {"I"}
+    if len(verdicts) == 1:
+        return _resolve(verdicts.pop(), choices)
+    if len(verdicts) > 1:
+        return None, "ambiguous: several option letters named as the answer"
     first = text.splitlines()[0].strip()
     idx, how = _resolve(first if len(text.splitlines()) > 1 else text, choices)
     if idx is not None or how.startswith(("ambiguous", "letter")):

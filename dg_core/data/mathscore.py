@@ -4,6 +4,10 @@ Models write answers as ``\\boxed{3/4}``, ``#### 1,234``, "The answer is $12.50.
 references come as ``72``, ``\\frac{3}{4}``, ``0.75``. Accuracy and the calibration reward ``r_task`` both rest on
 this, so equivalence is exact rational arithmetic (``fractions.Fraction``), never string match, and anything
 ambiguous (two numbers where one answer was promised, an empty box) scores 0.
+
+Rules decided on real model outputs: thousands grouped with spaces in an answer span (``#### 1 234``) are one
+number; a response without a stated answer whose closing sentences offer two numbers as alternatives ("could be
+12, or maybe 15") is hedged and gets no answer from the last-number fallback.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 _HASHES = re.compile(r"####\s*(?P<ans>[^\n]*)")
+# "1 234 567" (thousands grouped by spaces, as SI style and many locales write them) inside one answer span
+_SPACE_GROUPS = re.compile(r"(?<![\d.,])\d{1,3}(?: \d{3})+(?![\d,]|\.\d{3}\b| \d)")
+# words that make two numbers in the closing sentences alternatives rather than a calculation
+_HEDGE = re.compile(
+    r"\b(?:either|maybe|perhaps|possibly|probably|could\s+be|might\s+be|not\s+sure|unsure)\b"
+    r"|\d\s*,?\s+or\s+(?:maybe\s+|perhaps\s+|possibly\s+)?[$€£]?-?\d",
+    re.IGNORECASE,
+)
 
 
 def _strip_latex(s: str) -> str:
@@ -58,7 +70,8 @@ def parse_number(text: str) -> Fraction | None:
 
     Units and currency around the number are allowed; a second number, or anything else with digits, is not.
     """
-    s = _strip_latex(text).strip().rstrip(".").strip()
+    s = _strip_latex(text.replace("\u2009", " ")).strip().rstrip(".").strip()
+    s = _SPACE_GROUPS.sub(lambda m: m.group(0).replace(" ", ""), s)
     s = re.sub(r"^[=:]\s*", "", s)
     s = re.sub(r"^\((.*)\)$", r"\1", s).strip()
     m = re.match(rf"^(?P<a>[-+]?\s*(?:{_NUM}))(?:\s*/\s*(?P<b>[-+]?\s*(?:{_NUM})))?(?P<rest>.*)$", s)
@@ -102,10 +115,23 @@ def extract_answer(response: str) -> tuple[str | None, str]:
     stated = list(_ANSWER_IS.finditer(_strip_latex(response)))
     if stated:
         return stated[-1].group("ans").strip(), "answer-is"
-    nums = _NUM_RE.findall(_strip_latex(response))
+    plain = _strip_latex(response)
+    nums = _NUM_RE.findall(plain)
     if nums:
+        if _hedged(plain):
+            return None, "hedged: several candidate numbers and no stated answer"
         return nums[-1].strip(), "last-number"
     return None, "none"
+
+
+def _hedged(plain: str) -> bool:
+    """The last-number fallback's guard: a response whose closing sentences name two different numbers *as
+    alternatives* ("It could be 12, or maybe 15.") states no answer, though its last number may be right. A
+    calculation ending the text ("12 + 3 = 15.") is not hedged."""
+    sentences = [x for x in re.split(r"(?<!\d)[.!?](?!\d)|\n", plain) if x.strip()]
+    tail = " ".join(sentences[-2:])
+    values = {n.replace(",", "") for n in _NUM_RE.findall(tail)}
+    return len(values) >= 2 and bool(_HEDGE.search(tail))
 
 
 def normalize_expr(text: str) -> str:

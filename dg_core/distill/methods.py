@@ -260,10 +260,12 @@ class Objective:
 
     def loss(self, model: torch.nn.Module, batch: DistillBatch) -> LossOut:
         tb, ms = batch.tokens, self.ms
+        if ms.method == "sft":  # the log-probs of the realised tokens are all it needs: chunked, no [B, T, V]
+            from dg_core.distill.trainer import response_ce
+
+            out = response_ce(model, tb)
+            return LossOut(out.loss, out.n_tokens, {"ce": float(out.loss.detach())})
         logits = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits[:, :-1]
-        if ms.method == "sft":
-            ce, n = _ce(logits, tb)
-            return LossOut(ce, n, {"ce": float(ce.detach())})
         ce, n = _ce(logits, tb) if ms.ce_weight else (None, tb.n_response_tokens)
         mask = tb.targets_mask()
         t2 = ms.temperature**2

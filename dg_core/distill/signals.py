@@ -165,18 +165,16 @@ def _teacher_logprobs(
     model: torch.nn.Module, batch_prompts: list[list[int]], batch_resp: list[list[int]], pad: int, topk: int
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(chosen logprob [n], top-k ids [n, k], top-k logprobs [n, k]) for each response, one forward pass."""
-    device = next(model.parameters()).device
-    tb = pack(batch_prompts, batch_resp, pad).to(device)
-    logits = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits[:, :-1].float()
-    lp = torch.log_softmax(logits, -1)
+    from dg_core.models.logprobs import token_logprobs
+
+    tb = pack(batch_prompts, batch_resp, pad)
+    # chunked over positions: top-k per chunk of rows, never a [B, T, V] log-softmax
+    scored = token_logprobs(model, tb.input_ids, tb.attention_mask, topk=topk)
     out = []
     for r, (p, resp) in enumerate(zip(batch_prompts, batch_resp)):
         pos = slice(len(p) - 1, len(p) - 1 + len(resp))
-        rows = lp[r, pos]
-        chosen = rows.gather(-1, torch.tensor(resp, device=device).unsqueeze(-1)).squeeze(-1)
-        k = min(topk, rows.shape[-1])
-        top = rows.topk(k, dim=-1)
-        out.append((chosen.cpu(), top.indices.to(torch.int32).cpu(), top.values.cpu()))
+        chosen = scored.logprobs[r, pos]
+        out.append((chosen.cpu(), scored.topk_ids[r, pos].to(torch.int32).cpu(), scored.topk_logprobs[r, pos].cpu()))
     return out
 
 

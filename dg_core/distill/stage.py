@@ -57,6 +57,14 @@ class Config(StageConfig):
     limit: int = option(0, "Use only the first N prompts of the split (0 = all).", ge=0)
     steps: int = option(300, "Optimizer steps (the attack budget).", ge=1)
     batch_size: int = option(32, "Sequences per micro-batch.", ge=1)
+    teacher_batch_size: int = option(
+        64, "Teacher sequences per generation and top-k scoring batch when building the signals.", ge=1
+    )
+    gradient_checkpointing: str = option(
+        "auto",
+        "Recompute student activations in backward: on, off, or auto (on for models of 20M+ parameters).",
+        choices=("auto", "on", "off"),
+    )
     grad_accum: int = option(1, "Micro-batches per optimizer step.", ge=1)
     lr: float = option(2e-3, "Peak learning rate (AdamW).", gt=0)
     warmup_steps: int = option(20, "Linear warmup steps before cosine decay.", ge=0)
@@ -95,6 +103,7 @@ def signal_spec(cfg: Config) -> SignalSpec:
         topk=cfg.topk if cfg.method in ("kd", "xtok") else 0,
         limit=cfg.limit,
         seed=cfg.signals_seed,
+        batch_size=cfg.teacher_batch_size,
     )
 
 
@@ -117,6 +126,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         from dg_core.models import load_model
 
         teacher = load_model(cfg.teacher, device=device)
+    check_before_sampling(cfg, teacher)
     with accelerator.main_process_first():  # the others then find the signals published and reuse them
         sig_uri = build_signals(spec, teacher=teacher)
     signals = load_signals(sig_uri)
@@ -140,6 +150,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         checkpoint_every=cfg.checkpoint_every,
         config_hash=config_hash(cfg),
         resume=cfg.resume,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
     seed_everything(cfg.seed)
     student, stok = load_trainable(
@@ -194,6 +205,37 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         on_step=on_step,
         with_stats=True,
     )
+
+
+def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
+    """What would otherwise fail only after the teacher was sampled: token-level KD between two vocabularies,
+    a teacher budget past its context, a student context shorter than ``max_length``."""
+    from transformers import AutoConfig
+
+    from dg_core.data import load_split, task_of
+    from dg_core.distill.methods import same_vocabulary
+    from dg_core.models import load_tokenizer, resolve_model_dir
+    from dg_core.models.limits import check_generation_fits, context_limit
+
+    s_tok = load_tokenizer(cfg.student)
+    t_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
+    if cfg.method in ("kd", "gkd") and not same_vocabulary(t_tok, s_tok):
+        raise DGError(
+            f"method {cfg.method!r}: student {cfg.student} does not share teacher {cfg.teacher}'s vocabulary; "
+            "expected one tokenizer for token-level KD (use method=xtok, cross-tokenizer, or sft)"
+        )
+    if teacher is not None:
+        task = task_of(cfg.dataset)
+        examples = load_split(cfg.dataset, cfg.split)
+        examples = examples[: cfg.limit] if cfg.limit else examples
+        prompts = [task.prompt(e, teacher[1]) for e in examples]
+        check_generation_fits(teacher[0], teacher[1], prompts, cfg.max_new_tokens, name=cfg.teacher, role="teacher")
+    limit = context_limit(AutoConfig.from_pretrained(resolve_model_dir(cfg.student)))
+    if limit is not None and cfg.max_length > limit:
+        raise DGError(
+            f"student {cfg.student}: context of {limit} positions, but max_length={cfg.max_length}; "
+            f"expected max_length <= {limit}"
+        )
 
 
 def _signals_uri(spec: SignalSpec) -> str:

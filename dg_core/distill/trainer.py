@@ -49,6 +49,7 @@ class TrainSettings:
     resume: str = "auto"
     log_every: int = 10
     progress: bool = True
+    gradient_checkpointing: str = "auto"  # on, off, or auto: on for real (20M+ parameter) models
 
     def check(self) -> None:
         if self.steps < 1:
@@ -132,16 +133,16 @@ def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
 
 
 def response_ce(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
-    """Cross-entropy of the response tokens (EOS included), prompt and padding masked out."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-    mask = batch.targets_mask()
+    """Cross-entropy of the response tokens (EOS included), prompt and padding masked out; chunked over positions
+    (:func:`dg_core.models.logprobs.token_logprobs`), so no ``[B, T, V]`` logits tensor is held."""
+    from dg_core.models.logprobs import token_logprobs
+
+    lp = token_logprobs(model, batch.input_ids, batch.attention_mask).logprobs
+    mask = batch.targets_mask().to(lp.device)
     n = int(mask.sum())
     if n == 0:
-        return LossOut(logits.sum() * 0.0, 0)
-    nll = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), batch.input_ids[:, 1:].reshape(-1), reduction="none"
-    ).view_as(mask)
-    return LossOut((nll * mask).sum() / n, n)
+        return LossOut(lp.sum() * 0.0, 0)
+    return LossOut(-(lp * mask).sum() / n, n)
 
 
 def stage_metrics(stage: str, run_id: str | None = None) -> Any:
@@ -152,7 +153,12 @@ def stage_metrics(stage: str, run_id: str | None = None) -> Any:
 
 
 def prepare_model(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
-    """Attach a LoRA adapter (LoRA mode) or make every weight trainable (full fine-tuning)."""
+    """Attach a LoRA adapter (LoRA mode) or make every weight trainable (full fine-tuning); turn on gradient
+    checkpointing when the settings (or, for ``auto``, the model's size) ask for it."""
+    from dg_core.models.logprobs import enable_checkpointing, wants_checkpointing
+
+    if wants_checkpointing(model, settings.gradient_checkpointing):
+        enable_checkpointing(model)
     if settings.lora:
         from dg_core.models import attach_lora
 

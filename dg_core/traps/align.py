@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dg_core.errors import DGError
+from dg_core.models.logprobs import token_logprobs
 
 
 @dataclass
@@ -103,15 +104,18 @@ def encode_pair(
     """
     if layout not in LAYOUTS:
         raise DGError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+    from dg_core.generate import prompt_adds_special_tokens
+
     cut = len(prompt)
+    special = prompt_adds_special_tokens(tokenizer)
     if layout == "separate":
-        p_ids, p_offs = _offsets(tokenizer, prompt, special=True)
+        p_ids, p_offs = _offsets(tokenizer, prompt, special=special)
         r_ids, r_offs = _offsets(tokenizer, response, special=False)
         ids = p_ids + r_ids
         offs = p_offs + [(a + cut, b + cut) if b > a else (cut, cut) for a, b in r_offs]
         resp = [False] * len(p_ids) + [True] * len(r_ids)
     else:
-        ids, offs = _offsets(tokenizer, prompt + response, special=True)
+        ids, offs = _offsets(tokenizer, prompt + response, special=special)
         resp = [b > a and b > cut for a, b in offs]
     starts_special = bool(offs) and offs[0][1] <= offs[0][0] and not resp[0]
     needs = not ids or resp[0]
@@ -125,6 +129,15 @@ def encode_pair(
         end = len(prompt) + len(response)
         ids, offs, resp = ids + [tokenizer.eos_token_id], offs + [(end, end)], resp + [True]
     return ids, offs, resp
+
+
+def _per_row(flag: bool | Sequence[bool], n: int, name: str) -> list[bool]:
+    if isinstance(flag, bool):
+        return [flag] * n
+    flags = [bool(f) for f in flag]
+    if len(flags) != n:
+        raise DGError(f"{name}: {len(flags)} flags for {n} pairs, expected one per pair")
+    return flags
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -141,7 +154,7 @@ def score_pairs(
     responses: Sequence[str],
     *,
     layout: str = "separate",
-    append_eos: bool = False,
+    append_eos: bool | Sequence[bool] = False,
     add_bos: bool | None = None,
     batch_size: int = 8,
     with_entropy: bool = False,
@@ -149,7 +162,8 @@ def score_pairs(
 ) -> list[TokenScores]:
     """Per-token log-probabilities of each ``prompt + response`` under ``model`` (right-padded batches).
 
-    See :func:`encode_pair` for ``layout``/``append_eos``/``add_bos``. With ``with_entropy`` also returns each
+    See :func:`encode_pair` for ``layout``/``append_eos``/``add_bos``; ``append_eos`` may also be one flag per
+    pair (a sample cut off at its token budget has no end to score). With ``with_entropy`` also returns each
     position's predictive entropy.
     """
     if batch_size < 1:
@@ -160,17 +174,20 @@ def score_pairs(
         for i, x in enumerate(seq):
             if not isinstance(x, str):
                 raise DGError(f"{name} {i} is {type(x).__name__}, expected str")
+    eos_flags = _per_row(append_eos, len(prompts), "append_eos")
     device = _model_device(model)
     limit = _max_positions(model)
     encoded = [
-        encode_pair(tokenizer, p, r, layout=layout, append_eos=append_eos, add_bos=add_bos)
-        for p, r in zip(prompts, responses)
+        encode_pair(tokenizer, p, r, layout=layout, append_eos=e, add_bos=add_bos)
+        for p, r, e in zip(prompts, responses, eos_flags)
     ]
     for i, (ids, _, _) in enumerate(encoded):
         if limit is not None and len(ids) > limit:
+            from dg_core.models.limits import model_name
+
             raise DGError(
-                f"text {i} is {len(ids)} tokens under {type(tokenizer).__name__}: expected at most {limit} "
-                "(the model's max positions); shorten prompts/responses"
+                f"text {i} is {len(ids)} tokens under model {model_name(model, tokenizer)}'s tokenizer: expected at "
+                f"most {limit} (the model's max positions); shorten prompts/responses"
             )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[TokenScores] = []
@@ -184,15 +201,19 @@ def score_pairs(
             for r, (ids, _, _) in enumerate(chunk):
                 input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 attn[r, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float()
-            logp = torch.log_softmax(logits, -1)
-            tok_lp = logp[:, :-1].gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            ent = -(logp.exp() * logp).sum(-1) if with_entropy else None
+            scored = token_logprobs(model, input_ids, attn, with_entropy=with_entropy)
+            tok_lp = scored.logprobs
+            ent = scored.entropy
             nan = torch.full((1,), float("nan"), device=device)
             for r, (ids, offs, resp) in enumerate(chunk):
                 n = len(ids)
                 lp = torch.cat([nan, tok_lp[r, : max(0, n - 1)]])[:n]
-                e = ent[r, :n].detach().cpu() if ent is not None else None
+                # entropy of the prediction made at token i; the last token's (after the text) is not needed
+                e = (
+                    torch.cat([ent[r, : max(0, n - 1)].detach().cpu(), torch.full((1,), float("nan"))])[:n]
+                    if ent is not None
+                    else None
+                )
                 text = prompts[a + r] + responses[a + r]
                 out.append(TokenScores(text, ids, offs, resp, lp if requires_grad else lp.detach().cpu(), e))
     return out
@@ -207,7 +228,7 @@ def sequence_logprob(
     normalize: bool | str = False,
     batch_size: int = 8,
     layout: str = "separate",
-    append_eos: bool = False,
+    append_eos: bool | Sequence[bool] = False,
     add_bos: bool | None = None,
     requires_grad: bool = False,
 ) -> torch.Tensor:

@@ -517,6 +517,40 @@ def push_metrics(report: dict[str, Any], metrics) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- stage
+def check_lengths(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> None:
+    """Before any generation: each model generates within its context, and each can score the other's samples
+    (the student scores the teacher's responses and the teacher the student's)."""
+    from dg_core.models.limits import check_generation_fits, check_scoring_fits
+
+    t_prompts = [task.prompt(e, t_tok) for e in examples]
+    s_prompts = [task.prompt(e, s_tok) for e in examples]
+    texts = [e.reference for e in examples if e.reference] + [e.prompt for e in examples]
+    check_generation_fits(teacher, t_tok, t_prompts, cfg.max_new_tokens, name=cfg.teacher, role="teacher")
+    check_generation_fits(student, s_tok, s_prompts, cfg.max_new_tokens, name=cfg.student, role="student")
+    check_scoring_fits(
+        student,
+        s_tok,
+        s_prompts,
+        t_tok,
+        cfg.max_new_tokens,
+        texts,
+        name=cfg.student,
+        source=cfg.teacher,
+        role="student",
+    )
+    check_scoring_fits(
+        teacher,
+        t_tok,
+        t_prompts,
+        s_tok,
+        cfg.max_new_tokens,
+        texts,
+        name=cfg.teacher,
+        source=cfg.student,
+        role="teacher",
+    )
+
+
 def run(cfg: Config) -> dict:
     """Diagnose, then publish report.json + report.html + summary.txt; returns the summary and URIs."""
     from dg_core.data import load_split, task_of
@@ -533,6 +567,7 @@ def run(cfg: Config) -> dict:
         raise DGError(f"{cfg.dataset}: split {cfg.split!r} is empty, expected examples to diagnose on")
     teacher, t_tok = load_model(cfg.teacher, device=cfg.device)
     student, s_tok = load_model(cfg.student, device=cfg.device)
+    check_lengths(cfg, teacher, t_tok, student, s_tok, task, examples)
     with StageMetrics("diagnose") as metrics:
         report = diagnose(cfg, teacher, t_tok, student, s_tok, task, examples)
         report["teacher"] = {"ref": cfg.teacher, "vocab": len(t_tok), **_clean(model_info(teacher))}

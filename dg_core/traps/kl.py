@@ -222,39 +222,90 @@ def _size(c: Chunk) -> int:
     return c.stop - c.start if isinstance(c, slice) else c.numel()
 
 
-class _ChunkedDivergence(torch.autograd.Function):
-    """Chunked divergence whose backward recomputes one position chunk at a time and writes its gradient rows
-    straight into the full-size gradient: peak memory is inputs + gradients + one chunk of temporaries
-    (generic checkpointing would materialise a full-size gradient per chunk)."""
+class _ChunkedRows(torch.autograd.Function):
+    """``fn`` applied to consecutive position chunks of its row inputs, with a backward that recomputes one chunk
+    at a time and writes its gradient rows straight into the full-size gradient: peak memory is inputs +
+    gradients + one chunk of temporaries (generic checkpointing would materialise a full-size gradient per
+    chunk). ``shared`` tensors (e.g. an output head's weights, used by every chunk) get their gradients summed
+    over chunks. Autocast is re-entered in backward as it was in forward, so the recomputation matches."""
 
     @staticmethod
-    def forward(ctx, t, s, chunks, args):  # noqa: D102
-        ctx.save_for_backward(t, s)
-        ctx.chunks, ctx.div_args = chunks, args
+    def forward(ctx, fn, chunks, n_rows, autocast, *tensors):  # noqa: D102
+        ctx.save_for_backward(*tensors)
+        ctx.fn, ctx.chunks, ctx.n_rows, ctx.autocast = fn, chunks, n_rows, autocast
+        rows = tensors[:n_rows]
         with torch.no_grad():
-            pieces = [_div_rows(_take(t, c), _take(s, c), *args) for c in chunks]
-        return torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+            pieces = [fn(*[_take(x, c) for x in rows]) for c in chunks]
+        if not pieces:
+            return rows[0].new_zeros(0, dtype=torch.float32)
+        return torch.cat(pieces)
 
     @staticmethod
     def backward(ctx, grad_vals):  # noqa: D102
-        t, s = ctx.saved_tensors
-        need_t, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gt = torch.zeros_like(t) if need_t else None
-        gs = torch.zeros_like(s) if need_s else None
+        tensors = ctx.saved_tensors
+        n = ctx.n_rows
+        rows, shared = tensors[:n], tensors[n:]
+        need = ctx.needs_input_grad[4:]
+        row_grads = [torch.zeros_like(x) if nd else None for x, nd in zip(rows, need[:n])]
+        shared_grads: list[torch.Tensor | None] = [None] * len(shared)
+        wanted_shared = [s for s, nd in zip(shared, need[n:]) if nd]
         offset = 0
         for c in ctx.chunks:
-            n = _size(c)
-            tt = _take(t, c).detach().requires_grad_(need_t)
-            ss = _take(s, c).detach().requires_grad_(need_s)
-            with torch.enable_grad():
-                out = _div_rows(tt, ss, *ctx.div_args)
-            inputs = [x for x, need in ((tt, need_t), (ss, need_s)) if need]
-            grads = list(torch.autograd.grad(out, inputs, grad_vals[offset : offset + n]))
-            for g, need in ((gt, need_t), (gs, need_s)):
-                if need:
-                    _put(g, c, grads.pop(0))
-            offset += n
-        return gt, gs, None, None
+            k = _size(c)
+            parts = [_take(x, c).detach().requires_grad_(nd) for x, nd in zip(rows, need[:n])]
+            with torch.enable_grad(), _autocast(ctx.autocast):
+                out = ctx.fn(*parts)
+            inputs = [x for x, nd in zip(parts, need[:n]) if nd] + wanted_shared
+            if not inputs:
+                break
+            grads = list(torch.autograd.grad(out, inputs, grad_vals[offset : offset + k], allow_unused=True))
+            for i, nd in enumerate(need[:n]):
+                if nd:
+                    g = grads.pop(0)
+                    if g is not None:
+                        _put(row_grads[i], c, g)
+            for i, nd in enumerate(need[n:]):
+                if nd:
+                    g = grads.pop(0)
+                    if g is not None:
+                        shared_grads[i] = g if shared_grads[i] is None else shared_grads[i] + g
+            offset += k
+        return (None, None, None, None, *row_grads, *shared_grads)
+
+
+def _autocast_state() -> tuple[str, torch.dtype] | None:
+    for dev in ("cuda", "cpu"):
+        if torch.is_autocast_enabled(dev):
+            return dev, torch.get_autocast_dtype(dev)
+    return None
+
+
+def _autocast(state: tuple[str, torch.dtype] | None):
+    import contextlib
+
+    if state is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=state[0], dtype=state[1])
+
+
+def chunked_rows(
+    fn,
+    rows: Sequence[torch.Tensor],
+    chunks: list[Chunk],
+    shared: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
+    """``cat([fn(*(x[c] for x in rows)) for c in chunks])``: one value per row, computed a chunk at a time.
+
+    With gradients on (any input, or a ``shared`` tensor ``fn`` uses, requiring them), backward recomputes one
+    chunk at a time (see :class:`_ChunkedRows`), so neither pass holds more than one chunk's temporaries. This
+    is the single chunked implementation behind the divergences here and the model log-probabilities of
+    :mod:`dg_core.models.logprobs`.
+    """
+    grad = torch.is_grad_enabled() and (any(x.requires_grad for x in rows) or any(s.requires_grad for s in shared))
+    if not grad:
+        pieces = [fn(*[_take(x, c) for x in rows]) for c in chunks]
+        return torch.cat(pieces) if pieces else rows[0].new_zeros(0, dtype=torch.float32)
+    return _ChunkedRows.apply(fn, chunks, len(rows), _autocast_state(), *rows, *shared)
 
 
 def token_divergence(
@@ -289,11 +340,7 @@ def token_divergence(
     safe = bool(torch.isneginf(t).any() or torch.isneginf(s).any())
     chunks = _chunks(t.shape[0], rows, step)
     args = (kind, temperature, beta, alpha, vocab_chunk, safe)
-    if torch.is_grad_enabled() and (t.requires_grad or s.requires_grad):
-        vals = _ChunkedDivergence.apply(t, s, chunks, args)
-    else:
-        pieces = [_div_rows(_take(t, c), _take(s, c), *args) for c in chunks]
-        vals = torch.cat(pieces) if pieces else t.new_zeros(0, dtype=torch.float32)
+    vals = chunked_rows(lambda tt, ss: _div_rows(tt, ss, *args), [t, s], chunks)
     if rows is None:
         return vals.reshape(lead)
     return _scatter_rows(t.shape[0], rows, vals).reshape(lead)

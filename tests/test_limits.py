@@ -1,0 +1,86 @@
+"""Length limits are checked before any generation: one line naming the model, exit 2, nothing published."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dg_core import store
+from dg_core.data import get_task
+from dg_core.data.artifact import write_manifest
+from dg_core.data.example import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DG_STORE_ROOT", f"file://{root}")
+    mp.setenv("DG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    d = tmp_path_factory.mktemp("ds")
+    task = get_task("synthetic_math", a_digits=1, b_digits=1, terms=0)
+    ex = task.generate(8, seed=0)
+    for split in ("train", "test"):
+        write_jsonl(d / f"{split}.jsonl", ex)
+    write_manifest(
+        d, {"task": task.spec(), "splits": {"train": {"file": "train.jsonl"}, "test": {"file": "test.jsonl"}}}
+    )
+    yield {"root": f"file://{root}", "dataset": str(d)}
+    mp.undo()
+
+
+def _cli(world, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "DG_STORE_ROOT": world["root"], "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "dg_core.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_evaluate_past_the_context_is_one_line_naming_the_model(world):
+    t0 = time.perf_counter()
+    r = _cli(world, "evaluate", "model=zoo:student-gpt2", f"dataset={world['dataset']}", "max_new_tokens=400")
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
+    assert len(err) == 1 and "Traceback" not in r.stderr
+    assert "zoo:student-gpt2" in err[0] and "context of" in err[0] and "max_new_tokens=400" in err[0]
+    assert "TokenizersBackend" not in r.stderr and "IndexError" not in r.stderr
+    assert not store.list_artifacts(store.join(world["root"], "evals"))
+    assert time.perf_counter() - t0 < 120
+
+
+def test_diagnose_checks_both_models_and_cross_scoring_before_generating(world):
+    from dg_core.config import from_dict
+    from dg_core.errors import DGError
+    from dg_core.traps import diagnose
+
+    base = {"teacher": "zoo:teacher", "student": "zoo:student-gpt2", "dataset": world["dataset"], "n_examples": 4}
+    # the teacher alone fits 240 new tokens, but the student cannot hold them (nor its own 240 after its prompt)
+    cfg = from_dict(diagnose.Config, {**base, "max_new_tokens": 240})
+    with pytest.raises(DGError, match=r"^(student zoo:student-gpt2|teacher zoo:teacher): context of \d+ positions"):
+        diagnose.run(cfg)
+    assert not store.list_artifacts(store.join(world["root"], "diagnose"))
+
+
+def test_kd_across_vocabularies_is_refused_before_the_teacher_is_sampled(world):
+    from dg_core.config import from_dict
+    from dg_core.distill import stage
+    from dg_core.errors import DGError
+
+    cfg = from_dict(
+        stage.Config,
+        {
+            "teacher": "zoo:teacher",
+            "student": "zoo:student-gpt2",
+            "dataset": world["dataset"],
+            "method": "kd",
+            "steps": 1,
+        },
+    )
+    with pytest.raises(DGError, match="student zoo:student-gpt2 does not share teacher zoo:teacher's vocabulary"):
+        stage.run(cfg)
+    assert not store.list_artifacts(store.join(world["root"], "signals"))
