@@ -5,7 +5,9 @@ A calibration is only worth releasing when it did what it was for *and* kept the
 - **teacher retention** = acc(calibrated teacher) / acc(original teacher) must be >= ``min_retention``;
 - **student transfer** = acc(student <- calibrated) / acc(student <- original), per (student, method) averaged
   over seeds, must be <= ``max_transfer`` for the *undistillable* direction (every attack must fail; the
-  worst case decides) or >= ``min_transfer`` for the *distillable* direction.
+  worst case decides) or >= ``min_transfer`` for the *distillable* direction. A *control* calibration (η = 0,
+  plain RFT) makes no distillability claim: its transfer is reported, only its retention is gated. The direction
+  comes from η by the one rule in :mod:`dg_core.knob`.
 
 The gate works on evaluation records, the small dicts the evaluate components emit (one per evaluated model)::
 
@@ -30,16 +32,20 @@ from typing import Any
 
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
+from dg_core.knob import DIRECTIONS, DISTILLABLE, UNDISTILLABLE, check_direction, worst_attack
 
 GATE_FILE = "gate.json"
-DIRECTIONS = ("undistillable", "distillable")
 _TEACHERS = ("original", "calibrated")
 
 
 @dataclass
 class Config(StageConfig):
     evaluations: list[dict] = option([], "Evaluation records (see module doc): teachers and attacked students.")
-    direction: str = option("undistillable", "What the calibration was for.", choices=DIRECTIONS)
+    direction: str = option(
+        UNDISTILLABLE,
+        "What the calibration was for (dg_core.knob: eta < 0 undistillable, > 0 distillable, 0 control).",
+        choices=DIRECTIONS,
+    )
     min_retention: float = option(0.95, "Lowest acceptable acc(calibrated)/acc(original) of the teacher.", ge=0.0)
     max_transfer: float = option(
         0.5, "Undistillable: highest acceptable student transfer (worst student/method decides).", ge=0.0
@@ -57,7 +63,7 @@ class Config(StageConfig):
     output: str = option("", "Where to publish gate.json (default: no publish, result only returned).")
 
     def check(self) -> None:
-        if self.direction == "distillable" and self.min_transfer <= 1.0:
+        if self.direction == DISTILLABLE and self.min_transfer <= 1.0:
             raise DGError(
                 f"config field 'min_transfer': got {self.min_transfer}, expected > 1.0 for the distillable direction"
             )
@@ -88,7 +94,7 @@ def _mean(xs: list[float]) -> float:
 def decide(
     evaluations: list[dict],
     *,
-    direction: str = "undistillable",
+    direction: str = UNDISTILLABLE,
     min_retention: float = 0.95,
     max_transfer: float = 0.5,
     min_transfer: float = 1.10,
@@ -96,8 +102,7 @@ def decide(
     min_seeds: int = 1,
 ) -> dict[str, Any]:
     """The gate decision for a set of evaluation records (pure: no I/O)."""
-    if direction not in DIRECTIONS:
-        raise DGError(f"gate direction: got {direction!r}, expected one of {list(DIRECTIONS)}")
+    check_direction(direction)
     teacher: dict[str, list[float]] = {t: [] for t in _TEACHERS}
     students: dict[str, dict[str, list[float]]] = defaultdict(lambda: {t: [] for t in _TEACHERS})
     for i, r in enumerate(evaluations):
@@ -158,22 +163,21 @@ def decide(
         if aggregate == "mean":
             transfer = _mean(list(transfers.values()))
             which = "mean transfer"
-        elif direction == "undistillable":
-            worst = max(transfers, key=transfers.__getitem__)
-            transfer, which = transfers[worst], f"worst transfer ({worst})"
         else:
-            worst = min(transfers, key=transfers.__getitem__)
+            worst = worst_attack(direction, transfers)
             transfer, which = transfers[worst], f"worst transfer ({worst})"
-        if direction == "undistillable":
+        if direction == UNDISTILLABLE:
             if transfer <= max_transfer:
                 reasons.append(f"{which} {transfer:.3f} <= {max_transfer}")
             else:
                 failures.append(f"{which} {transfer:.3f} > {max_transfer}: students still learn from the teacher")
-        else:
+        elif direction == DISTILLABLE:
             if transfer >= min_transfer:
                 reasons.append(f"{which} {transfer:.3f} >= {min_transfer}")
             else:
                 failures.append(f"{which} {transfer:.3f} < {min_transfer}: students do not learn better")
+        else:
+            reasons.append(f"{which} {transfer:.3f}: reported, not gated (a control makes no distillability claim)")
 
     passed = not failures
     return {
@@ -186,8 +190,8 @@ def decide(
         "teacher": {t: (_mean(v) if v else None) for t, v in teacher.items()},
         "thresholds": {
             "min_retention": min_retention,
-            "max_transfer": max_transfer if direction == "undistillable" else None,
-            "min_transfer": min_transfer if direction == "distillable" else None,
+            "max_transfer": max_transfer if direction == UNDISTILLABLE else None,
+            "min_transfer": min_transfer if direction == DISTILLABLE else None,
             "aggregate": aggregate,
             "min_seeds": min_seeds,
         },

@@ -21,6 +21,7 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
+from dg_core.knob import DIRECTIONS, UNDISTILLABLE, worst_attack
 
 
 def _label(attack: dict[str, Any], uri: str) -> str:
@@ -37,9 +38,9 @@ def _label(attack: dict[str, Any], uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def tradeoff_rows(attacks: dict[str, dict[str, Any]], direction: str = "undistillable") -> list[dict[str, Any]]:
+def tradeoff_rows(attacks: dict[str, dict[str, Any]], direction: str = UNDISTILLABLE) -> list[dict[str, Any]]:
     """One row per attack artifact: retention, per-attack transfer, min/max/mean transfer and the worst case
-    for ``direction`` (the highest transfer when making a teacher undistillable, the lowest otherwise)."""
+    for ``direction`` (:func:`dg_core.knob.worst_attack`)."""
     rows = []
     for uri, a in attacks.items():
         transfers = {r["attack"]: r["transfer"] for r in a["attacks"] if "transfer" in r}
@@ -52,9 +53,7 @@ def tradeoff_rows(attacks: dict[str, dict[str, Any]], direction: str = "undistil
                 "teacher_calibrated": t.get("calibrated", {}).get("accuracy"),
                 "retention": a.get("retention"),
                 "transfer": transfers,
-                "worst_transfer": (max if direction == "undistillable" else min)(transfers.values())
-                if transfers
-                else None,
+                "worst_transfer": transfers[worst_attack(direction, transfers)] if transfers else None,
                 "min_transfer": min(transfers.values()) if transfers else None,
                 "max_transfer": max(transfers.values()) if transfers else None,
                 "mean_transfer": sum(transfers.values()) / len(transfers) if transfers else None,
@@ -326,9 +325,10 @@ class Config(StageConfig):
     attacks: list[str] = option([], "URIs of published `attack` outputs (one per calibrated teacher).")
     evals: list[str] = option([], "URIs of published `evaluate` outputs.")
     direction: str = option(
-        "undistillable",
-        "Which transfer is the worst case: the highest (undistillable) or lowest (distillable).",
-        choices=("undistillable", "distillable"),
+        UNDISTILLABLE,
+        "Which transfer is the worst case (dg_core.knob): the highest (undistillable), the lowest (distillable), "
+        "or the furthest from 1 (control).",
+        choices=DIRECTIONS,
     )
     gate: str = option("", "URI of the release gate's decision (gate.json): its verdict and reasons head the page.")
     output: str = option("", "Where to publish the report (default: <store root>/reports/<inputs hash>).")

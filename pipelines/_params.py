@@ -115,7 +115,6 @@ PARAMS: dict[str, Field | Own] = {
     "attack_limit": Field("distill", "limit"),
     "attack_options": Own("Further fields of `dguard distill` for every attack (temperature, topk, lora...).", {}),
     # -- the release gate and publishing
-    "direction": Own("Gate direction: undistillable, distillable, or auto (from the sign of eta).", "auto"),
     "min_retention": Field("gate", "min_retention"),
     "max_transfer": Field("gate", "max_transfer"),
     "min_transfer": Field("gate", "min_transfer"),

@@ -51,7 +51,6 @@ def judge(
     eval_split: str,
     eval_limit: int,
     eval_options: dict,
-    direction: str,
     min_retention: float,
     max_transfer: float,
     min_transfer: float,
@@ -89,14 +88,14 @@ def judge(
 
     g = gate(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
              students_original=collected("original"), students_calibrated=collected("calibrated"),
-             model=calibrated, eta=eta, direction=direction, min_retention=min_retention,
+             model=calibrated, eta=eta, min_retention=min_retention,
              max_transfer=max_transfer, min_transfer=min_transfer, aggregate=gate_aggregate,
              min_seeds=min_seeds, store_root=store_root)
     # After the gate: the report opens with its verdict and reasons.
     r = report(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
                students_original=collected("original"), students_calibrated=collected("calibrated"),
                floors=dsl.Collected(floor.outputs["Output"]), attack_steps=attack_steps, eta=eta,
-               direction=direction, decision=g.outputs["decision"], store_root=store_root)
+               decision=g.outputs["decision"], store_root=store_root)
     for t in (r, g):
         at.light(t)
     # A single bool output (not a named one) keeps the condition resolvable by kfp.local too.
@@ -145,7 +144,6 @@ def harden(
     attack_lr: float,
     attack_limit: int,
     attack_options: dict,
-    direction: str,
     min_retention: float,
     max_transfer: float,
     min_transfer: float,
@@ -192,7 +190,7 @@ def harden(
               release=release, eta=eta, attack_steps=attack_steps, attack_samples=attack_samples,
               attack_max_new_tokens=attack_max_new_tokens, attack_batch_size=attack_batch_size,
               attack_lr=attack_lr, attack_limit=attack_limit, attack_options=attack_options,
-              eval_split=eval_split, eval_limit=eval_limit, eval_options=eval_options, direction=direction,
+              eval_split=eval_split, eval_limit=eval_limit, eval_options=eval_options,
               min_retention=min_retention, max_transfer=max_transfer, min_transfer=min_transfer,
               gate_aggregate=gate_aggregate, min_seeds=min_seeds, publish_model=publish_model,
               publish_to=publish_to, releases_prefix=releases_prefix, hardened_prefix=hardened_prefix,
@@ -238,7 +236,6 @@ def calibrate_pipeline(
     attack_lr: float,
     attack_limit: int,
     attack_options: dict,
-    direction: str,
     min_retention: float,
     max_transfer: float,
     min_transfer: float,
@@ -262,7 +259,7 @@ def calibrate_pipeline(
            attack_suite=attack_suite, attack_seeds=attack_seeds, attack_steps=attack_steps,
            attack_samples=attack_samples, attack_max_new_tokens=attack_max_new_tokens,
            attack_batch_size=attack_batch_size, attack_lr=attack_lr, attack_limit=attack_limit,
-           attack_options=attack_options, direction=direction, min_retention=min_retention,
+           attack_options=attack_options, min_retention=min_retention,
            max_transfer=max_transfer, min_transfer=min_transfer, gate_aggregate=gate_aggregate,
            min_seeds=min_seeds, publish_model=publish, publish_to=publish_to, releases_prefix="",
            hardened_prefix="", **at.args)

@@ -71,7 +71,7 @@ def harden_each(
                attack_suite=attack_suite, attack_seeds=attack_seeds, attack_steps=attack_steps,
                attack_samples=attack_samples, attack_max_new_tokens=attack_max_new_tokens,
                attack_batch_size=attack_batch_size, attack_lr=attack_lr, attack_limit=attack_limit,
-               attack_options=attack_options, direction="undistillable", min_retention=min_retention,
+               attack_options=attack_options, min_retention=min_retention,
                max_transfer=max_transfer, min_transfer=stage_default("gate", "min_transfer"),
                gate_aggregate=gate_aggregate, min_seeds=min_seeds, publish_model=publish, publish_to="",
                releases_prefix=releases_prefix, hardened_prefix=hardened_prefix, **at.args)

@@ -76,7 +76,7 @@ def test_gate_component_passes_and_publishes_decision(env):
     root, tmp = env
     model = put(tmp / "m", store.join(root, "models/cal"), b"calibrated")
     task = gate(teacher_original=T0, teacher_calibrated=T1, students_original=GOOD[:1], students_calibrated=GOOD[1:],
-                model=_common.pin(model), eta=-1.0, direction="auto", min_retention=0.95, max_transfer=0.5,
+                model=_common.pin(model), eta=-1.0, min_retention=0.95, max_transfer=0.5,
                 min_transfer=1.1, aggregate="worst", min_seeds=1, store_root=root)  # fmt: skip
     assert task.outputs["Output"] is True
     decision = json.loads(Path(task.outputs["decision"].path).read_text())
@@ -90,16 +90,28 @@ def test_gate_component_fails_for_distillable_eta_with_falling_students(env):
     root, tmp = env
     model = put(tmp / "m", store.join(root, "models/cal"), b"calibrated")
     task = gate(teacher_original=T0, teacher_calibrated=T1, students_original=GOOD[:1], students_calibrated=GOOD[1:],
-                model=_common.pin(model), eta=0.5, direction="auto", min_retention=0.95, max_transfer=0.5,
+                model=_common.pin(model), eta=0.5, min_retention=0.95, max_transfer=0.5,
                 min_transfer=1.1, aggregate="worst", min_seeds=1, store_root=root)  # fmt: skip
     assert task.outputs["Output"] is False
     assert "students do not learn better" in Path(task.outputs["summary"].path).read_text()
 
 
+def test_gate_component_gates_eta_0_as_the_control(env):
+    """eta = 0 is plain RFT: gated as a control (retention only), never as an undistillable release."""
+    root, tmp = env
+    model = put(tmp / "m", store.join(root, "models/cal"), b"calibrated")
+    task = gate(teacher_original=T0, teacher_calibrated=T1, students_original=GOOD[:1], students_calibrated=GOOD[1:],
+                model=_common.pin(model), eta=0.0, min_retention=0.95, max_transfer=0.5,
+                min_transfer=1.1, aggregate="worst", min_seeds=1, store_root=root)  # fmt: skip
+    decision = json.loads(Path(task.outputs["decision"].path).read_text())
+    assert decision["direction"] == "control"
+    assert "(control)" in Path(task.outputs["summary"].path).read_text()
+
+
 @dsl.pipeline(name="gate-then-publish")
 def gate_then_publish(model: str, release: str, store_root: str, students_calibrated: list) -> bool:
     g = gate(teacher_original=T0, teacher_calibrated=T1, students_original=GOOD[:1],
-             students_calibrated=students_calibrated, model=model, eta=-1.0, direction="auto", min_retention=0.95,
+             students_calibrated=students_calibrated, model=model, eta=-1.0, min_retention=0.95,
              max_transfer=0.5, min_transfer=1.1, aggregate="worst", min_seeds=1, store_root=store_root)  # fmt: skip
     with dsl.If(g.outputs["Output"] == True):  # noqa: E712 - a KFP condition
         publish(model=model, decision=g.outputs["decision"], calibration="", release=release, releases_prefix="",

@@ -14,7 +14,6 @@ def gate(
     students_calibrated: list[dict],
     model: str,
     eta: float,
-    direction: str,
     min_retention: float,
     max_transfer: float,
     min_transfer: float,
@@ -28,15 +27,16 @@ def gate(
     """Release gate: teacher retention >= min_retention, and student transfer <= max_transfer (undistillable)
     or >= min_transfer (distillable). Returns whether it passed; the reasons are in `summary`.
 
-    `direction` "auto" follows the sign of eta (< 0 undistillable, > 0 distillable). The decision is published to
+    The direction follows eta by the one rule of dg_core.knob: < 0 undistillable, > 0 distillable, 0 the control
+    (retention gated, transfer reported). The decision is published to
     the store bound to the calibrated model's sha256, so publish can verify it judged exactly that model.
     """
     from components._common import log_metrics, output_uri, run_stage, setup, uri_of, write_ref, write_text
     from dg_core.gate import to_markdown
+    from dg_core.knob import direction_of
 
     setup(store_root)
-    if direction == "auto":
-        direction = "distillable" if eta > 0 else "undistillable"
+    direction = direction_of(eta)
     evaluations = [teacher_original, teacher_calibrated, *students_original, *students_calibrated]
     params = {
         "evaluations": evaluations,

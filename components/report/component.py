@@ -15,7 +15,6 @@ def report(
     floors: list[dict],
     attack_steps: int,
     eta: float,
-    direction: str,
     decision: Input[Artifact],
     store_root: str,
     html: Output[HTML],
@@ -26,8 +25,8 @@ def report(
     seeds, next to each student's undistilled floor), as an HTML page with plots and a Markdown table.
 
     The attack loop's evaluation records are gathered into one `attack` artifact (the layout `dguard attack`
-    writes), then rendered by `dguard report`; both are published to the store. `direction` "auto" follows the
-    sign of eta, as the gate does. `decision` is the release gate's decision: its verdict and reasons head the
+    writes), then rendered by `dguard report`; both are published to the store. The worst case follows the
+    direction of eta (dg_core.knob). `decision` is the release gate's decision: its verdict and reasons head the
     page. Returns the report URI.
     """
     import json
@@ -38,6 +37,7 @@ def report(
     from dg_core import store
     from dg_core.distill.suite import ATTACK_FILE, attack_markdown
     from dg_core.gate import attack_summary
+    from dg_core.knob import direction_of
 
     setup(store_root)
     evaluations = [teacher_original, teacher_calibrated, *students_original, *students_calibrated]
@@ -54,10 +54,10 @@ def report(
         (Path(tmp) / "attack.md").write_text(attack_markdown(summary))
         store.publish(tmp, attack_uri, metadata={"kind": "attack", "calibrated": summary["config"]["calibrated"]})
     evals = [r["eval"] for r in (teacher_original, teacher_calibrated) if r.get("eval")]
-    if direction == "auto":
-        direction = "distillable" if eta > 0 else "undistillable"
     gate_uri = unpin(read_ref(decision))
-    out = run_stage("report", {"attacks": [attack_uri], "evals": evals, "direction": direction, "gate": gate_uri})
+    out = run_stage(
+        "report", {"attacks": [attack_uri], "evals": evals, "direction": direction_of(eta), "gate": gate_uri}
+    )
     d = store.fetch(out["report"])
     write_text(html, (d / "report.html").read_text())
     write_text(table, (d / "report.md").read_text())

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dg_core.knob import direction_of
+
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
 
@@ -57,7 +59,7 @@ def build_card(
 ) -> dict[str, Any]:
     """The card's JSON body."""
     eta = float(settings.get("eta", 0.0))
-    direction = "undistillable" if eta < 0 else "distillable" if eta > 0 else "control (plain RFT)"
+    direction = direction_of(eta)
     return _clean(
         {
             "kind": "calibration-card",

@@ -162,7 +162,7 @@ def run(cfg: Config) -> dict:
         normalize=cfg.normalize,
         combine=cfg.combine,
         reference=cfg.reference,
-        eta_sign=cfg.eta or -1.0,
+        eta_sign=cfg.eta,  # only combine='worst' reads it; at eta = 0 r_cal has no weight
         batch_size=cfg.score_batch,
     )
 
