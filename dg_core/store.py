@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from dg_core.errors import DGError
+from dg_core.errors import DGError, redact_url  # noqa: F401 (re-exported)
 
 log = logging.getLogger("dg_core.store")
 
@@ -96,6 +96,7 @@ def parse_uri(uri: str) -> tuple[str, str | None, str]:
     if not isinstance(uri, str) or not uri.strip():
         raise DGError(f"store URI {uri!r} is empty: expected s3://bucket/prefix, file:///abs/dir or a local path")
     uri = uri.strip()
+    shown = redact_url(uri)
     if "://" not in uri:
         return "file", None, str(Path(uri).expanduser().absolute())
     parts = urlsplit(uri)
@@ -104,20 +105,21 @@ def parse_uri(uri: str) -> tuple[str, str | None, str]:
         bucket = parts.netloc
         if not _BUCKET_RE.match(bucket) or ".." in bucket:
             raise DGError(
-                f"store URI {uri!r}: bucket {bucket!r} is not a valid S3 bucket name "
+                f"store URI {shown!r}: bucket {redact_url('s3://' + bucket)[5:]!r} is not a valid S3 bucket name "
                 "(expected 3-63 lowercase letters, digits, dots or hyphens)"
             )
         key = _clean_key(unquote(parts.path), uri)
         return "s3", bucket, key
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise DGError(f"store URI {uri!r} names host {parts.netloc!r}: expected file:///absolute/path")
+            host = redact_url("file://" + parts.netloc)[7:]
+            raise DGError(f"store URI {shown!r} names host {host!r}: expected file:///absolute/path")
         path = unquote(parts.path)
         if not path.startswith("/"):
-            raise DGError(f"store URI {uri!r} is not absolute: expected file:///absolute/path")
+            raise DGError(f"store URI {shown!r} is not absolute: expected file:///absolute/path")
         return "file", None, os.path.normpath(path)
     raise DGError(
-        f"store URI {uri!r} has unsupported scheme {scheme!r}: expected s3://bucket/prefix, "
+        f"store URI {shown!r} has unsupported scheme {scheme!r}: expected s3://bucket/prefix, "
         "file:///abs/dir or a local path"
     )
 
@@ -451,17 +453,23 @@ class S3Settings:
             ),
             "s3.amazonaws.com",
         )
+        shown = redact_url(raw)
         if "://" in raw:
             parts = urlsplit(raw)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise DGError(f"S3 endpoint {raw!r} is not valid: expected http(s)://host[:port] or host[:port]")
+                raise DGError(f"S3 endpoint {shown!r} is not valid: expected http(s)://host[:port] or host[:port]")
             if parts.path.strip("/"):
-                raise DGError(f"S3 endpoint {raw!r} has a path: expected http(s)://host[:port] without a path")
+                raise DGError(f"S3 endpoint {shown!r} has a path: expected http(s)://host[:port] without a path")
             secure = parts.scheme == "https"
-            endpoint = parts.netloc.rsplit("@", 1)[-1]
+            endpoint = parts.netloc
         else:
             endpoint = raw.rstrip("/")
             secure = _env_flag("S3_USE_SSL", True)
+        if "@" in endpoint:
+            raise DGError(
+                f"S3 endpoint {shown!r} holds credentials: put them in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                "(or MINIO_ACCESS_KEY/MINIO_SECRET_KEY) and give the endpoint as http(s)://host[:port]"
+            )
         access = env.get("AWS_ACCESS_KEY_ID") or env.get("MINIO_ACCESS_KEY") or None
         secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("MINIO_SECRET_KEY") or None
         if bool(access) != bool(secret):
@@ -578,7 +586,7 @@ def _short(exc: BaseException) -> str:
     if isinstance(code, str) and code:
         return f"{code}: {message}" if message else code
     text = " ".join(str(exc).split())
-    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", text)
+    text = redact_url(re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", text))
     return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
 
 

@@ -450,3 +450,44 @@ def test_publish_bad_input(store_root, tmp_path):
     with pytest.raises(DGError, match="a file is in the way"):
         store.publish(src, blocker.as_uri())
     assert store.list_artifacts(store_root) == []
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        f"http://AKIAURLKEY:{SECRET}@127.0.0.1:9/path",  # credentials and a path
+        f"ftp://AKIAURLKEY:{SECRET}@127.0.0.1:9",  # a bad scheme
+        f"AKIAURLKEY:{SECRET}@127.0.0.1:9",  # no scheme at all
+        f"http://AKIAURLKEY:{SECRET}@127.0.0.1:9",  # a well-formed URL carrying credentials
+    ],
+)
+def test_endpoint_credentials_are_never_printed(clean_env, tmp_path, caplog, endpoint):
+    """A secret written into the endpoint URL is refused with a one-line error that does not echo it."""
+    clean_env.setenv("AWS_ENDPOINT_URL", endpoint)
+    clean_env.setenv("DG_S3_RETRIES", "1")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DGError) as e:
+        store.read_manifest("s3://bkt/a")
+    msg = str(e.value)
+    assert SECRET not in msg and "AKIAURLKEY" not in msg and "***@127.0.0.1" in msg, msg
+    assert SECRET not in caplog.text
+    proc = subprocess.run(
+        [sys.executable, "-m", "dg_core.cli", "prep", "source=synthetic", "n=4", "output=s3://bkt/ds"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr and "AKIAURLKEY" not in proc.stderr, proc.stderr
+
+
+def test_uri_credentials_are_never_printed(clean_env):
+    for uri in (f"s3://KEY:{SECRET}@bkt/x", f"file://KEY:{SECRET}@host/x", f"gs://KEY:{SECRET}@b/x"):
+        with pytest.raises(DGError) as e:
+            store.parse_uri(uri)
+        assert SECRET not in str(e.value) and "***@" in str(e.value), str(e.value)
+    assert store.redact_url(f"https://h/o?X-Amz-Signature={SECRET}&a=1") == "https://h/o?X-Amz-Signature=***&a=1"
