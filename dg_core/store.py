@@ -34,6 +34,7 @@ import abc
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import http.client
 import io
@@ -58,6 +59,10 @@ log = logging.getLogger("dg_core.store")
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "dguard-artifact/1"
+VERSIONS = ".v"  # <artifact>/.v/<version id>/...: one immutable directory per publish
+_SWITCH_LOCK = ".switch.lock"  # local: serialises pointer switches and sweeps of one artifact
+_LEASE = ".lease"  # s3: <artifact>/.v/<version id>.lease, rewritten while its writer is alive
+_VID_RE = re.compile(r"^[0-9a-z][0-9a-z-]{0,63}$")
 _CHUNK = 4 * 1024 * 1024
 _T = TypeVar("_T")
 
@@ -68,6 +73,18 @@ class ArtifactNotFound(DGError):
 
 class ArtifactCorrupt(DGError):
     """An artifact whose files do not match its manifest."""
+
+
+class ArtifactBusy(ArtifactNotFound):
+    """An artifact being published (or republished while it was read): retrying later succeeds."""
+
+
+class BucketNotFound(ArtifactNotFound):
+    """The bucket of an s3:// URI does not exist (so nothing is published there)."""
+
+
+class PublishConflict(DGError):
+    """A publish that lost to a concurrent publish of the same URI; nothing of it is visible."""
 
 
 # ---------------------------------------------------------------------------------------------- URIs
@@ -185,6 +202,11 @@ def _scan_dir(local_dir: Path) -> dict[str, Path]:
             rel = p.relative_to(local_dir).as_posix()
             if rel == MANIFEST:
                 continue
+            if rel.split("/", 1)[0] == VERSIONS:
+                raise DGError(
+                    f"cannot publish {str(local_dir)!r}: {VERSIONS + '/'!r} is the store's own version area "
+                    "(publish the directory that store.fetch returns instead)"
+                )
             if not p.is_file():
                 raise DGError(f"cannot publish {str(local_dir)!r}: {rel!r} is not a regular file")
             files[rel] = p
@@ -303,6 +325,45 @@ class Store(abc.ABC):
             self.delete(k)
         return len(keys)
 
+    # -- what the publish protocol (see "artifacts" below) needs from a transport
+
+    def put_tree(self, files: Mapping[str, Path], prefix: str) -> dict[str, tuple[str, int]]:
+        """Write {relative path: local file} under ``prefix``; returns the sha256 and size of each file."""
+        digests = _parallel(_sha256_file, files.values(), min(4, os.cpu_count() or 1))
+        _parallel(lambda kv: self.put_file(_key_join(prefix, kv[0]), kv[1]), files.items(), _workers())
+        return dict(zip(files, digests))
+
+    @abc.abstractmethod
+    def read_pointer(self, key: str) -> tuple[bytes, str] | None:
+        """A small object's bytes and a token that changes whenever it is rewritten; None when absent."""
+
+    @abc.abstractmethod
+    def swap_pointer(self, key: str, data: bytes, expect: str | None) -> bool:
+        """Write ``data`` at ``key`` only if its token is still ``expect`` (None: still absent).
+
+        True when ``data`` is what the key now holds; False when another writer got there first.
+        """
+
+    @abc.abstractmethod
+    def version_lease(self, art_key: str, vid: str) -> contextlib.AbstractContextManager[None]:
+        """Mark version ``vid`` of the artifact ``art_key`` as being written while the context lasts."""
+
+    @abc.abstractmethod
+    def sweep_versions(self, art_key: str, own: str, keep: Callable[[], set[str]]) -> int:
+        """Delete the versions of ``art_key`` whose writer is gone, except ``own`` and those ``keep()`` names.
+
+        ``keep`` is called after the versions were listed, so a version switched in meanwhile is kept.
+        Unfinished uploads of deleted versions are aborted. Returns how many versions were deleted.
+        """
+
+    @abc.abstractmethod
+    def publishing(self, art_key: str) -> bool:
+        """Whether a writer may be publishing a version of ``art_key`` right now."""
+
+    def discard_version(self, art_key: str, vid: str) -> None:
+        """Remove what a failed publish of version ``vid`` wrote."""
+        self.delete_prefix(_key_join(art_key, VERSIONS, vid))
+
     def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> list[str]:
         """Upload every file of a local directory under ``prefix`` (in parallel); returns the keys written."""
         files = _scan_dir(Path(local_dir))
@@ -412,6 +473,116 @@ class LocalStore(Store):
                 shutil.rmtree(base)
         return n
 
+    def put_tree(self, files: Mapping[str, Path], prefix: str) -> dict[str, tuple[str, int]]:
+        base = self.path(prefix)
+        with self._oserror("write", prefix):
+            base.mkdir(parents=True, exist_ok=True)
+            digests = _parallel(lambda kv: _copy_hashed(kv[1], base / kv[0]), files.items(), 4)
+        return dict(zip(files, digests))
+
+    def read_pointer(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise DGError(f"cannot read {self.uri(key)}: {e.strerror or e}") from None
+        return data, hashlib.sha256(data).hexdigest()
+
+    @contextlib.contextmanager
+    def _switch_lock(self, art_key: str) -> Iterator[Path]:
+        vdir = self.path(_key_join(art_key, VERSIONS))
+        with self._oserror("lock", art_key):
+            vdir.mkdir(parents=True, exist_ok=True)
+            fd = _flock(vdir / _SWITCH_LOCK)
+        try:
+            yield vdir
+        finally:
+            os.close(fd)
+
+    def swap_pointer(self, key: str, data: bytes, expect: str | None) -> bool:
+        art_key = key.rsplit("/", 1)[0] if "/" in key else ""
+        with self._switch_lock(art_key) as vdir, self._oserror("publish", key):
+            cur = self.read_pointer(key)
+            if (cur[1] if cur else None) != expect:
+                return False
+            tmp = vdir / f".pointer.tmp-{uuid.uuid4().hex[:12]}"
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, self.path(key))  # readers see the old pointer or the new one, never a mix
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
+
+    @contextlib.contextmanager
+    def version_lease(self, art_key: str, vid: str) -> Iterator[None]:
+        # Taken under the switch lock, so a sweep never sees the lock file before it is held.
+        with self._switch_lock(art_key) as vdir, self._oserror("lock", art_key):
+            lock = vdir / f"{vid}.lock"
+            fd = _flock(lock)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # still held: a sweep cannot take it in between
+            os.close(fd)
+
+    def sweep_versions(self, art_key: str, own: str, keep: Callable[[], set[str]]) -> int:
+        vdir = self.path(_key_join(art_key, VERSIONS))
+        if not vdir.is_dir():
+            return 0
+        n = 0
+        with self._switch_lock(art_key):
+            kept = keep() | {own}
+            names = {p.name.removesuffix(".lock") for p in vdir.iterdir() if not p.name.startswith(".")}
+            for vid in sorted(names - kept):
+                lock = vdir / f"{vid}.lock"
+                fd = _flock(lock, blocking=False, create=False)
+                if fd == -1:
+                    continue  # its writer is alive
+                try:
+                    shutil.rmtree(vdir / vid, ignore_errors=True)
+                    lock.unlink(missing_ok=True)
+                    n += 1
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+        return n
+
+    def publishing(self, art_key: str) -> bool:
+        vdir = self.path(_key_join(art_key, VERSIONS))
+        if not vdir.is_dir():
+            return False
+        for lock in vdir.glob("*.lock"):
+            fd = _flock(lock, blocking=False, create=False)
+            if fd == -1:
+                return True
+            if fd is not None:
+                os.close(fd)
+        return False
+
+
+def _flock(path: Path, *, blocking: bool = True, create: bool = True) -> int | None:
+    """An fd holding an exclusive flock on ``path``; -1 when (non-blocking) another holds it; None when absent.
+
+    The kernel drops the lock when its holder exits, however it dies: a free lock means a dead writer.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
 
 # ---------------------------------------------------------------------------------------------- S3
 
@@ -432,6 +603,7 @@ class S3Settings:
     part_size: int
     retries: int
     backoff_s: float
+    lease_s: int = 120
 
     @property
     def url(self) -> str:
@@ -498,6 +670,7 @@ class S3Settings:
             part_size=_env_int("DG_S3_PART_SIZE_MB", 32, lo=5, hi=5120) << 20,
             retries=_env_int("DG_S3_RETRIES", 5, lo=1, hi=50),
             backoff_s=_env_float("DG_S3_BACKOFF_S", 0.5),
+            lease_s=_env_int("DG_S3_LEASE_S", 120, lo=1, hi=86400),
         )
 
 
@@ -636,14 +809,17 @@ class S3Store(Store):
                     "(the credentials lack permission for this bucket or prefix)"
                 )
             if code == "NoSuchBucket":
-                return DGError(
-                    f"S3 bucket {self.bucket!r} does not exist at {s.url}: create it, or set "
-                    "DG_S3_CREATE_BUCKET=1 to have it created"
-                )
+                return self._no_bucket()
             if code in ("NoSuchKey", "NoSuchObject"):
                 return ArtifactNotFound(f"no object at {target}")
             return DGError(f"S3 {what} {target} failed at {s.url}: {_short(exc)}")
         return DGError(f"cannot {what} {target} at {s.url}: {_short(exc)}")
+
+    def _no_bucket(self) -> BucketNotFound:
+        where = f"S3 bucket {self.bucket!r} does not exist at {self.settings.url}"
+        if self.settings.create_bucket:  # reads find nothing; the first write creates it
+            return BucketNotFound(f"{where} (DG_S3_CREATE_BUCKET=1 creates it on the first write)")
+        return BucketNotFound(f"{where}: create it, or set DG_S3_CREATE_BUCKET=1 to have it created")
 
     def _call(self, what: str, key: str, fn: Callable[[], _T]) -> _T:
         """Run one SDK call with exponential backoff on transient failures; map the rest to DGError."""
@@ -690,10 +866,7 @@ class S3Store(Store):
 
         if not self._call("check bucket", "", bucket_exists):
             if not self.settings.create_bucket:
-                raise DGError(
-                    f"S3 bucket {self.bucket!r} does not exist at {self.settings.url}: create it, or set "
-                    "DG_S3_CREATE_BUCKET=1 to have it created"
-                )
+                raise self._no_bucket()
 
             def make_bucket() -> None:
                 try:
@@ -854,6 +1027,157 @@ class S3Store(Store):
 
     def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> list[str]:
         files = _scan_dir(Path(local_dir))
+        self._put_files(files, prefix)
+        return [_key_join(prefix, rel) for rel in files]
+
+    def put_tree(self, files: Mapping[str, Path], prefix: str) -> dict[str, tuple[str, int]]:
+        digests = _parallel(_sha256_file, files.values(), min(4, os.cpu_count() or 1))
+        self._put_files(files, prefix)
+        return dict(zip(files, digests))
+
+    def read_pointer(self, key: str) -> tuple[bytes, str] | None:
+        from minio.error import S3Error
+
+        key = _clean_key(key, key)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                resp = self.client.get_object(self.bucket, key)
+            except S3Error as e:
+                if e.code in ("NoSuchKey", "NoSuchObject"):
+                    return None
+                raise
+            try:
+                return resp.read(), (resp.headers.get("ETag") or "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("read", key, get)
+
+    def swap_pointer(self, key: str, data: bytes, expect: str | None) -> bool:
+        from minio.error import S3Error
+
+        key = _clean_key(key, key)
+        self.ensure_bucket()
+
+        def put() -> None:
+            # minio 7.2's put_object turns unknown headers into x-amz-meta-*; the conditional headers
+            # must reach S3 as they are, so this goes through the SDK's PutObject call itself.
+            cond = {"If-Match": f'"{expect}"'} if expect else {"If-None-Match": "*"}
+            try:
+                self.client._put_object(self.bucket, key, data, headers={"Content-Type": "application/json", **cond})
+            except S3Error as e:
+                if e.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+
+        self._call("publish", key, put)
+        # Read back: a refused write (another writer first) and a server that ignores the conditions but
+        # was overwritten already both show here; a retried write that had landed shows as our own bytes.
+        cur = self.read_pointer(key)
+        return cur is not None and cur[0] == data
+
+    @contextlib.contextmanager
+    def version_lease(self, art_key: str, vid: str) -> Iterator[None]:
+        key = _key_join(art_key, VERSIONS, vid + _LEASE)
+        self.put_bytes(key, b"")
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(max(0.25, self.settings.lease_s / 4)):
+                try:
+                    self.client.put_object(self.bucket, key, io.BytesIO(b""), 0)
+                except Exception as e:  # the publish itself reports a dead endpoint
+                    log.debug("lease %s not renewed: %s", self.uri(key), _short(e))
+
+        t = threading.Thread(target=beat, name="dg-store-lease", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            with contextlib.suppress(DGError):
+                self.delete(key)
+
+    def _uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, upload id) of the unfinished multipart uploads under ``prefix``; [] where listing them is
+        not implemented (s3rver)."""
+        from minio.error import S3Error
+
+        def ls() -> list[tuple[str, str]]:
+            out: list[tuple[str, str]] = []
+            km = um = None
+            for _ in range(1000):
+                try:
+                    r = self.client._list_multipart_uploads(
+                        self.bucket, prefix=prefix + "/", key_marker=km, upload_id_marker=um
+                    )
+                except S3Error as e:
+                    if e.code == "NotImplemented":
+                        return out
+                    raise
+                out += [(u.object_name, u.upload_id) for u in r.uploads]
+                if not r.is_truncated:
+                    break
+                km, um = r.next_key_marker, r.next_upload_id_marker
+            return out
+
+        return self._call("list uploads", prefix, ls)
+
+    def _abort_uploads(self, uploads: Iterable[tuple[str, str]]) -> None:
+        for key, upload_id in uploads:
+            self._call(
+                "abort upload", key, lambda k=key, u=upload_id: self.client._abort_multipart_upload(self.bucket, k, u)
+            )
+
+    def discard_version(self, art_key: str, vid: str) -> None:
+        prefix = _key_join(art_key, VERSIONS, vid)
+        self.delete_prefix(prefix)
+        self._abort_uploads(self._uploads(prefix))
+
+    def sweep_versions(self, art_key: str, own: str, keep: Callable[[], set[str]]) -> int:
+        vprefix = _key_join(art_key, VERSIONS)
+        objs = self._call(
+            "list", vprefix, lambda: list(self.client.list_objects(self.bucket, prefix=vprefix + "/", recursive=True))
+        )
+        uploads = self._uploads(vprefix)
+        kept = keep() | {own}  # read after the listing: a version switched in since then is kept
+        leases: dict[str, datetime] = {}
+        keys: dict[str, list[str]] = {}
+        for o in objs:
+            rest = o.object_name[len(vprefix) + 1 :]
+            if "/" in rest:
+                keys.setdefault(rest.split("/", 1)[0], []).append(o.object_name)
+            elif rest.endswith(_LEASE) and o.last_modified is not None:
+                leases[rest.removesuffix(_LEASE)] = o.last_modified
+                keys.setdefault(rest.removesuffix(_LEASE), []).append(o.object_name)
+        for k, _ in uploads:
+            keys.setdefault(k[len(vprefix) + 1 :].split("/", 1)[0], [])
+        ref = leases.get(own)  # the server's clock, through our own fresh lease: no client clock skew
+
+        def dead(vid: str) -> bool:
+            if vid not in leases:
+                return True  # finished (its writer dropped the lease after switching) or never started
+            return ref is not None and (ref - leases[vid]).total_seconds() > self.settings.lease_s
+
+        gone = [vid for vid in keys if vid not in kept and dead(vid)]
+        if not gone:
+            return 0
+        from minio.deleteobjects import DeleteObject
+
+        doomed = [DeleteObject(k) for vid in gone for k in keys[vid]]
+        for i in range(0, len(doomed), 1000):
+            batch = doomed[i : i + 1000]
+            self._call("delete", vprefix, lambda batch=batch: list(self.client.remove_objects(self.bucket, batch)))
+        self._abort_uploads(u for u in uploads if u[0][len(vprefix) + 1 :].split("/", 1)[0] in gone)
+        return len(gone)
+
+    def publishing(self, art_key: str) -> bool:
+        vprefix = _key_join(art_key, VERSIONS)
+        return any(k.endswith(_LEASE) and "/" not in k[len(vprefix) + 1 :] for k in self.list(vprefix))
+
+    def _put_files(self, files: Mapping[str, Path], prefix: str) -> None:
         sizes = {rel: p.stat().st_size for rel, p in files.items()}
         # Biggest first, so a large file does not start last and leave the pool idle.
         order = sorted(files.items(), key=lambda kv: -sizes[kv[0]])
@@ -865,7 +1189,6 @@ class S3Store(Store):
                 bar.update(sizes[kv[0]])
 
             _parallel(put, order, self.settings.workers)
-        return [_key_join(prefix, rel) for rel in files]
 
     def download_many(self, items: Mapping[str, tuple[Path, int | None]]) -> None:
         """Download {key: (path, size or None)}, every byte range of every file on one thread pool."""
@@ -915,19 +1238,24 @@ def build_manifest(local_dir: str | os.PathLike, metadata: Mapping[str, Any] | N
     return _manifest({rel: dg for rel, dg in zip(files, digests)}, metadata)
 
 
-def _manifest(digests: Mapping[str, tuple[str, int]], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def _manifest(
+    digests: Mapping[str, tuple[str, int]], metadata: Mapping[str, Any] | None, version: str | None = None
+) -> dict[str, Any]:
     try:
         meta = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
     except (TypeError, ValueError) as e:
         raise DGError(f"artifact metadata is not JSON-serialisable: {e}") from None
     files = {rel: {"sha256": sha, "size": size} for rel, (sha, size) in sorted(digests.items())}
-    return {
+    m = {
         "format": FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "files": files,
         "total_size": sum(f["size"] for f in files.values()),
         "metadata": meta,
     }
+    if version is not None:
+        m["version"] = version  # the payload is under <artifact>/.v/<version>/
+    return m
 
 
 def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -950,6 +1278,9 @@ def _parse_manifest(data: bytes, uri: str) -> dict[str, Any]:
         ok = ok and isinstance(f.get("sha256"), str) and bool(_SHA_RE.match(f["sha256"]))
         if not ok or _clean_key(rel, uri) != rel or rel == MANIFEST:
             raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} has an invalid entry for {rel!r}")
+    vid = m.get("version")
+    if vid is not None and not (isinstance(vid, str) and _VID_RE.match(vid)):
+        raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} names an invalid version {vid!r}")
     m["uri"] = uri
     return m
 
@@ -981,13 +1312,28 @@ def verify_dir(local_dir: str | os.PathLike, manifest: Mapping[str, Any], uri: s
 
 
 # ---------------------------------------------------------------------------------------------- artifacts
+#
+# The publish protocol, written against the Store primitives above (any transport that provides them works):
+#
+#   <artifact>/.v/<version>/...           the payload of one publish, never modified once written
+#   <artifact>/.v/<version>/MANIFEST.json  its manifest (so a version directory is self-describing)
+#   <artifact>/MANIFEST.json               the pointer: the manifest of the current version, switched last
+#
+# A publish writes a fresh version, then switches the pointer with a conditional write (S3 If-Match /
+# If-None-Match; a flock-guarded compare-and-rename on file://): if another publish switched it since this
+# one started, this one loses, removes its version and raises PublishConflict. Readers read the pointer,
+# then only that version's listed files; if those vanish or change under them they re-read the pointer
+# and, when it moved, read the new version. Old versions are deleted after a switch; versions left by dead
+# writers are swept by the next publish (file://: their flock is free; s3: their lease went stale).
+# Manifests without "version" (artifacts published before this layout) are read in place, flat.
 
 
 def publish(local_dir: str | os.PathLike, uri: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Publish a local directory as the artifact ``uri``: payload first, ``MANIFEST.json`` last.
+    """Publish a local directory as the artifact ``uri``; readers see the old version until it is complete.
 
-    Returns the manifest (with ``uri``). An existing artifact at ``uri`` is invalidated before anything is
-    written and replaced as a whole (files it had that the new one lacks are removed).
+    Returns the manifest (with ``uri``). The new version replaces the old one as a whole (files it had that
+    the new one lacks are gone). A concurrent publish to the same URI that switched first makes this one
+    raise :class:`PublishConflict` (nothing of it stays visible).
     """
     src = Path(local_dir)
     if not src.is_dir():
@@ -996,10 +1342,14 @@ def publish(local_dir: str | os.PathLike, uri: str, *, metadata: Mapping[str, An
     uri = store.uri(key)
     t0 = time.monotonic()
     if isinstance(store, LocalStore):
-        manifest = _publish_local(store, src, key, metadata)
+        if _check_local_target(store, src, key):
+            manifest = _publish_in_place(store, src, key, metadata)
+        else:
+            manifest = _publish_version(store, src, key, metadata)
     else:
         assert isinstance(store, S3Store)
-        manifest = _publish_s3(store, src, key, metadata)
+        store.ensure_bucket()
+        manifest = _publish_version(store, src, key, metadata)
     manifest["uri"] = uri
     dt = time.monotonic() - t0
     log.info(
@@ -1012,95 +1362,177 @@ def publish(local_dir: str | os.PathLike, uri: str, *, metadata: Mapping[str, An
     return manifest
 
 
-def _publish_local(store: LocalStore, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_local_target(store: LocalStore, src: Path, key: str) -> bool:
+    """Refuse impossible local targets; True when ``src`` is the target directory itself."""
     if not key:
         raise DGError("cannot publish to the filesystem root: expected file:///some/dir")
     dest = store.path(key)
     with store._oserror("publish to", key):
         if dest.exists() and not dest.is_dir():
             raise DGError(f"cannot publish to {store.uri(key)}: a file is in the way")
-        if src.resolve() == dest.resolve():
-            # Publishing a directory in place: only the manifest is (re)written.
-            (dest / MANIFEST).unlink(missing_ok=True)
-            manifest = build_manifest(src, metadata)
-            store.put_bytes(_key_join(key, MANIFEST), _manifest_bytes(manifest))
-            return manifest
-        if dest.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dest.resolve()):
+        s, d = src.resolve(), dest.resolve()
+        if s == d:
+            return True
+        if s.is_relative_to(d / VERSIONS):
+            return False  # republishing a fetched version of this artifact: it is copied before anything moves
+        if d.is_relative_to(s) or s.is_relative_to(d):
             raise DGError(f"cannot publish {str(src)!r} to {store.uri(key)}: one directory contains the other")
         dest.parent.mkdir(parents=True, exist_ok=True)
         _sweep_temps(dest)
-        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}")
-        tmp.mkdir()
-        try:
-            files = _scan_dir(src)
-            digests = _parallel(lambda kv: _copy_hashed(kv[1], tmp / kv[0]), files.items(), 4)
-            manifest = _manifest(dict(zip(files, digests)), metadata)
-            (tmp / MANIFEST).write_bytes(_manifest_bytes(manifest))
-            old = None
-            if dest.exists():
-                (dest / MANIFEST).unlink(missing_ok=True)  # readers stop trusting the old version first
-                old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:12]}")
-                os.rename(dest, old)
-            os.rename(tmp, dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            return manifest
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    return False
 
 
-def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:
-    """Remove temp/old siblings of ``dest`` left by publishes that died more than an hour ago."""
-    now = time.time()
-    name = _glob_escape(dest.name)
-    for p in [*dest.parent.glob(f".{name}.tmp-*"), *dest.parent.glob(f".{name}.old-*")]:
-        with contextlib.suppress(OSError):
-            if now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def _publish_s3(store: S3Store, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    manifest = build_manifest(src, metadata)
-    mkey = _key_join(key, MANIFEST)
-    store.ensure_bucket()
-    store.delete(mkey)  # readers stop trusting the old version first
-    before = store.sizes(key)
-    store.put_dir(src, key)
-    new_keys = {_key_join(key, rel) for rel in manifest["files"]}
-    stale = sorted(set(before) - new_keys - {mkey})
-    for k in stale:
-        store.delete(k)
-    store.put_bytes(mkey, _manifest_bytes(manifest))
+def _publish_in_place(store: LocalStore, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Publishing a directory where it lies: only the (flat) manifest is (re)written."""
+    with store._oserror("publish to", key):
+        (src / MANIFEST).unlink(missing_ok=True)
+        manifest = build_manifest(src, metadata)
+        store.put_bytes(_key_join(key, MANIFEST), _manifest_bytes(manifest))
     return manifest
+
+
+def _new_version() -> str:
+    """Sortable by time for people reading a listing; unique by its random part."""
+    return time.strftime("%Y%m%dt%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+
+
+def _publish_version(store: Store, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    uri = store.uri(key)
+    pkey = _key_join(key, MANIFEST)
+    files = _scan_dir(src)
+    prev = store.read_pointer(pkey)
+    replaced: dict[str, Any] | None = None
+    if prev is not None:
+        with contextlib.suppress(ArtifactCorrupt):  # an unreadable pointer is replaced; its files are unknown
+            replaced = _parse_manifest(prev[0], uri)
+    vid = _new_version()
+    vkey = _key_join(key, VERSIONS, vid)
+    raw: bytes | None = None
+    with store.version_lease(key, vid):
+        try:
+            manifest = _manifest(store.put_tree(files, vkey), metadata, version=vid)
+            raw = _manifest_bytes(manifest)
+            store.put_bytes(_key_join(vkey, MANIFEST), raw)
+            if not store.swap_pointer(pkey, raw, prev[1] if prev else None):
+                raise PublishConflict(
+                    f"publish to {uri} lost to a concurrent publish of the same URI (another writer switched "
+                    "it while this one was uploading); nothing of this publish is visible: rerun to replace it"
+                )
+        except BaseException:
+            _discard(store, key, vid, raw)
+            raise
+        _collect(store, key, vid, replaced)
+    return manifest
+
+
+def _discard(store: Store, key: str, vid: str, raw: bytes | None) -> None:
+    """Remove a failed publish's version, unless its pointer switch landed after all (a lost reply)."""
+    try:
+        if raw is not None:
+            cur = store.read_pointer(_key_join(key, MANIFEST))
+            if cur is not None and cur[0] == raw:
+                return
+        store.discard_version(key, vid)
+    except Exception as e:  # the publish's own error is the one to report; the next publish sweeps this
+        log.warning("could not remove the unfinished version %s of %s: %s", vid, store.uri(key), e)
+
+
+def _collect(store: Store, key: str, vid: str, replaced: Mapping[str, Any] | None) -> None:
+    """After a switch: delete the version it replaced, and versions of writers that died."""
+    try:
+        if replaced is not None:
+            old = replaced.get("version")
+            if old and old != vid:
+                store.delete_prefix(_key_join(key, VERSIONS, old))
+            elif not old:  # a flat artifact from before versioned publishes: its listed files go
+                for rel in replaced["files"]:
+                    if rel.split("/", 1)[0] != VERSIONS:
+                        store.delete(_key_join(key, rel))
+        store.sweep_versions(key, vid, lambda: _current_versions(store, key))
+    except DGError as e:
+        log.warning(
+            "published %s, but old versions were not all removed (%s); the next publish retries", store.uri(key), e
+        )
+
+
+def _current_versions(store: Store, key: str) -> set[str]:
+    got = store.read_pointer(_key_join(key, MANIFEST))
+    if got is None:
+        return set()
+    vid = _parse_manifest(got[0], store.uri(key)).get("version")
+    return {vid} if vid else set()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Version:
+    """What a reader resolved: the manifest, its bytes, and the key of the payload it describes."""
+
+    manifest: dict[str, Any]
+    raw: bytes
+    key: str
+    uri: str
+
+    @property
+    def flat(self) -> bool:
+        return "version" not in self.manifest
+
+
+def _resolve(store: Store, key: str) -> _Version:
+    uri = store.uri(key)
+    got = store.read_pointer(_key_join(key, MANIFEST))
+    if got is None:
+        if store.publishing(key):
+            raise ArtifactBusy(
+                f"artifact {uri} is being published by another process ({MANIFEST} is missing until it "
+                "finishes, or its writer was interrupted): retry when it is done"
+            )
+        raise ArtifactNotFound(
+            f"no published artifact at {uri}: {MANIFEST} is missing (never published, or the publish did not finish)"
+        )
+    m = _parse_manifest(got[0], uri)
+    vid = m.get("version")
+    return _Version(m, got[0], _key_join(key, VERSIONS, vid) if vid else key, uri)
+
+
+_READ_ATTEMPTS = 3
+
+
+def _read_stable(store: Store, key: str, fn: Callable[[_Version], _T]) -> _T:
+    """Run ``fn`` on the current version; when its files vanish or change because the artifact was
+    republished meanwhile, run it again on the new version (a few times), then give up with ArtifactBusy."""
+    for _ in range(_READ_ATTEMPTS):
+        v = _resolve(store, key)
+        try:
+            return fn(v)
+        except (ArtifactCorrupt, ArtifactNotFound):
+            now = store.read_pointer(_key_join(key, MANIFEST))
+            if now is not None and now[0] == v.raw:
+                raise  # the pointer did not move: the files really are wrong
+            log.info("%s was republished while being read; reading the new version", v.uri)
+    raise ArtifactBusy(
+        f"artifact {store.uri(key)} is being republished (it changed {_READ_ATTEMPTS} times while being read): "
+        "retry when its publishes are done"
+    )
+
+
+def _payload_sizes(store: Store, v: _Version) -> dict[str, int]:
+    return {k[len(v.key) :].lstrip("/"): n for k, n in store.sizes(v.key).items()}
 
 
 def read_manifest(uri: str) -> dict[str, Any]:
     """The manifest of a published artifact, after checking every listed file is present with its size.
 
-    :class:`ArtifactNotFound` when there is no manifest (never published or publish unfinished);
-    :class:`ArtifactCorrupt` when files are missing or have the wrong size.
+    :class:`ArtifactNotFound` when there is no manifest (never published, publish unfinished;
+    :class:`ArtifactBusy` while one is under way); :class:`ArtifactCorrupt` when files are missing or have
+    the wrong size.
     """
     store, key = open_store(uri)
-    manifest, _ = _load_manifest(store, key)
-    actual = {k[len(key) :].lstrip("/"): n for k, n in store.sizes(key).items()}
-    _check_sizes(manifest, actual, store.uri(key))
-    return manifest
 
+    def check(v: _Version) -> dict[str, Any]:
+        _check_sizes(v.manifest, _payload_sizes(store, v), v.uri)
+        return v.manifest
 
-def _load_manifest(store: Store, key: str) -> tuple[dict[str, Any], bytes]:
-    uri = store.uri(key)
-    try:
-        data = store.get_bytes(_key_join(key, MANIFEST))
-    except ArtifactNotFound:
-        raise ArtifactNotFound(
-            f"no published artifact at {uri}: {MANIFEST} is missing (never published, or the publish did not finish)"
-        ) from None
-    return _parse_manifest(data, uri), data
+    return _read_stable(store, key, check)
 
 
 def is_published(uri: str) -> bool:
@@ -1115,11 +1547,20 @@ def is_published(uri: str) -> bool:
 def list_artifacts(prefix_uri: str) -> list[str]:
     """URIs of the published artifacts under a prefix (those with a manifest), sorted."""
     store, key = open_store(prefix_uri)
+    try:
+        keys = store.list(key)
+    except BucketNotFound:
+        if isinstance(store, S3Store) and store.settings.create_bucket:
+            return []
+        raise
     out = []
-    for k in store.list(key):
+    for k in keys:
         if k == MANIFEST or k.endswith("/" + MANIFEST):
             parent = k[: -len(MANIFEST)].rstrip("/")
-            if isinstance(store, LocalStore) and any(p.startswith(".") for p in parent.split("/")):
+            segments = parent.split("/")
+            if VERSIONS in segments:
+                continue  # a version's own copy of its manifest
+            if isinstance(store, LocalStore) and any(p.startswith(".") for p in segments):
                 continue  # temp dirs of publishes in flight
             out.append(store.uri(parent))
     return sorted(out)
@@ -1130,52 +1571,89 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DG_CACHE_DIR") or Path.home() / ".cache" / "dguard")
 
 
+def _refuse_unlisted(d: Path, manifest: Mapping[str, Any], uri: str, *, flat: bool) -> None:
+    """A directory a reader uses in place must hold nothing its manifest does not list.
+
+    An extra file (a ``chat_template.jinja`` dropped into a model folder) would be picked up by loaders
+    that look for it by name although the manifest never vouched for it. A flat (pre-version) artifact's
+    folder may also hold the store's version area and nested artifacts; those are not its files.
+    """
+    listed = set(manifest["files"]) | {MANIFEST}
+    for dirpath, dirnames, filenames in os.walk(d):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(d).as_posix()
+        if flat:
+            dirnames[:] = [
+                n for n in dirnames if not (rel_dir == "." and n == VERSIONS) and not (here / n / MANIFEST).is_file()
+            ]
+        for name in sorted(filenames + [n for n in dirnames if (here / n).is_symlink()]):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel not in listed or (here / name).is_symlink():
+                raise ArtifactCorrupt(
+                    f"artifact {uri} holds {rel!r}, which its {MANIFEST} does not list: refusing to use it "
+                    "(remove the file, or republish the artifact with it)"
+                )
+
+
 def fetch(uri: str, dest: str | os.PathLike | None = None) -> Path:
-    """A verified local directory holding the artifact ``uri``.
+    """A verified local directory holding the artifact ``uri`` (its listed files and ``MANIFEST.json``).
 
     file:// artifacts are verified in place (or copied into ``dest`` and verified there); s3:// artifacts
-    are downloaded into ``dest`` or the cache, verified by sha256, and a verified cached copy is reused.
+    are downloaded into ``dest`` or the cache, verified by sha256, and a cached copy is reused after it
+    verifies by sha256 again. A directory used in place that holds unlisted files is refused.
     """
     store, key = open_store(uri)
-    uri = store.uri(key)
-    manifest, raw = _load_manifest(store, key)
     if isinstance(store, LocalStore):
-        src = store.path(key)
-        if dest is None:
-            verify_dir(src, manifest, uri)
-            return src
-        out = Path(dest)
-        _check_sizes(
-            manifest, {rel: (src / rel).stat().st_size for rel in manifest["files"] if (src / rel).is_file()}, uri
-        )
-        for rel, f in manifest["files"].items():
-            with store._oserror("copy", _key_join(key, rel)):
-                sha, _ = _copy_hashed(src / rel, out / rel)
-            if sha != f["sha256"]:
-                raise ArtifactCorrupt(
-                    f"artifact {uri} is corrupted: {rel!r} has sha256 {sha[:16]}..., {MANIFEST} says {f['sha256'][:16]}..."
-                )
-        (out / MANIFEST).write_bytes(raw)
-        return out
-
+        return _read_stable(store, key, lambda v: _fetch_local(store, v, dest))
     assert isinstance(store, S3Store)
-    digest = hashlib.sha256(raw).hexdigest()[:40]
-    actual = {k[len(key) :].lstrip("/"): n for k, n in store.sizes(key).items()}
-    _check_sizes(manifest, actual, uri)  # one listing: fail fast on a missing or truncated file
+    return _read_stable(store, key, lambda v: _fetch_s3(store, v, dest))
+
+
+def _fetch_local(store: LocalStore, v: _Version, dest: str | os.PathLike | None) -> Path:
+    src = store.path(v.key)
+    if dest is None:
+        verify_dir(src, v.manifest, v.uri)
+        _refuse_unlisted(src, v.manifest, v.uri, flat=v.flat)
+        return src
+    out = Path(dest)
+    _check_sizes(
+        v.manifest, {rel: (src / rel).stat().st_size for rel in v.manifest["files"] if (src / rel).is_file()}, v.uri
+    )
+    for rel, f in v.manifest["files"].items():
+        try:
+            sha, _ = _copy_hashed(src / rel, out / rel)
+        except FileNotFoundError:
+            raise ArtifactCorrupt(f"artifact {v.uri} is incomplete: {rel!r} vanished while being copied") from None
+        except OSError as e:
+            raise DGError(f"cannot copy {v.uri}/{rel}: {e.strerror or e}") from None
+        if sha != f["sha256"]:
+            raise ArtifactCorrupt(
+                f"artifact {v.uri} is corrupted: {rel!r} has sha256 {sha[:16]}..., {MANIFEST} says {f['sha256'][:16]}..."
+            )
+    (out / MANIFEST).write_bytes(v.raw)
+    return out
+
+
+def _fetch_s3(store: S3Store, v: _Version, dest: str | os.PathLike | None) -> Path:
+    _check_sizes(v.manifest, _payload_sizes(store, v), v.uri)  # one listing: fail fast on a missing file
     if dest is not None:
         out = Path(dest)
-        _download_verified(store, key, manifest, raw, out, uri)
+        _download_verified(store, v, out)
         return out
+    digest = hashlib.sha256(v.raw).hexdigest()[:40]
     out = cache_dir() / "artifacts" / digest
-    marker = out.with_name(digest + ".verified.json")
-    if out.is_dir() and _marker_ok(out, manifest, marker):
-        log.info("fetch %s: using verified cache %s", uri, out)
-        return out
+    if out.is_dir():
+        try:
+            verify_dir(out, v.manifest, str(out))
+            _refuse_unlisted(out, v.manifest, str(out), flat=False)
+            log.info("fetch %s: using verified cache %s", v.uri, out)
+            return out
+        except ArtifactCorrupt as e:
+            log.warning("fetch %s: the cached copy fails verification (%s); downloading again", v.uri, e)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{digest}.tmp-{uuid.uuid4().hex[:12]}")
     try:
-        _download_verified(store, key, manifest, raw, tmp, uri)
-        marker.unlink(missing_ok=True)
+        _download_verified(store, v, tmp)
         if out.exists():
             shutil.rmtree(out, ignore_errors=True)
         try:
@@ -1183,43 +1661,39 @@ def fetch(uri: str, dest: str | os.PathLike | None = None) -> Path:
         except OSError:
             if not (out.is_dir() and (out / MANIFEST).is_file()):
                 raise  # otherwise another process finished the same download first
-        _write_marker(out, manifest, marker)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _download_verified(store: S3Store, key: str, manifest: Mapping[str, Any], raw: bytes, out: Path, uri: str) -> None:
+def _download_verified(store: S3Store, v: _Version, out: Path) -> None:
     t0 = time.monotonic()
-    items = {_key_join(key, rel): (out / rel, f["size"]) for rel, f in manifest["files"].items()}
+    items = {_key_join(v.key, rel): (out / rel, f["size"]) for rel, f in v.manifest["files"].items()}
     try:
         store.download_many(items)
     except ArtifactNotFound as e:
-        raise ArtifactCorrupt(f"artifact {uri} is incomplete: {e}") from None
-    (out / MANIFEST).write_bytes(raw)
-    verify_dir(out, manifest, uri)
+        raise ArtifactCorrupt(f"artifact {v.uri} is incomplete: {e}") from None
+    (out / MANIFEST).write_bytes(v.raw)
+    verify_dir(out, v.manifest, v.uri)
     log.info(
-        "fetched %s (%d files, %.1f MB) in %.1fs", uri, len(items), manifest["total_size"] / 1e6, time.monotonic() - t0
+        "fetched %s (%d files, %.1f MB) in %.1fs",
+        v.uri,
+        len(items),
+        v.manifest["total_size"] / 1e6,
+        time.monotonic() - t0,
     )
 
 
-def _stat_sig(p: Path) -> list[int]:
-    st = p.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:
+    """Remove temp/old siblings of ``dest`` left by publishes that died more than an hour ago."""
+    now = time.time()
+    name = _glob_escape(dest.name)
+    for p in [*dest.parent.glob(f".{name}.tmp-*"), *dest.parent.glob(f".{name}.old-*")]:
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_marker(out: Path, manifest: Mapping[str, Any], marker: Path) -> None:
-    sig = {rel: _stat_sig(out / rel) for rel in manifest["files"]}
-    tmp = marker.with_name(marker.name + f".{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(sig))
-    os.replace(tmp, marker)
-
-
-def _marker_ok(out: Path, manifest: Mapping[str, Any], marker: Path) -> bool:
-    """A cached copy is reused when every file still has the size/mtime/inode it had when verified."""
-    try:
-        sig = json.loads(marker.read_text())
-        return all(sig.get(rel) == _stat_sig(out / rel) for rel in manifest["files"])
-    except (OSError, ValueError):
-        return False
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)

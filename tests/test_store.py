@@ -63,6 +63,18 @@ def _raw_put(uri: str, data: bytes) -> None:
     st.put_bytes(key, data)
 
 
+def _payload(uri: str, rel: str) -> str:
+    """Where the current version of an artifact keeps one of its files."""
+    st, key = store.open_store(uri)
+    return store.join(uri, store.VERSIONS, json.loads(st.get_bytes(f"{key}/{MANIFEST}"))["version"], rel)
+
+
+def _layout(uri: str) -> set[str]:
+    """Every key under an artifact, relative to it."""
+    st, key = store.open_store(uri)
+    return {k[len(key) + 1 :] for k in st.list(key)}
+
+
 SMALL = {"config.json": b'{"a": 1}', "weights/w.bin": bytes(range(256)) * 64, "empty.txt": b""}
 
 
@@ -97,14 +109,15 @@ def test_roundtrip_200mb_directory(root, tmp_path, clean_env, caplog):
 
     if uri.startswith("s3://"):
         st, key = store.open_store(uri)
-        etag = st.client.stat_object(st.bucket, key + "/model-00001.safetensors").etag
+        etag = st.client.stat_object(st.bucket, f"{key}/.v/{manifest['version']}/model-00001.safetensors").etag
         assert etag.endswith("-7"), f"110 MiB in 16 MiB parts should be a 7-part multipart upload, etag {etag}"
         assert got.is_relative_to(store.cache_dir())
         with caplog.at_level(logging.INFO, logger="dg_core.store"):
             again = store.fetch(uri)
         assert again == got and "using verified cache" in caplog.text
     else:
-        assert got == Path(store.parse_uri(uri)[2])  # verified in place, no copy
+        # verified in place, no copy: the current version's own directory inside the artifact
+        assert got == Path(store.parse_uri(uri)[2]) / store.VERSIONS / manifest["version"]
 
 
 def test_publish_fetch_small_and_metadata(root, tmp_path):
@@ -126,8 +139,11 @@ def test_republish_replaces_whole_artifact(root, tmp_path):
     store.publish(_write_tree(tmp_path / "v2", {"a.txt": b"two!", "new.txt": b"y"}), uri)
     got = store.fetch(uri, dest=tmp_path / "out")
     assert {k: v for k, v in _tree(got).items() if k != MANIFEST} == {"a.txt": b"two!", "new.txt": b"y"}
-    st, key = store.open_store(uri)
-    assert sorted(st.list(key)) == [f"{key}/{MANIFEST}", f"{key}/a.txt", f"{key}/new.txt"]
+    # Nothing of the old version is left: the pointer, the current version (its files + manifest copy) and,
+    # on file://, the lock file that serialises switches.
+    v = store.read_manifest(uri)["version"]
+    lock = {".v/.switch.lock"} if root.startswith("file://") else set()
+    assert _layout(uri) == lock | {MANIFEST, f".v/{v}/{MANIFEST}", f".v/{v}/a.txt", f".v/{v}/new.txt"}
 
 
 def test_list_artifacts_and_low_level_ops(root, tmp_path):
@@ -150,8 +166,13 @@ def test_list_artifacts_and_low_level_ops(root, tmp_path):
     st.delete(key)  # deleting a missing key is fine
     with pytest.raises(ArtifactNotFound, match="no (file|object) at"):
         st.get_bytes(key)
-    prefix = store.open_store(store.join(root, "m", "beta"))[1]
-    assert st.delete_prefix(prefix) == 2
+    beta = store.join(root, "m", "beta")
+    prefix = store.open_store(beta)[1]
+    v = store.read_manifest(beta)["version"]
+    lock = {".v/.switch.lock"} if root.startswith("file://") else set()
+    assert _layout(beta) == lock | {MANIFEST, f".v/{v}/{MANIFEST}", f".v/{v}/f.txt"}
+    assert st.delete_prefix(prefix) == 3 + len(lock)
+    assert _layout(beta) == set()
     assert store.list_artifacts(store.join(root, "m")) == [
         store.join(root, "m", "alpha"),
         store.join(root, "m", "beta-2", "nested"),
@@ -214,19 +235,16 @@ def test_killed_publish_leaves_nothing_readable(root, tmp_path, point):
     assert not store.is_published(fresh)
     with pytest.raises(ArtifactNotFound, match="MANIFEST.json is missing"):
         store.fetch(fresh)
-    if root.startswith("file://"):
-        # Local publishes stage into a temp dir and rename: the old version is untouched.
-        assert {k: v for k, v in _tree(store.fetch(old)).items() if k != MANIFEST} == v1
-        assert store.list_artifacts(root) == [old]
-    else:
-        # S3 republishes invalidate the old manifest before writing: nothing is readable, nothing mixed.
-        assert not store.is_published(old)
-        with pytest.raises(ArtifactNotFound, match="never published, or the publish did not finish"):
-            store.read_manifest(old)
-        assert store.list_artifacts(root) == []
+    # The new version was never switched in: the old one is whole and still the one readers get.
+    assert {k: v for k, v in _tree(store.fetch(old)).items() if k != MANIFEST} == v1
+    assert store.list_artifacts(root) == [old]
     # A retry completes normally.
     store.publish(src2, old)
     assert {k: v for k, v in _tree(store.fetch(old, dest=tmp_path / "o")).items() if k != MANIFEST} == v2
+    if root.startswith("file://"):
+        # The killed writer's flock died with it: the retry swept its half-written version at once.
+        v = store.read_manifest(old)["version"]
+        assert {p.split("/")[1] for p in _layout(old) if p.startswith(".v/") and "/" in p[3:]} == {v}
 
 
 def test_corruption_and_truncation_are_detected(root, tmp_path):
@@ -234,18 +252,18 @@ def test_corruption_and_truncation_are_detected(root, tmp_path):
     uri = store.join(root, "art")
     m = store.publish(_write_tree(tmp_path / "src", files), uri)
 
-    _raw_put(store.join(uri, "b.bin"), b"B" * 999 + b"X")  # same size, different content
+    _raw_put(_payload(uri, "b.bin"), b"B" * 999 + b"X")  # same size, different content
     assert store.is_published(uri)  # sizes still match; only hashing can tell
     with pytest.raises(ArtifactCorrupt, match=r"'b\.bin' has sha256 [0-9a-f]{16}\.\.\., MANIFEST\.json says") as e:
         store.fetch(uri)
     assert m["files"]["b.bin"]["sha256"][:16] in str(e.value)
 
-    _raw_put(store.join(uri, "b.bin"), b"B" * 10)
+    _raw_put(_payload(uri, "b.bin"), b"B" * 10)
     with pytest.raises(ArtifactCorrupt, match=r"'b\.bin' is 10 bytes, MANIFEST\.json says 1000"):
         store.read_manifest(uri)
     assert not store.is_published(uri)
 
-    st, key = store.open_store(store.join(uri, "a.bin"))
+    st, key = store.open_store(_payload(uri, "a.bin"))
     st.delete(key)
     with pytest.raises(ArtifactCorrupt, match=r"incomplete: 'a\.bin' is listed in MANIFEST\.json but missing"):
         store.fetch(uri)
@@ -491,3 +509,106 @@ def test_uri_credentials_are_never_printed(clean_env):
             store.parse_uri(uri)
         assert SECRET not in str(e.value) and "***@" in str(e.value), str(e.value)
     assert store.redact_url(f"https://h/o?X-Amz-Signature={SECRET}&a=1") == "https://h/o?X-Amz-Signature=***&a=1"
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, tempfile, time
+    from pathlib import Path
+    from dg_core import store
+    from dg_core.errors import DGError
+    name, uri, t0, period, rounds, nfiles = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory() as d:
+            for i in range(nfiles):
+                (Path(d) / f"f{i:02d}.txt").write_text(f"{name}:{r}:{i}|" * (50 + 37 * i))
+            time.sleep(max(0.0, t0 + r * period - time.time()))
+            try:
+                store.publish(d, uri, metadata={"writer": name, "round": r})
+                print(f"{r} ok", flush=True)
+            except DGError as e:
+                print(f"{r} error {type(e).__name__}: {e}", flush=True)
+    """
+)
+
+_READER = textwrap.dedent(
+    """
+    import json, sys, time, tempfile
+    from dg_core import store
+    uri, start, until = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    time.sleep(max(0.0, start - time.time()))
+    while time.time() < until:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                got = store.fetch(uri, dest=d)
+                tags = {p.read_text().split("|")[0].rsplit(":", 1)[0] for p in got.glob("f*.txt")}
+                print(json.dumps({"tags": sorted(tags), "n": len(list(got.glob("f*.txt")))}), flush=True)
+        except store.ArtifactNotFound as e:  # includes ArtifactBusy
+            print(json.dumps({"busy": type(e).__name__, "msg": str(e)}), flush=True)
+        except Exception as e:
+            print(json.dumps({"bad": type(e).__name__, "msg": str(e)}), flush=True)
+    """
+)
+
+
+def test_concurrent_publishes_one_whole_version(root, tmp_path):
+    """Two real processes publish different versions of one URI at the same instants while a third reads.
+
+    Every read sees one whole version (all files from one writer and round) or a clear not-yet/busy error;
+    a losing writer says it lost (the CLI turns that into a non-zero exit); the URI ends holding the
+    version of a writer that reported success.
+    """
+    import time
+
+    uri = store.join(root, "ds")
+    rounds, period, nfiles = 4, 1.2, 12
+    t0 = time.time() + 3.0  # both writers are imported and waiting by then
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    writers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", _WRITER, name, uri, str(t0), str(period), str(rounds), str(nfiles)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("a", "b")
+    }
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, uri, str(t0), str(t0 + rounds * period + 0.5)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    outs = {}
+    for name, p in writers.items():
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs[name] = dict(line.split(" ", 1) for line in out.splitlines())
+    rout, rerr = reader.communicate(timeout=120)
+    assert reader.returncode == 0, rerr
+
+    lost = 0
+    for r in range(rounds):
+        results = {name: outs[name][str(r)] for name in writers}
+        assert "ok" in results.values(), results  # somebody always wins
+        for res in results.values():
+            if res != "ok":
+                lost += 1
+                assert res.startswith("error PublishConflict: publish to ") and "lost to a concurrent publish" in res
+    final = store.read_manifest(uri)["metadata"]
+    assert outs[final["writer"]][str(rounds - 1)] == "ok" and final["round"] == rounds - 1
+    reads = [json.loads(line) for line in rout.splitlines()]
+    first = next(i for i, x in enumerate(reads) if "tags" in x)
+    for x in reads:
+        assert "bad" not in x, x  # never a corrupted or mixed read
+        if "tags" in x:
+            assert len(x["tags"]) == 1 and x["n"] == nfiles, x  # one writer, one round, every file
+    # Once a version exists, republishes never hide it: readers keep getting a whole version.
+    after = reads[first:]
+    assert all("tags" in x or x["busy"] == "ArtifactBusy" for x in after), [x for x in after if "tags" not in x][:3]
+    busy = sum("tags" not in x for x in after)
+    print(f"{root.split(':')[0]}: {lost}/{rounds} rounds had a loser; {len(after) - busy}/{len(after)} reads whole")
