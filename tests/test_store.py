@@ -612,3 +612,83 @@ def test_concurrent_publishes_one_whole_version(root, tmp_path):
     assert all("tags" in x or x["busy"] == "ArtifactBusy" for x in after), [x for x in after if "tags" not in x][:3]
     busy = sum("tags" not in x for x in after)
     print(f"{root.split(':')[0]}: {lost}/{rounds} rounds had a loser; {len(after) - busy}/{len(after)} reads whole")
+
+
+_PAUSED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dg_core import store
+    src, uri, flag = sys.argv[1:4]
+    real = store._copy_hashed
+    def slow(a, b):
+        out = real(a, b)
+        Path(flag).touch()  # part of the payload is written: the test may look now
+        time.sleep(60)
+        return out
+    store._copy_hashed = slow
+    store.publish(src, uri)
+    """
+)
+
+
+def _start_paused_writer(src: Path, uri: str, flag: Path) -> subprocess.Popen:
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "DG_S3_WORKERS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_WRITER, str(src), uri, str(flag)], env=env)
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the writer did not start"
+        time.sleep(0.05)
+    return proc
+
+
+def test_local_publish_in_flight_killed_and_failed(clean_env, tmp_path, monkeypatch):
+    """file://: readers during a publish get the old version or 'being published'; nothing lingers after a
+    killed or failed publish once the next publish ran."""
+    root = tmp_path / "store"
+    old, fresh = (root / "old").as_uri(), (root / "fresh").as_uri()
+    v1 = {f"f{i}.bin": b"v1-%d" % i * 100 for i in range(4)}
+    store.publish(_write_tree(tmp_path / "v1", v1), old)
+    src2 = _write_tree(tmp_path / "v2", {f"f{i}.bin": b"v2-%d" % i * 100 for i in range(4)})
+
+    w_old = _start_paused_writer(src2, old, tmp_path / "flag-old")
+    w_fresh = _start_paused_writer(src2, fresh, tmp_path / "flag-fresh")
+    try:
+        # A republish in flight: readers keep the old version, whole.
+        assert {k: v for k, v in _tree(store.fetch(old)).items() if k != MANIFEST} == v1
+        # A first publish in flight: a clear "being published, retry", not "corrupted" or "missing".
+        with pytest.raises(store.ArtifactBusy, match=r"is being published by another process.*retry"):
+            store.fetch(fresh)
+        assert not store.is_published(fresh)
+    finally:
+        for w in (w_old, w_fresh):
+            w.send_signal(signal.SIGKILL)
+            w.wait()
+    with pytest.raises(ArtifactNotFound, match="MANIFEST.json is missing") as e:
+        store.fetch(fresh)  # the writer is dead: no longer "being published"
+    assert not isinstance(e.value, store.ArtifactBusy)
+
+    # A publish that fails part-way removes what it wrote before raising.
+    calls = []
+
+    def failing(a, b):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(a, b)
+
+    real = store._copy_hashed
+    monkeypatch.setattr(store, "_copy_hashed", failing)
+    with pytest.raises(DGError, match="No space left on device"):
+        store.publish(src2, old)
+    monkeypatch.setattr(store, "_copy_hashed", real)
+
+    # The next publishes sweep what the killed writers left; nothing but the current versions remains.
+    for uri in (old, fresh):
+        store.publish(src2, uri)
+        v = store.read_manifest(uri)["version"]
+        assert {p.split("/")[1] for p in _layout(uri) if p.count("/") >= 2} == {v}
+        assert {p for p in _layout(uri) if p.count("/") == 1} == {".v/.switch.lock"}  # no stale locks
+    assert sorted(p.name for p in root.iterdir()) == ["fresh", "old"]  # no temp siblings either
