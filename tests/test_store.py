@@ -692,3 +692,101 @@ def test_local_publish_in_flight_killed_and_failed(clean_env, tmp_path, monkeypa
         assert {p.split("/")[1] for p in _layout(uri) if p.count("/") >= 2} == {v}
         assert {p for p in _layout(uri) if p.count("/") == 1} == {".v/.switch.lock"}  # no stale locks
     assert sorted(p.name for p in root.iterdir()) == ["fresh", "old"]  # no temp siblings either
+
+
+# ---------------------------------------------------------------------------------------------- buckets, uploads
+
+
+def test_create_bucket_flag_is_honoured_on_every_path(moto, clean_env, tmp_path):
+    """DG_S3_CREATE_BUCKET=1: reads of a missing bucket find nothing (instead of failing), so stages that
+    look before they write go on and create it; the message never asks to set the variable that is set."""
+    use_s3(clean_env, moto)
+    bucket = f"dg-new-{os.urandom(4).hex()}"
+    uri = f"s3://{bucket}/zoo/x"
+    assert not store.is_published(uri)
+    assert store.list_artifacts(f"s3://{bucket}") == []
+    with pytest.raises(store.BucketNotFound) as e:
+        store.read_manifest(uri)
+    assert "creates it on the first write" in str(e.value) and "or set DG_S3_CREATE_BUCKET" not in str(e.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dg_core.cli", "zoo", "names=proxy", f"root=s3://{bucket}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from dg_core.models.zoo import zoo_uri
+
+    assert store.list_artifacts(f"s3://{bucket}") == [zoo_uri("proxy", root=f"s3://{bucket}")]
+    clean_env.setenv("DG_S3_CREATE_BUCKET", "0")
+    with pytest.raises(store.BucketNotFound, match=r"does not exist at .*: create it, or set DG_S3_CREATE_BUCKET=1"):
+        store.read_manifest(f"s3://dg-none-{os.urandom(4).hex()}/a")
+
+
+def _incomplete_uploads(uri: str) -> list[str]:
+    st, _ = store.open_store(uri)
+    return [u.object_name for u in st.client._list_multipart_uploads(st.bucket).uploads]
+
+
+_MULTIPART_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import minio
+    from dg_core import store
+    real = minio.Minio._upload_part
+    parts = []
+    def upload_part(self, *a, **k):
+        parts.append(1)
+        if len(parts) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *a, **k)
+    minio.Minio._upload_part = upload_part
+    store.publish(sys.argv[1], sys.argv[2])
+    """
+)
+
+
+def test_interrupted_multipart_uploads_are_aborted(moto, clean_env, tmp_path, monkeypatch):
+    """No orphaned parts: an interrupted upload aborts its multipart uploads; one killed outright is
+    aborted by the next publish of that URI once its writer's lease has gone stale."""
+    import time
+
+    import minio
+
+    root = use_s3(clean_env, moto)
+    clean_env.setenv("DG_S3_PART_SIZE_MB", "5")
+    clean_env.setenv("DG_S3_WORKERS", "1")
+    clean_env.setenv("DG_S3_LEASE_S", "1")
+    src = _write_tree(tmp_path / "src", {"big.bin": os.urandom(12 << 20), "small.txt": b"s"})
+    uri = store.join(root, "m")
+
+    real = minio.Minio._upload_part
+    parts = []
+
+    def interrupted(self, *a, **k):
+        parts.append(1)
+        if len(parts) == 2:
+            raise KeyboardInterrupt  # Ctrl-C: the SDK only aborts its upload on Exception
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(minio.Minio, "_upload_part", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.publish(src, uri)
+    monkeypatch.setattr(minio.Minio, "_upload_part", real)
+    assert _incomplete_uploads(root) == []
+    assert _layout(uri) == set()
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _MULTIPART_KILLER, str(src), uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(_incomplete_uploads(root)) == 1  # what a killed writer leaves: nothing can abort it then
+    time.sleep(2.5)  # the killed writer's lease (DG_S3_LEASE_S=1) goes stale
+    m = store.publish(src, uri)
+    assert _incomplete_uploads(root) == []
+    assert {p.split("/")[1] for p in _layout(uri) if p.startswith(".v/")} == {m["version"]}
