@@ -790,3 +790,63 @@ def test_interrupted_multipart_uploads_are_aborted(moto, clean_env, tmp_path, mo
     m = store.publish(src, uri)
     assert _incomplete_uploads(root) == []
     assert {p.split("/")[1] for p in _layout(uri) if p.startswith(".v/")} == {m["version"]}
+
+
+# ---------------------------------------------------------------------------------------------- unlisted files
+
+
+def test_unlisted_files_are_never_used(clean_env, tmp_path):
+    """A file dropped into a published model folder (a chat template here) is never read by loaders:
+    beside the version it is invisible, inside the directory readers use it makes the artifact refused."""
+    from dg_core.models.io import load_tokenizer
+    from dg_core.models.zoo import ensure
+
+    root = (tmp_path / "store").as_uri()
+    uri = ensure("proxy", root=root)
+    art = Path(store.parse_uri(uri)[2])
+    template = "INJECTED {% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert load_tokenizer(uri).chat_template is None
+
+    (art / "chat_template.jinja").write_text(template)  # where a user sees the model files
+    assert load_tokenizer(uri).chat_template is None
+    assert load_tokenizer(str(art)).chat_template is None  # named by its path, too
+    assert "chat_template.jinja" not in {p.name for p in store.fetch(uri).iterdir()}
+
+    version_dir = store.fetch(uri)
+    (version_dir / "chat_template.jinja").write_text(template)  # inside the directory loaders read
+    with pytest.raises(ArtifactCorrupt, match=r"holds 'chat_template\.jinja', which its MANIFEST\.json does not list"):
+        load_tokenizer(uri)
+    assert store.is_published(uri)  # the listed files are intact; only in-place use is refused
+    copy = store.fetch(uri, dest=tmp_path / "copy")  # a copy takes only the listed files
+    assert not (copy / "chat_template.jinja").exists()
+    (version_dir / "chat_template.jinja").unlink()
+    assert load_tokenizer(uri).chat_template is None
+
+    # Artifacts published before versions existed (flat folders) get the same check.
+    flat = _write_tree(tmp_path / "store" / "flat", {"config.json": b"{}", "sub/w.bin": b"w"})
+    store.publish(flat, flat.as_uri())  # in place: a flat manifest beside the files
+    assert "version" not in store.read_manifest(flat.as_uri())
+    store.fetch(flat.as_uri())
+    (flat / "sub" / "chat_template.jinja").write_text(template)
+    with pytest.raises(ArtifactCorrupt, match=r"holds 'sub/chat_template\.jinja'"):
+        store.fetch(flat.as_uri())
+
+
+@pytest.mark.parametrize("root", ["moto"], indirect=True)
+def test_cache_is_verified_by_sha(root, tmp_path):
+    """A cached download edited in place with its size, mtime and inode kept is still caught and replaced."""
+    uri = store.join(root, "art")
+    store.publish(_write_tree(tmp_path / "src", SMALL), uri)
+    first = store.fetch(uri)
+    p = first / "config.json"
+    st = p.stat()
+    with open(p, "r+b") as f:  # same inode, same size
+        f.write(b'{"a": 2}')
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    again = store.fetch(uri)
+    assert (again / "config.json").read_bytes() == SMALL["config.json"]
+    (again / "chat_template.jinja").write_text("INJECTED")  # an extra file in the cache
+    third = store.fetch(uri)
+    assert not (third / "chat_template.jinja").exists()
+    assert {k: v for k, v in _tree(third).items() if k != MANIFEST} == SMALL
