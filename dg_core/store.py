@@ -1491,7 +1491,9 @@ def _resolve(store: Store, key: str) -> _Version:
         )
     m = _parse_manifest(got[0], uri)
     vid = m.get("version")
-    return _Version(m, got[0], _key_join(key, VERSIONS, vid) if vid else key, uri)
+    if not vid or key.split("/")[-2:] == [VERSIONS, vid]:
+        return _Version(m, got[0], key, uri)  # flat, or a version directory named itself (a fetched path)
+    return _Version(m, got[0], _key_join(key, VERSIONS, vid), uri)
 
 
 _READ_ATTEMPTS = 3

@@ -813,6 +813,7 @@ def test_unlisted_files_are_never_used(clean_env, tmp_path):
     assert "chat_template.jinja" not in {p.name for p in store.fetch(uri).iterdir()}
 
     version_dir = store.fetch(uri)
+    assert store.fetch(str(version_dir)) == version_dir  # a fetched directory is itself readable by path
     (version_dir / "chat_template.jinja").write_text(template)  # inside the directory loaders read
     with pytest.raises(ArtifactCorrupt, match=r"holds 'chat_template\.jinja', which its MANIFEST\.json does not list"):
         load_tokenizer(uri)
