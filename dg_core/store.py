@@ -1270,7 +1270,9 @@ def _parse_manifest(data: bytes, uri: str) -> dict[str, Any]:
     try:
         m = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} is not valid JSON ({e})") from None
+        raise ArtifactCorrupt(
+            f"artifact {uri}: {MANIFEST} is not valid JSON ({e}): torn or overwritten, republish the artifact"
+        ) from None
     if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
         raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} is not a {FORMAT} manifest")
     for rel, f in m["files"].items():

@@ -194,14 +194,16 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def s3rver_server(tls: bool = False) -> Iterator[Server]:
+def s3rver_server(tls: bool = False, data_dir: Path | None = None, port: int | None = None) -> Iterator[Server]:
     """s3rver (npm): rejects unknown access key ids, so wrong-credential paths can be tested.
 
-    With ``tls`` it serves https with a fresh self-signed certificate (``server.cert``).
+    With ``tls`` it serves https with a fresh self-signed certificate (``server.cert``). It keeps objects
+    on disk: given the same ``data_dir`` and ``port``, a restarted server serves what the last one stored.
     """
     exe = require_tool(S3RVER_BIN, "s3rver")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="dg-s3rver-data-") as data:
+    port = port or free_port()
+    with contextlib.ExitStack() as stack:
+        data = str(data_dir) if data_dir else stack.enter_context(tempfile.TemporaryDirectory(prefix="dg-s3rver-"))
         argv = [str(exe), "-d", data, "-a", "127.0.0.1", "-p", str(port), "--silent"]
         if tls:
             cert, key = self_signed_cert(Path(data))
