@@ -105,6 +105,7 @@ def _canonical(uri: str) -> str:
     return Path(path).as_uri()
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -114,9 +115,20 @@ def parse_uri(uri: str) -> tuple[str, str | None, str]:
         raise DGError(f"store URI {uri!r} is empty: expected s3://bucket/prefix, file:///abs/dir or a local path")
     uri = uri.strip()
     shown = redact_url(uri)
+    if _CONTROL_RE.search(unquote(uri)):
+        raise DGError(f"store URI {shown!r} contains a control character: expected a printable URI or path")
     if "://" not in uri:
-        return "file", None, str(Path(uri).expanduser().absolute())
-    parts = urlsplit(uri)
+        try:
+            return "file", None, os.path.normpath(Path(uri).expanduser().absolute())
+        except RuntimeError as e:  # ~user of an unknown user, or no home directory
+            raise DGError(f"store path {shown!r}: {e} (expected an absolute or relative path)") from None
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError as e:
+        raise DGError(
+            f"store URI {shown!r} is malformed ({e}): expected s3://bucket/prefix or file:///abs/dir"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme == "s3":
         bucket = parts.netloc
