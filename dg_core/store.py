@@ -3,13 +3,14 @@
 URIs: ``s3://bucket/prefix`` (through the MinIO Python SDK, any S3 endpoint) or ``file:///abs/dir`` (the
 embedded default, ``$DG_STORE_ROOT`` or ``file://$PWD/.dg/store``); a plain path means a local directory.
 
-An *artifact* is a directory published with :func:`publish`: the payload first, then ``MANIFEST.json``
-(sha256 + size of every file, created time, metadata) last, so a reader that finds a manifest knows the
-payload is complete. Republishing deletes the old manifest before touching anything else, so a publish that
-dies half-way leaves nothing readable rather than a mix of two versions. Local publishes write into a hidden
-temp directory beside the target and rename it into place. Readers (:func:`read_manifest`, :func:`fetch`)
-check the files against the manifest and refuse incomplete or corrupted artifacts with a one-line
-:class:`DGError` naming the file and the expected vs actual size/sha256.
+An *artifact* is a directory published with :func:`publish`. Each publish writes an immutable version
+(``<uri>/.v/<version>/``: the payload and its ``MANIFEST.json``: sha256 + size of every file, created time,
+metadata), then switches the pointer ``<uri>/MANIFEST.json`` to it with a conditional write, so readers see
+the old version or the new one, whole, and of two concurrent publishes one wins and the other raises
+:class:`PublishConflict`. The guarantees, and which server gives which, are in docs/CONTRACTS.md (Store).
+Readers (:func:`read_manifest`, :func:`fetch`) use only the files the manifest lists, check them against it
+and refuse incomplete or corrupted artifacts with a one-line :class:`DGError` naming the file and the
+expected vs actual size/sha256.
 
 S3 settings come from the environment, under the names KFP and MinIO users already have:
 
@@ -18,14 +19,17 @@ S3 settings come from the environment, under the names KFP and MinIO users alrea
 - credentials: ``AWS_ACCESS_KEY_ID`` / ``MINIO_ACCESS_KEY``, ``AWS_SECRET_ACCESS_KEY`` / ``MINIO_SECRET_KEY``,
   ``AWS_SESSION_TOKEN``; none at all means anonymous requests
 - ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; ``S3_VERIFY_SSL`` (``0`` disables, a file path is a CA bundle)
-- ``DG_S3_CREATE_BUCKET=1`` creates a missing bucket on write (otherwise a missing bucket is an error)
+- ``DG_S3_CREATE_BUCKET=1`` creates a missing bucket on the first write (reads of it find nothing);
+  otherwise a missing bucket is an error
 - tuning: ``DG_S3_WORKERS`` (parallel transfers, 8), ``DG_S3_PART_SIZE_MB`` (multipart part size and
   ranged-download chunk, 32; upload memory is about workers x part size), ``DG_S3_RETRIES`` (attempts on
-  transient errors, 5), ``DG_S3_BACKOFF_S`` (first backoff, doubling, 0.5)
+  transient errors, 5), ``DG_S3_BACKOFF_S`` (first backoff, doubling, 0.5), ``DG_S3_LEASE_S`` (a writer
+  renews its lease every quarter of this; a version whose lease is older is a dead writer's, swept with its
+  unfinished multipart uploads by the next publish of that URI; 120)
 
-Secrets never appear in logs or errors; the access key id is shown masked. Downloads of s3 artifacts go to
-``$DG_CACHE_DIR`` (default ``~/.cache/dguard``) under a key derived from the manifest, and a verified cached
-copy is reused as long as its files are unchanged.
+Secrets never appear in logs or errors (:func:`dg_core.errors.redact_url`); the access key id is shown
+masked. Downloads of s3 artifacts go to ``$DG_CACHE_DIR`` (default ``~/.cache/dguard``) under a key derived
+from the manifest; a cached copy is reused only after it verifies by sha256 again.
 """
 
 from __future__ import annotations
@@ -1427,6 +1431,13 @@ def _publish_version(store: Store, src: Path, key: str, metadata: Mapping[str, A
             manifest = _manifest(store.put_tree(files, vkey), metadata, version=vid)
             raw = _manifest_bytes(manifest)
             store.put_bytes(_key_join(vkey, MANIFEST), raw)
+            try:  # a writer paused past its lease may have been swept: never switch to a missing version
+                _check_sizes(manifest, {k[len(vkey) + 1 :]: n for k, n in store.sizes(vkey).items()}, uri)
+            except ArtifactCorrupt:
+                raise DGError(
+                    f"publish to {uri}: its new version was removed before the switch (this writer paused "
+                    "longer than DG_S3_LEASE_S?); nothing was switched: rerun the publish"
+                ) from None
             if not store.swap_pointer(pkey, raw, prev[1] if prev else None):
                 raise PublishConflict(
                     f"publish to {uri} lost to a concurrent publish of the same URI (another writer switched "
@@ -1505,9 +1516,12 @@ def _resolve(store: Store, key: str) -> _Version:
         )
     m = _parse_manifest(got[0], uri)
     vid = m.get("version")
-    if not vid or key.split("/")[-2:] == [VERSIONS, vid]:
-        return _Version(m, got[0], key, uri)  # flat, or a version directory named itself (a fetched path)
-    return _Version(m, got[0], _key_join(key, VERSIONS, vid), uri)
+    vkey = _key_join(key, VERSIONS, vid) if vid else key
+    if vid and (
+        key.split("/")[-2:] == [VERSIONS, vid] or (isinstance(store, LocalStore) and not store.path(vkey).is_dir())
+    ):
+        vkey = key  # a version directory named by itself, or a copy of one (a fetched or downloaded folder)
+    return _Version(m, got[0], vkey, uri)
 
 
 _READ_ATTEMPTS = 3

@@ -820,6 +820,7 @@ def test_unlisted_files_are_never_used(clean_env, tmp_path):
     assert store.is_published(uri)  # the listed files are intact; only in-place use is refused
     copy = store.fetch(uri, dest=tmp_path / "copy")  # a copy takes only the listed files
     assert not (copy / "chat_template.jinja").exists()
+    assert store.fetch(str(copy)) == copy  # and is itself an artifact, read by its path
     (version_dir / "chat_template.jinja").unlink()
     assert load_tokenizer(uri).chat_template is None
 
