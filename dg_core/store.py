@@ -1527,11 +1527,22 @@ def _resolve(store: Store, key: str) -> _Version:
 _READ_ATTEMPTS = 3
 
 
+def _resolve_settled(store: Store, key: str) -> _Version:
+    """:func:`_resolve`, reading an unparseable pointer again after a moment before calling it corrupt:
+    servers that overwrite objects in place (s3rver) serve a half-written pointer during a switch."""
+    for delay in (0.05, 0.2, 0.5):
+        try:
+            return _resolve(store, key)
+        except ArtifactCorrupt:
+            time.sleep(delay)
+    return _resolve(store, key)
+
+
 def _read_stable(store: Store, key: str, fn: Callable[[_Version], _T]) -> _T:
     """Run ``fn`` on the current version; when its files vanish or change because the artifact was
     republished meanwhile, run it again on the new version (a few times), then give up with ArtifactBusy."""
     for _ in range(_READ_ATTEMPTS):
-        v = _resolve(store, key)
+        v = _resolve_settled(store, key)
         try:
             return fn(v)
         except (ArtifactCorrupt, ArtifactNotFound):

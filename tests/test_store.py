@@ -519,17 +519,21 @@ _WRITER = textwrap.dedent(
     from pathlib import Path
     from dg_core import store
     from dg_core.errors import DGError
-    name, uri, t0, period, rounds, nfiles = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    name, uri, t0, rounds, nfiles, sync = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
+    time.sleep(max(0.0, t0 - time.time()))
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as d:
             for i in range(nfiles):
                 (Path(d) / f"f{i:02d}.txt").write_text(f"{name}:{r}:{i}|" * (50 + 37 * i))
-            time.sleep(max(0.0, t0 + r * period - time.time()))
+            # A barrier: both writers start round r together, once both finished round r - 1.
+            while r and len(list(sync.glob(f"done-*-{r - 1}"))) < 2:
+                time.sleep(0.002)
             try:
                 store.publish(d, uri, metadata={"writer": name, "round": r})
                 print(f"{r} ok", flush=True)
             except DGError as e:
                 print(f"{r} error {type(e).__name__}: {e}", flush=True)
+            (sync / f"done-{name}-{r}").touch()
     """
 )
 
@@ -537,9 +541,12 @@ _READER = textwrap.dedent(
     """
     import json, sys, time, tempfile
     from dg_core import store
-    uri, start, until = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    import os
+    uri, start, stop = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     time.sleep(max(0.0, start - time.time()))
-    while time.time() < until:
+    last = False
+    while not last:
+        last = os.path.exists(stop)  # the writers are done: one more read, then stop
         try:
             with tempfile.TemporaryDirectory() as d:
                 got = store.fetch(uri, dest=d)
@@ -563,12 +570,12 @@ def test_concurrent_publishes_one_whole_version(root, tmp_path):
     import time
 
     uri = store.join(root, "ds")
-    rounds, period, nfiles = 4, 1.2, 12
+    rounds, nfiles = 4, 12
     t0 = time.time() + 3.0  # both writers are imported and waiting by then
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     writers = {
         name: subprocess.Popen(
-            [sys.executable, "-c", _WRITER, name, uri, str(t0), str(period), str(rounds), str(nfiles)],
+            [sys.executable, "-c", _WRITER, name, uri, str(t0), str(rounds), str(nfiles), str(tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -577,7 +584,7 @@ def test_concurrent_publishes_one_whole_version(root, tmp_path):
         for name in ("a", "b")
     }
     reader = subprocess.Popen(
-        [sys.executable, "-c", _READER, uri, str(t0), str(t0 + rounds * period + 0.5)],
+        [sys.executable, "-c", _READER, uri, str(t0), str(tmp_path / "writers-done")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -588,6 +595,7 @@ def test_concurrent_publishes_one_whole_version(root, tmp_path):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         outs[name] = dict(line.split(" ", 1) for line in out.splitlines())
+    (tmp_path / "writers-done").touch()
     rout, rerr = reader.communicate(timeout=120)
     assert reader.returncode == 0, rerr
 
