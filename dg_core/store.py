@@ -16,8 +16,12 @@ S3 settings come from the environment, under the names KFP and MinIO users alrea
 
 - endpoint: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT`` / ``MINIO_ENDPOINT``
   (``http://host:port`` or ``host:port``; without a scheme ``S3_USE_SSL`` decides, default on)
-- credentials: ``AWS_ACCESS_KEY_ID`` / ``MINIO_ACCESS_KEY``, ``AWS_SECRET_ACCESS_KEY`` / ``MINIO_SECRET_KEY``,
-  ``AWS_SESSION_TOKEN``; none at all means anonymous requests
+- credentials (``DG_S3_CREDENTIALS``: ``auto``, ``static``, ``iam``, ``anonymous``): static keys
+  ``AWS_ACCESS_KEY_ID`` / ``MINIO_ACCESS_KEY``, ``AWS_SECRET_ACCESS_KEY`` / ``MINIO_SECRET_KEY``,
+  ``AWS_SESSION_TOKEN``; without them ``auto`` uses the minio SDK's provider chain when Kubernetes or ECS
+  injected a role (``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN``: IRSA / workload identity; container
+  credentials), ``iam`` also asks the instance metadata service; otherwise requests are anonymous.
+  ``AWS_ENDPOINT_URL_STS`` / ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` point those at other endpoints
 - ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; ``S3_VERIFY_SSL`` (``0`` disables, a file path is a CA bundle)
 - ``DG_S3_CREATE_BUCKET=1`` creates a missing bucket on the first write (reads of it find nothing);
   otherwise a missing bucket is an error
@@ -620,6 +624,8 @@ class S3Settings:
     retries: int
     backoff_s: float
     lease_s: int = 120
+    credentials: str = "static"  # static | anonymous | iam (see _IAM_SIGNALS)
+    iam_endpoint: str | None = None  # the STS (web identity) or instance-metadata URL, when not the default
 
     @property
     def url(self) -> str:
@@ -627,6 +633,8 @@ class S3Settings:
 
     @property
     def masked_key(self) -> str:
+        if self.credentials == "iam":
+            return "(from the IAM provider chain)"
         k = self.access_key or ""
         return (k[:4] + "***") if k else "(anonymous)"
 
@@ -663,6 +671,21 @@ class S3Settings:
         if bool(access) != bool(secret):
             missing = "secret key (AWS_SECRET_ACCESS_KEY)" if access else "access key id (AWS_ACCESS_KEY_ID)"
             raise DGError(f"S3 credentials are incomplete: the {missing} is not set")
+        mode = env.get("DG_S3_CREDENTIALS", "").strip().lower() or "auto"
+        if mode not in ("auto", "static", "iam", "anonymous"):
+            raise DGError(f"DG_S3_CREDENTIALS={mode!r}: expected auto, static, iam or anonymous")
+        if mode == "auto":
+            mode = "static" if access else ("iam" if any(env.get(n) for n in _IAM_SIGNALS) else "anonymous")
+        if mode == "static" and not access:
+            raise DGError("DG_S3_CREDENTIALS=static but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
+        if mode == "anonymous":
+            access = secret = None
+        token_file = env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip()
+        if mode == "iam" and token_file and not Path(token_file).is_file():
+            raise DGError(f"AWS_WEB_IDENTITY_TOKEN_FILE={token_file!r} does not exist: expected the projected token")
+        iam_endpoint = (
+            env.get("AWS_ENDPOINT_URL_STS" if token_file else "AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip() or None
+        )
         verify_raw = env.get("S3_VERIFY_SSL", "").strip()
         verify: bool | str
         if not verify_raw or verify_raw.lower() in ("1", "true", "yes", "on"):
@@ -687,7 +710,50 @@ class S3Settings:
             retries=_env_int("DG_S3_RETRIES", 5, lo=1, hi=50),
             backoff_s=_env_float("DG_S3_BACKOFF_S", 0.5),
             lease_s=_env_int("DG_S3_LEASE_S", 120, lo=1, hi=86400),
+            credentials=mode,
+            iam_endpoint=iam_endpoint if mode == "iam" else None,
         )
+
+
+# Any of these set (IRSA / workload identity / ECS task roles) makes ``auto`` use the IAM provider chain.
+# Instance metadata alone is not probed unless DG_S3_CREDENTIALS=iam: off a cloud VM it only hangs.
+_IAM_SIGNALS = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+
+
+def _credential_provider(s: S3Settings):
+    """The minio SDK's chain: keys in the environment (AWS_*, MINIO_*), then the IAM provider (web identity
+    via AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, ECS container credentials, EC2 instance metadata).
+    Temporary credentials are refreshed by the SDK before they expire."""
+    from minio.credentials.providers import ChainedProvider, EnvAWSProvider, EnvMinioProvider, IamAwsProvider
+
+    return ChainedProvider([EnvAWSProvider(), EnvMinioProvider(), IamAwsProvider(custom_endpoint=s.iam_endpoint)])
+
+
+def _check_credentials(provider: Any, s: S3Settings) -> None:
+    """Fetch credentials once up front, so a missing role is one clear line, not a failure per request."""
+    from minio.credentials.providers import IamAwsProvider
+
+    try:
+        provider.retrieve()
+    except Exception:
+        try:  # the chain hides why; ask its last member, the one that was expected to answer
+            IamAwsProvider(custom_endpoint=s.iam_endpoint).retrieve()
+            reason = "no provider answered"
+        except Exception as e:
+            reason = _short(e)
+        via = (
+            "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)"
+            if os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+            else ("container or instance metadata")
+        )
+        raise DGError(
+            f"S3 credentials: none found for {s.url} (no AWS_ACCESS_KEY_ID; {via} failed: {reason}); set keys, "
+            "or check the pod's service account / the instance role"
+        ) from None
 
 
 _CLIENTS: dict[S3Settings, Any] = {}
@@ -722,14 +788,19 @@ def _client(s: S3Settings):
                 ca_certs=ca,
                 retries=False,  # retries live in S3Store._call, with backoff and error mapping
             )
+            provider = None
+            if s.credentials == "iam":
+                provider = _credential_provider(s)
+                _check_credentials(provider, s)
             c = Minio(
                 s.endpoint,
-                access_key=s.access_key,
-                secret_key=s.secret_key,
-                session_token=s.session_token,
+                access_key=s.access_key if provider is None else None,
+                secret_key=s.secret_key if provider is None else None,
+                session_token=s.session_token if provider is None else None,
                 secure=s.secure,
                 region=s.region,
                 http_client=http,
+                credentials=provider,
             )
             if not s.verify and s.secure:
                 import warnings

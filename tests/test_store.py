@@ -990,3 +990,59 @@ def test_concurrent_prep_runs_as_in_the_issue(root, tmp_path):
         assert len(rows) == 3000
         seed = json.loads((store.fetch(uri) / "dataset.json").read_text())["seed"]
         assert seed in winners, (seed, codes)
+
+
+# ---------------------------------------------------------------------------------------------- cloud credentials
+
+
+def _signing_keys(proxy) -> set[str]:
+    return {m.group(1) for a in proxy.auth if (m := re.search(r"Credential=([^/]+)/", a))}
+
+
+def test_credentials_from_instance_metadata(moto, clean_env, tmp_path):
+    """No keys, DG_S3_CREDENTIALS=iam: the minio SDK's chain gets a role's credentials from the instance
+    metadata service (moto's) and every S3 request is signed with them."""
+    with FlakyProxy(moto, fail_first=0) as proxy:
+        root = use_s3(clean_env, proxy)
+        clean_env.delenv("AWS_ACCESS_KEY_ID")
+        clean_env.delenv("AWS_SECRET_ACCESS_KEY")
+        clean_env.setenv("DG_S3_CREDENTIALS", "iam")
+        clean_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", moto.url)
+        uri = store.join(root, "art")
+        store.publish(_write_tree(tmp_path / "src", SMALL), uri)
+        assert {k: v for k, v in _tree(store.fetch(uri)).items() if k != MANIFEST} == SMALL
+        assert _signing_keys(proxy) == {"test-key"}  # moto's instance-role key, on every signed request
+        assert "" not in proxy.auth  # nothing went out anonymous
+
+        clean_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{free_port_()}")
+        with pytest.raises(DGError, match=r"^S3 credentials: none found for http://127\.0\.0\.1:\d+ .*instance role"):
+            store.read_manifest(uri)
+
+
+def free_port_() -> int:
+    from servers import free_port
+
+    return free_port()
+
+
+def test_credentials_from_web_identity(moto, clean_env, tmp_path):
+    """IRSA: a projected service-account token (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN) is exchanged at
+    STS (moto's) for temporary credentials, picked without any setting beyond those Kubernetes injects."""
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZWZsb3c6ZGcifQ.c2ln")
+    with FlakyProxy(moto, fail_first=0, host_for_action={"AssumeRoleWithWebIdentity": "sts.amazonaws.com"}) as proxy:
+        root = use_s3(clean_env, proxy)
+        clean_env.delenv("AWS_ACCESS_KEY_ID")
+        clean_env.delenv("AWS_SECRET_ACCESS_KEY")
+        clean_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+        clean_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/dguard")
+        clean_env.setenv("AWS_ENDPOINT_URL_STS", proxy.url)
+        assert store.S3Settings.from_env().credentials == "iam"
+        uri = store.join(root, "art")
+        store.publish(_write_tree(tmp_path / "src", SMALL), uri)
+        assert store.read_manifest(uri)["files"].keys() == SMALL.keys()
+        keys = _signing_keys(proxy)
+        assert len(keys) == 1 and keys.pop().startswith("ASIA"), proxy.auth[:3]  # STS temporary credentials
+    clean_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(DGError, match="AWS_WEB_IDENTITY_TOKEN_FILE=.*does not exist"):
+        store.S3Settings.from_env()
