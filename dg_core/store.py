@@ -330,6 +330,10 @@ class Store(abc.ABC):
     def sizes(self, prefix: str = "") -> dict[str, int]:
         """Every key under the directory ``prefix`` with its size in bytes."""
 
+    def stats(self, prefix: str = "") -> dict[str, tuple[int, str]]:
+        """Every key under ``prefix`` with its size and a token that changes when the object is rewritten."""
+        return {k: (n, "") for k, n in self.sizes(prefix).items()}
+
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete one key; deleting a missing key is not an error."""
@@ -477,6 +481,14 @@ class LocalStore(Store):
                 for name in filenames:
                     p = Path(dirpath) / name
                     out[p.relative_to(self.root).as_posix()] = p.stat().st_size
+        return out
+
+    def stats(self, prefix: str = "") -> dict[str, tuple[int, str]]:
+        out = {}
+        for k in self.sizes(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                st = self.path(k).stat()
+                out[k] = (st.st_size, f"{st.st_mtime_ns}:{st.st_ino}")
         return out
 
     def delete(self, key: str) -> None:
@@ -1089,6 +1101,16 @@ class S3Store(Store):
                 for o in self.client.list_objects(self.bucket, prefix=p, recursive=True)
                 if not o.is_dir
             }
+
+        return self._call("list", prefix, ls)
+
+    def stats(self, prefix: str = "") -> dict[str, tuple[int, str]]:
+        prefix = _clean_key(prefix, prefix)
+        p = prefix + "/" if prefix else None
+
+        def ls() -> dict[str, tuple[int, str]]:
+            objs = self.client.list_objects(self.bucket, prefix=p, recursive=True)
+            return {o.object_name: (int(o.size or 0), str(o.etag or "")) for o in objs if not o.is_dir}
 
         return self._call("list", prefix, ls)
 
@@ -1795,6 +1817,57 @@ def _download_verified(store: S3Store, v: _Version, out: Path) -> None:
         v.manifest["total_size"] / 1e6,
         time.monotonic() - t0,
     )
+
+
+# ---------------------------------------------------------------------------------------------- plain folders
+
+
+def snapshot_dir(uri: str, dest: str | os.PathLike) -> dict[str, Any]:
+    """Copy a folder that has no MANIFEST.json (a Hugging Face model synced into the bucket as is) into
+    ``dest`` and return the manifest of what was copied: its content, pinned by sha256 on first sight.
+
+    A folder whose files change between the listing before the copy and the one after is still being
+    uploaded: :class:`ArtifactBusy`, so a recurring run leaves it for its next pass instead of pinning a
+    half-written release. A published artifact is copied (verified) with its own manifest.
+    """
+    store, key = open_store(uri)
+    uri = store.uri(key)
+    out = Path(dest)
+    if store.read_pointer(_key_join(key, MANIFEST)) is not None:
+        fetch(uri, dest=out)
+        return read_manifest(uri)
+    before = {k: v for k, v in store.stats(key).items() if VERSIONS not in k[len(key) :].split("/")}
+    if not before:
+        raise ArtifactNotFound(f"nothing at {uri}: expected a published artifact or a folder of model files")
+    rels = {k: k[len(key) :].lstrip("/") for k in before}
+    if isinstance(store, LocalStore):
+        digests = {rels[k]: _copy_hashed(store.path(k), out / rels[k]) for k in sorted(before)}
+    else:
+        assert isinstance(store, S3Store)
+        store.download_many({k: (out / rels[k], before[k][0]) for k in before})
+        digests = {rels[k]: _sha256_file(out / rels[k]) for k in sorted(before)}
+    after = {k: v for k, v in store.stats(key).items() if VERSIONS not in k[len(key) :].split("/")}
+    if after != before or any(digests[rels[k]][1] != before[k][0] for k in before):
+        raise ArtifactBusy(f"{uri} is still being uploaded (its files changed while being read): retry later")
+    return _manifest(digests, {"source": uri})
+
+
+def import_dir(src_uri: str, dst_uri: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Publish the folder (or artifact) ``src_uri`` as the artifact ``dst_uri``, pinned by content: the
+    manifest's ``metadata.source_sha256`` is the sha256 of the source's file list at the time of the copy."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dg-import-") as tmp:
+        snap = snapshot_dir(src_uri, tmp)
+        (Path(tmp) / MANIFEST).unlink(missing_ok=True)
+        files = {rel: {"sha256": f["sha256"], "size": f["size"]} for rel, f in snap["files"].items()}
+        pin = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        meta = {"kind": "import", "source": open_store(src_uri)[0].uri(open_store(src_uri)[1])}
+        meta |= {"source_sha256": pin, **(metadata or {})}
+        manifest = publish(tmp, dst_uri, metadata=meta)
+    if {rel: f["sha256"] for rel, f in manifest["files"].items()} != {rel: f["sha256"] for rel, f in files.items()}:
+        raise ArtifactCorrupt(f"import of {src_uri} into {dst_uri}: the published files differ from the copy")
+    return manifest
 
 
 def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:

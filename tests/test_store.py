@@ -1046,3 +1046,48 @@ def test_credentials_from_web_identity(moto, clean_env, tmp_path):
     clean_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(DGError, match="AWS_WEB_IDENTITY_TOKEN_FILE=.*does not exist"):
         store.S3Settings.from_env()
+
+
+# ---------------------------------------------------------------------------------------------- plain folders
+
+
+def test_plain_folder_is_pinned_and_imported(root, tmp_path):
+    """A model folder uploaded as is (no MANIFEST.json, e.g. `aws s3 sync`) is copied with the sha256 of each
+    file recorded, and imported as a published artifact pinned to that content."""
+    st, key = store.open_store(store.join(root, "releases", "m1"))
+    st.put_dir(_write_tree(tmp_path / "hf", SMALL), key)  # the raw upload
+    plain = store.join(root, "releases", "m1")
+    assert not store.is_published(plain)
+    snap = store.snapshot_dir(plain, tmp_path / "snap")
+    assert {rel: f["sha256"] for rel, f in snap["files"].items()} == {
+        rel: hashlib.sha256(data).hexdigest() for rel, data in SMALL.items()
+    }
+    m = store.import_dir(plain, store.join(root, "imported", "m1"))
+    assert m["metadata"]["source"] == plain and len(m["metadata"]["source_sha256"]) == 64
+    got = store.fetch(store.join(root, "imported", "m1"), dest=tmp_path / "out")
+    assert {k: v for k, v in _tree(got).items() if k != MANIFEST} == SMALL
+    again = store.import_dir(plain, store.join(root, "imported", "m1b"))
+    assert again["metadata"]["source_sha256"] == m["metadata"]["source_sha256"]  # same content, same pin
+
+
+def test_plain_folder_still_uploading_is_left_for_later(clean_env, tmp_path):
+    import threading
+
+    src = _write_tree(tmp_path / "hf", {f"shard{i}.bin": os.urandom(1 << 20) for i in range(8)})
+    stop = threading.Event()
+
+    def uploader() -> None:  # another process still writing the release
+        n = 0
+        while not stop.is_set():
+            n += 1
+            (src / "shard7.bin").write_bytes(os.urandom((1 << 20) + n))
+
+    t = threading.Thread(target=uploader)
+    t.start()
+    try:
+        with pytest.raises(store.ArtifactBusy, match="still being uploaded"):
+            store.snapshot_dir(src.as_uri(), tmp_path / "snap")
+    finally:
+        stop.set()
+        t.join()
+    assert len(store.snapshot_dir(src.as_uri(), tmp_path / "snap2")["files"]) == 8  # settled: pinned
