@@ -11,7 +11,7 @@ import re
 # scheme://user:password@host or scheme://token@host (any scheme, even a bad one the user mistyped)
 _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s'\"]*@)")  # up to the last @
 # a bare host:port endpoint written with credentials but no scheme: KEY:SECRET@host
-_BARE_USERINFO_RE = re.compile(r"(?<![\w/.:@-])(?P<userinfo>[^\s/?#@'\":]+:[^\s/?#@'\"]*@)")
+_BARE_USERINFO_RE = re.compile(r"(?P<userinfo>[^\s/?#@'\":]*:[^\s/?#'\"]*@)")
 # credentials carried in a query string (presigned URLs, tokens)
 _QUERY_SECRET_RE = re.compile(
     r"(?P<key>[?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|access_token|"
