@@ -1,8 +1,34 @@
-"""The one exception type users see.
+"""The one exception type users see, and the redaction every message passes through.
 
 A `DGError` carries a single line that names what was wrong and what was expected; the CLI prints it
 without a traceback and exits non-zero. Anything else escaping a stage is a bug.
 """
+
+from __future__ import annotations
+
+import re
+
+# scheme://user:password@host or scheme://token@host (any scheme, even a bad one the user mistyped)
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s'\"]*@)")  # up to the last @
+# a bare host:port endpoint written with credentials but no scheme: KEY:SECRET@host
+_BARE_USERINFO_RE = re.compile(r"(?P<userinfo>[^\s/?#@'\":]*:[^\s/?#'\"]*@)")
+# credentials carried in a query string (presigned URLs, tokens)
+_QUERY_SECRET_RE = re.compile(
+    r"(?P<key>[?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|access_token|"
+    r"password|passwd|secret|api_key|apikey|key)=)[^&#\s'\"]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with every credential a URL may carry (user:password@, signature/token query values) masked.
+
+    Applied to every DGError message and to every store log line that names an endpoint, so a secret in
+    ``AWS_ENDPOINT_URL`` (or in a mistyped URL) never reaches a terminal or a log.
+    """
+    text = _USERINFO_RE.sub(lambda m: m["scheme"] + "***@", text)
+    text = _BARE_USERINFO_RE.sub("***@", text)
+    return _QUERY_SECRET_RE.sub(lambda m: m["key"] + "***", text)
 
 
 class DGError(Exception):
@@ -11,4 +37,4 @@ class DGError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(redact_url(" ".join(str(message).split())))

@@ -3,29 +3,37 @@
 URIs: ``s3://bucket/prefix`` (through the MinIO Python SDK, any S3 endpoint) or ``file:///abs/dir`` (the
 embedded default, ``$DG_STORE_ROOT`` or ``file://$PWD/.dg/store``); a plain path means a local directory.
 
-An *artifact* is a directory published with :func:`publish`: the payload first, then ``MANIFEST.json``
-(sha256 + size of every file, created time, metadata) last, so a reader that finds a manifest knows the
-payload is complete. Republishing deletes the old manifest before touching anything else, so a publish that
-dies half-way leaves nothing readable rather than a mix of two versions. Local publishes write into a hidden
-temp directory beside the target and rename it into place. Readers (:func:`read_manifest`, :func:`fetch`)
-check the files against the manifest and refuse incomplete or corrupted artifacts with a one-line
-:class:`DGError` naming the file and the expected vs actual size/sha256.
+An *artifact* is a directory published with :func:`publish`. Each publish writes an immutable version
+(``<uri>/.v/<version>/``: the payload and its ``MANIFEST.json``: sha256 + size of every file, created time,
+metadata), then switches the pointer ``<uri>/MANIFEST.json`` to it with a conditional write, so readers see
+the old version or the new one, whole, and of two concurrent publishes one wins and the other raises
+:class:`PublishConflict`. The guarantees, and which server gives which, are in docs/CONTRACTS.md (Store).
+Readers (:func:`read_manifest`, :func:`fetch`) use only the files the manifest lists, check them against it
+and refuse incomplete or corrupted artifacts with a one-line :class:`DGError` naming the file and the
+expected vs actual size/sha256.
 
 S3 settings come from the environment, under the names KFP and MinIO users already have:
 
 - endpoint: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT`` / ``MINIO_ENDPOINT``
   (``http://host:port`` or ``host:port``; without a scheme ``S3_USE_SSL`` decides, default on)
-- credentials: ``AWS_ACCESS_KEY_ID`` / ``MINIO_ACCESS_KEY``, ``AWS_SECRET_ACCESS_KEY`` / ``MINIO_SECRET_KEY``,
-  ``AWS_SESSION_TOKEN``; none at all means anonymous requests
+- credentials (``DG_S3_CREDENTIALS``: ``auto``, ``static``, ``iam``, ``anonymous``): static keys
+  ``AWS_ACCESS_KEY_ID`` / ``MINIO_ACCESS_KEY``, ``AWS_SECRET_ACCESS_KEY`` / ``MINIO_SECRET_KEY``,
+  ``AWS_SESSION_TOKEN``; without them ``auto`` uses the minio SDK's provider chain when Kubernetes or ECS
+  injected a role (``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN``: IRSA / workload identity; container
+  credentials), ``iam`` also asks the instance metadata service; otherwise requests are anonymous.
+  ``AWS_ENDPOINT_URL_STS`` / ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` point those at other endpoints
 - ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; ``S3_VERIFY_SSL`` (``0`` disables, a file path is a CA bundle)
-- ``DG_S3_CREATE_BUCKET=1`` creates a missing bucket on write (otherwise a missing bucket is an error)
+- ``DG_S3_CREATE_BUCKET=1`` creates a missing bucket on the first write (reads of it find nothing);
+  otherwise a missing bucket is an error
 - tuning: ``DG_S3_WORKERS`` (parallel transfers, 8), ``DG_S3_PART_SIZE_MB`` (multipart part size and
   ranged-download chunk, 32; upload memory is about workers x part size), ``DG_S3_RETRIES`` (attempts on
-  transient errors, 5), ``DG_S3_BACKOFF_S`` (first backoff, doubling, 0.5)
+  transient errors, 5), ``DG_S3_BACKOFF_S`` (first backoff, doubling, 0.5), ``DG_S3_LEASE_S`` (a writer
+  renews its lease every quarter of this; a version whose lease is older is a dead writer's, swept with its
+  unfinished multipart uploads by the next publish of that URI; 120)
 
-Secrets never appear in logs or errors; the access key id is shown masked. Downloads of s3 artifacts go to
-``$DG_CACHE_DIR`` (default ``~/.cache/dguard``) under a key derived from the manifest, and a verified cached
-copy is reused as long as its files are unchanged.
+Secrets never appear in logs or errors (:func:`dg_core.errors.redact_url`); the access key id is shown
+masked. Downloads of s3 artifacts go to ``$DG_CACHE_DIR`` (default ``~/.cache/dguard``) under a key derived
+from the manifest; a cached copy is reused only after it verifies by sha256 again.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import abc
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import http.client
 import io
@@ -52,12 +61,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from dg_core.errors import DGError
+from dg_core.errors import DGError, redact_url  # noqa: F401 (re-exported)
 
 log = logging.getLogger("dg_core.store")
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "dguard-artifact/1"
+VERSIONS = ".v"  # <artifact>/.v/<version id>/...: one immutable directory per publish
+_SWITCH_LOCK = ".switch.lock"  # local: serialises pointer switches and sweeps of one artifact
+_LEASE = ".lease"  # s3: <artifact>/.v/<version id>.lease, rewritten while its writer is alive
+_VID_RE = re.compile(r"^[0-9a-z][0-9a-z-]{0,63}$")
 _CHUNK = 4 * 1024 * 1024
 _T = TypeVar("_T")
 
@@ -68,6 +81,18 @@ class ArtifactNotFound(DGError):
 
 class ArtifactCorrupt(DGError):
     """An artifact whose files do not match its manifest."""
+
+
+class ArtifactBusy(ArtifactNotFound):
+    """An artifact being published (or republished while it was read): retrying later succeeds."""
+
+
+class BucketNotFound(ArtifactNotFound):
+    """The bucket of an s3:// URI does not exist (so nothing is published there)."""
+
+
+class PublishConflict(DGError):
+    """A publish that lost to a concurrent publish of the same URI; nothing of it is visible."""
 
 
 # ---------------------------------------------------------------------------------------------- URIs
@@ -88,6 +113,7 @@ def _canonical(uri: str) -> str:
     return Path(path).as_uri()
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -96,28 +122,41 @@ def parse_uri(uri: str) -> tuple[str, str | None, str]:
     if not isinstance(uri, str) or not uri.strip():
         raise DGError(f"store URI {uri!r} is empty: expected s3://bucket/prefix, file:///abs/dir or a local path")
     uri = uri.strip()
+    shown = redact_url(uri)
+    if _CONTROL_RE.search(unquote(uri)):
+        raise DGError(f"store URI {shown!r} contains a control character: expected a printable URI or path")
     if "://" not in uri:
-        return "file", None, str(Path(uri).expanduser().absolute())
-    parts = urlsplit(uri)
+        try:
+            return "file", None, os.path.normpath(Path(uri).expanduser().absolute())
+        except RuntimeError as e:  # ~user of an unknown user, or no home directory
+            raise DGError(f"store path {shown!r}: {e} (expected an absolute or relative path)") from None
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError as e:
+        raise DGError(
+            f"store URI {shown!r} is malformed ({e}): expected s3://bucket/prefix or file:///abs/dir"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme == "s3":
         bucket = parts.netloc
         if not _BUCKET_RE.match(bucket) or ".." in bucket:
             raise DGError(
-                f"store URI {uri!r}: bucket {bucket!r} is not a valid S3 bucket name "
+                f"store URI {shown!r}: bucket {redact_url('s3://' + bucket)[5:]!r} is not a valid S3 bucket name "
                 "(expected 3-63 lowercase letters, digits, dots or hyphens)"
             )
         key = _clean_key(unquote(parts.path), uri)
         return "s3", bucket, key
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise DGError(f"store URI {uri!r} names host {parts.netloc!r}: expected file:///absolute/path")
+            host = redact_url("file://" + parts.netloc)[7:]
+            raise DGError(f"store URI {shown!r} names host {host!r}: expected file:///absolute/path")
         path = unquote(parts.path)
         if not path.startswith("/"):
-            raise DGError(f"store URI {uri!r} is not absolute: expected file:///absolute/path")
+            raise DGError(f"store URI {shown!r} is not absolute: expected file:///absolute/path")
         return "file", None, os.path.normpath(path)
     raise DGError(
-        f"store URI {uri!r} has unsupported scheme {scheme!r}: expected s3://bucket/prefix, "
+        f"store URI {shown!r} has unsupported scheme {scheme!r}: expected s3://bucket/prefix, "
         "file:///abs/dir or a local path"
     )
 
@@ -183,6 +222,11 @@ def _scan_dir(local_dir: Path) -> dict[str, Path]:
             rel = p.relative_to(local_dir).as_posix()
             if rel == MANIFEST:
                 continue
+            if rel.split("/", 1)[0] == VERSIONS:
+                raise DGError(
+                    f"cannot publish {str(local_dir)!r}: {VERSIONS + '/'!r} is the store's own version area "
+                    "(publish the directory that store.fetch returns instead)"
+                )
             if not p.is_file():
                 raise DGError(f"cannot publish {str(local_dir)!r}: {rel!r} is not a regular file")
             files[rel] = p
@@ -286,6 +330,10 @@ class Store(abc.ABC):
     def sizes(self, prefix: str = "") -> dict[str, int]:
         """Every key under the directory ``prefix`` with its size in bytes."""
 
+    def stats(self, prefix: str = "") -> dict[str, tuple[int, str]]:
+        """Every key under ``prefix`` with its size and a token that changes when the object is rewritten."""
+        return {k: (n, "") for k, n in self.sizes(prefix).items()}
+
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete one key; deleting a missing key is not an error."""
@@ -300,6 +348,45 @@ class Store(abc.ABC):
         for k in keys:
             self.delete(k)
         return len(keys)
+
+    # -- what the publish protocol (see "artifacts" below) needs from a transport
+
+    def put_tree(self, files: Mapping[str, Path], prefix: str) -> dict[str, tuple[str, int]]:
+        """Write {relative path: local file} under ``prefix``; returns the sha256 and size of each file."""
+        digests = _parallel(_sha256_file, files.values(), min(4, os.cpu_count() or 1))
+        _parallel(lambda kv: self.put_file(_key_join(prefix, kv[0]), kv[1]), files.items(), _workers())
+        return dict(zip(files, digests))
+
+    @abc.abstractmethod
+    def read_pointer(self, key: str) -> tuple[bytes, str] | None:
+        """A small object's bytes and a token that changes whenever it is rewritten; None when absent."""
+
+    @abc.abstractmethod
+    def swap_pointer(self, key: str, data: bytes, expect: str | None) -> bool:
+        """Write ``data`` at ``key`` only if its token is still ``expect`` (None: still absent).
+
+        True when ``data`` is what the key now holds; False when another writer got there first.
+        """
+
+    @abc.abstractmethod
+    def version_lease(self, art_key: str, vid: str) -> contextlib.AbstractContextManager[None]:
+        """Mark version ``vid`` of the artifact ``art_key`` as being written while the context lasts."""
+
+    @abc.abstractmethod
+    def sweep_versions(self, art_key: str, own: str, keep: Callable[[], set[str]]) -> int:
+        """Delete the versions of ``art_key`` whose writer is gone, except ``own`` and those ``keep()`` names.
+
+        ``keep`` is called after the versions were listed, so a version switched in meanwhile is kept.
+        Unfinished uploads of deleted versions are aborted. Returns how many versions were deleted.
+        """
+
+    @abc.abstractmethod
+    def publishing(self, art_key: str) -> bool:
+        """Whether a writer may be publishing a version of ``art_key`` right now."""
+
+    def discard_version(self, art_key: str, vid: str) -> None:
+        """Remove what a failed publish of version ``vid`` wrote."""
+        self.delete_prefix(_key_join(art_key, VERSIONS, vid))
 
     def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> list[str]:
         """Upload every file of a local directory under ``prefix`` (in parallel); returns the keys written."""
@@ -396,6 +483,14 @@ class LocalStore(Store):
                     out[p.relative_to(self.root).as_posix()] = p.stat().st_size
         return out
 
+    def stats(self, prefix: str = "") -> dict[str, tuple[int, str]]:
+        out = {}
+        for k in self.sizes(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                st = self.path(k).stat()
+                out[k] = (st.st_size, f"{st.st_mtime_ns}:{st.st_ino}")
+        return out
+
     def delete(self, key: str) -> None:
         with self._oserror("delete", key):
             self.path(key).unlink(missing_ok=True)
@@ -409,6 +504,116 @@ class LocalStore(Store):
             with self._oserror("delete", prefix):
                 shutil.rmtree(base)
         return n
+
+    def put_tree(self, files: Mapping[str, Path], prefix: str) -> dict[str, tuple[str, int]]:
+        base = self.path(prefix)
+        with self._oserror("write", prefix):
+            base.mkdir(parents=True, exist_ok=True)
+            digests = _parallel(lambda kv: _copy_hashed(kv[1], base / kv[0]), files.items(), 4)
+        return dict(zip(files, digests))
+
+    def read_pointer(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise DGError(f"cannot read {self.uri(key)}: {e.strerror or e}") from None
+        return data, hashlib.sha256(data).hexdigest()
+
+    @contextlib.contextmanager
+    def _switch_lock(self, art_key: str) -> Iterator[Path]:
+        vdir = self.path(_key_join(art_key, VERSIONS))
+        with self._oserror("lock", art_key):
+            vdir.mkdir(parents=True, exist_ok=True)
+            fd = _flock(vdir / _SWITCH_LOCK)
+        try:
+            yield vdir
+        finally:
+            os.close(fd)
+
+    def swap_pointer(self, key: str, data: bytes, expect: str | None) -> bool:
+        art_key = key.rsplit("/", 1)[0] if "/" in key else ""
+        with self._switch_lock(art_key) as vdir, self._oserror("publish", key):
+            cur = self.read_pointer(key)
+            if (cur[1] if cur else None) != expect:
+                return False
+            tmp = vdir / f".pointer.tmp-{uuid.uuid4().hex[:12]}"
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, self.path(key))  # readers see the old pointer or the new one, never a mix
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
+
+    @contextlib.contextmanager
+    def version_lease(self, art_key: str, vid: str) -> Iterator[None]:
+        # Taken under the switch lock, so a sweep never sees the lock file before it is held.
+        with self._switch_lock(art_key) as vdir, self._oserror("lock", art_key):
+            lock = vdir / f"{vid}.lock"
+            fd = _flock(lock)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # still held: a sweep cannot take it in between
+            os.close(fd)
+
+    def sweep_versions(self, art_key: str, own: str, keep: Callable[[], set[str]]) -> int:
+        vdir = self.path(_key_join(art_key, VERSIONS))
+        if not vdir.is_dir():
+            return 0
+        n = 0
+        with self._switch_lock(art_key):
+            kept = keep() | {own}
+            names = {p.name.removesuffix(".lock") for p in vdir.iterdir() if not p.name.startswith(".")}
+            for vid in sorted(names - kept):
+                lock = vdir / f"{vid}.lock"
+                fd = _flock(lock, blocking=False, create=False)
+                if fd == -1:
+                    continue  # its writer is alive
+                try:
+                    shutil.rmtree(vdir / vid, ignore_errors=True)
+                    lock.unlink(missing_ok=True)
+                    n += 1
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+        return n
+
+    def publishing(self, art_key: str) -> bool:
+        vdir = self.path(_key_join(art_key, VERSIONS))
+        if not vdir.is_dir():
+            return False
+        for lock in vdir.glob("*.lock"):
+            fd = _flock(lock, blocking=False, create=False)
+            if fd == -1:
+                return True
+            if fd is not None:
+                os.close(fd)
+        return False
+
+
+def _flock(path: Path, *, blocking: bool = True, create: bool = True) -> int | None:
+    """An fd holding an exclusive flock on ``path``; -1 when (non-blocking) another holds it; None when absent.
+
+    The kernel drops the lock when its holder exits, however it dies: a free lock means a dead writer.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 # ---------------------------------------------------------------------------------------------- S3
@@ -430,6 +635,9 @@ class S3Settings:
     part_size: int
     retries: int
     backoff_s: float
+    lease_s: int = 120
+    credentials: str = "static"  # static | anonymous | iam (see _IAM_SIGNALS)
+    iam_endpoint: str | None = None  # the STS (web identity) or instance-metadata URL, when not the default
 
     @property
     def url(self) -> str:
@@ -437,6 +645,8 @@ class S3Settings:
 
     @property
     def masked_key(self) -> str:
+        if self.credentials == "iam":
+            return "(from the IAM provider chain)"
         k = self.access_key or ""
         return (k[:4] + "***") if k else "(anonymous)"
 
@@ -451,22 +661,43 @@ class S3Settings:
             ),
             "s3.amazonaws.com",
         )
+        shown = redact_url(raw)
         if "://" in raw:
             parts = urlsplit(raw)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise DGError(f"S3 endpoint {raw!r} is not valid: expected http(s)://host[:port] or host[:port]")
+                raise DGError(f"S3 endpoint {shown!r} is not valid: expected http(s)://host[:port] or host[:port]")
             if parts.path.strip("/"):
-                raise DGError(f"S3 endpoint {raw!r} has a path: expected http(s)://host[:port] without a path")
+                raise DGError(f"S3 endpoint {shown!r} has a path: expected http(s)://host[:port] without a path")
             secure = parts.scheme == "https"
-            endpoint = parts.netloc.rsplit("@", 1)[-1]
+            endpoint = parts.netloc
         else:
             endpoint = raw.rstrip("/")
             secure = _env_flag("S3_USE_SSL", True)
+        if "@" in endpoint:
+            raise DGError(
+                f"S3 endpoint {shown!r} holds credentials: put them in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                "(or MINIO_ACCESS_KEY/MINIO_SECRET_KEY) and give the endpoint as http(s)://host[:port]"
+            )
         access = env.get("AWS_ACCESS_KEY_ID") or env.get("MINIO_ACCESS_KEY") or None
         secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("MINIO_SECRET_KEY") or None
         if bool(access) != bool(secret):
             missing = "secret key (AWS_SECRET_ACCESS_KEY)" if access else "access key id (AWS_ACCESS_KEY_ID)"
             raise DGError(f"S3 credentials are incomplete: the {missing} is not set")
+        mode = env.get("DG_S3_CREDENTIALS", "").strip().lower() or "auto"
+        if mode not in ("auto", "static", "iam", "anonymous"):
+            raise DGError(f"DG_S3_CREDENTIALS={mode!r}: expected auto, static, iam or anonymous")
+        if mode == "auto":
+            mode = "static" if access else ("iam" if any(env.get(n) for n in _IAM_SIGNALS) else "anonymous")
+        if mode == "static" and not access:
+            raise DGError("DG_S3_CREDENTIALS=static but AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set")
+        if mode == "anonymous":
+            access = secret = None
+        token_file = env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip()
+        if mode == "iam" and token_file and not Path(token_file).is_file():
+            raise DGError(f"AWS_WEB_IDENTITY_TOKEN_FILE={token_file!r} does not exist: expected the projected token")
+        iam_endpoint = (
+            env.get("AWS_ENDPOINT_URL_STS" if token_file else "AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip() or None
+        )
         verify_raw = env.get("S3_VERIFY_SSL", "").strip()
         verify: bool | str
         if not verify_raw or verify_raw.lower() in ("1", "true", "yes", "on"):
@@ -490,7 +721,51 @@ class S3Settings:
             part_size=_env_int("DG_S3_PART_SIZE_MB", 32, lo=5, hi=5120) << 20,
             retries=_env_int("DG_S3_RETRIES", 5, lo=1, hi=50),
             backoff_s=_env_float("DG_S3_BACKOFF_S", 0.5),
+            lease_s=_env_int("DG_S3_LEASE_S", 120, lo=1, hi=86400),
+            credentials=mode,
+            iam_endpoint=iam_endpoint if mode == "iam" else None,
         )
+
+
+# Any of these set (IRSA / workload identity / ECS task roles) makes ``auto`` use the IAM provider chain.
+# Instance metadata alone is not probed unless DG_S3_CREDENTIALS=iam: off a cloud VM it only hangs.
+_IAM_SIGNALS = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+
+
+def _credential_provider(s: S3Settings):
+    """The minio SDK's chain: keys in the environment (AWS_*, MINIO_*), then the IAM provider (web identity
+    via AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, ECS container credentials, EC2 instance metadata).
+    Temporary credentials are refreshed by the SDK before they expire."""
+    from minio.credentials.providers import ChainedProvider, EnvAWSProvider, EnvMinioProvider, IamAwsProvider
+
+    return ChainedProvider([EnvAWSProvider(), EnvMinioProvider(), IamAwsProvider(custom_endpoint=s.iam_endpoint)])
+
+
+def _check_credentials(provider: Any, s: S3Settings) -> None:
+    """Fetch credentials once up front, so a missing role is one clear line, not a failure per request."""
+    from minio.credentials.providers import IamAwsProvider
+
+    try:
+        provider.retrieve()
+    except Exception:
+        try:  # the chain hides why; ask its last member, the one that was expected to answer
+            IamAwsProvider(custom_endpoint=s.iam_endpoint).retrieve()
+            reason = "no provider answered"
+        except Exception as e:
+            reason = _short(e)
+        via = (
+            "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)"
+            if os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+            else ("container or instance metadata")
+        )
+        raise DGError(
+            f"S3 credentials: none found for {s.url} (no AWS_ACCESS_KEY_ID; {via} failed: {reason}); set keys, "
+            "or check the pod's service account / the instance role"
+        ) from None
 
 
 _CLIENTS: dict[S3Settings, Any] = {}
@@ -525,14 +800,19 @@ def _client(s: S3Settings):
                 ca_certs=ca,
                 retries=False,  # retries live in S3Store._call, with backoff and error mapping
             )
+            provider = None
+            if s.credentials == "iam":
+                provider = _credential_provider(s)
+                _check_credentials(provider, s)
             c = Minio(
                 s.endpoint,
-                access_key=s.access_key,
-                secret_key=s.secret_key,
-                session_token=s.session_token,
+                access_key=s.access_key if provider is None else None,
+                secret_key=s.secret_key if provider is None else None,
+                session_token=s.session_token if provider is None else None,
                 secure=s.secure,
                 region=s.region,
                 http_client=http,
+                credentials=provider,
             )
             if not s.verify and s.secure:
                 import warnings
@@ -578,7 +858,7 @@ def _short(exc: BaseException) -> str:
     if isinstance(code, str) and code:
         return f"{code}: {message}" if message else code
     text = " ".join(str(exc).split())
-    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", text)
+    text = redact_url(re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", text))
     return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
 
 
@@ -628,14 +908,17 @@ class S3Store(Store):
                     "(the credentials lack permission for this bucket or prefix)"
                 )
             if code == "NoSuchBucket":
-                return DGError(
-                    f"S3 bucket {self.bucket!r} does not exist at {s.url}: create it, or set "
-                    "DG_S3_CREATE_BUCKET=1 to have it created"
-                )
+                return self._no_bucket()
             if code in ("NoSuchKey", "NoSuchObject"):
                 return ArtifactNotFound(f"no object at {target}")
             return DGError(f"S3 {what} {target} failed at {s.url}: {_short(exc)}")
         return DGError(f"cannot {what} {target} at {s.url}: {_short(exc)}")
+
+    def _no_bucket(self) -> BucketNotFound:
+        where = f"S3 bucket {self.bucket!r} does not exist at {self.settings.url}"
+        if self.settings.create_bucket:  # reads find nothing; the first write creates it
+            return BucketNotFound(f"{where} (DG_S3_CREATE_BUCKET=1 creates it on the first write)")
+        return BucketNotFound(f"{where}: create it, or set DG_S3_CREATE_BUCKET=1 to have it created")
 
     def _call(self, what: str, key: str, fn: Callable[[], _T]) -> _T:
         """Run one SDK call with exponential backoff on transient failures; map the rest to DGError."""
@@ -682,10 +965,7 @@ class S3Store(Store):
 
         if not self._call("check bucket", "", bucket_exists):
             if not self.settings.create_bucket:
-                raise DGError(
-                    f"S3 bucket {self.bucket!r} does not exist at {self.settings.url}: create it, or set "
-                    "DG_S3_CREATE_BUCKET=1 to have it created"
-                )
+                raise self._no_bucket()
 
             def make_bucket() -> None:
                 try:
@@ -824,6 +1104,16 @@ class S3Store(Store):
 
         return self._call("list", prefix, ls)
 
+    def stats(self, prefix: str = "") -> dict[str, tuple[int, str]]:
+        prefix = _clean_key(prefix, prefix)
+        p = prefix + "/" if prefix else None
+
+        def ls() -> dict[str, tuple[int, str]]:
+            objs = self.client.list_objects(self.bucket, prefix=p, recursive=True)
+            return {o.object_name: (int(o.size or 0), str(o.etag or "")) for o in objs if not o.is_dir}
+
+        return self._call("list", prefix, ls)
+
     def delete(self, key: str) -> None:
         key = _clean_key(key, key)
         self._call("delete", key, lambda: self.client.remove_object(self.bucket, key))
@@ -846,6 +1136,157 @@ class S3Store(Store):
 
     def put_dir(self, local_dir: str | os.PathLike, prefix: str) -> list[str]:
         files = _scan_dir(Path(local_dir))
+        self._put_files(files, prefix)
+        return [_key_join(prefix, rel) for rel in files]
+
+    def put_tree(self, files: Mapping[str, Path], prefix: str) -> dict[str, tuple[str, int]]:
+        digests = _parallel(_sha256_file, files.values(), min(4, os.cpu_count() or 1))
+        self._put_files(files, prefix)
+        return dict(zip(files, digests))
+
+    def read_pointer(self, key: str) -> tuple[bytes, str] | None:
+        from minio.error import S3Error
+
+        key = _clean_key(key, key)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                resp = self.client.get_object(self.bucket, key)
+            except S3Error as e:
+                if e.code in ("NoSuchKey", "NoSuchObject"):
+                    return None
+                raise
+            try:
+                return resp.read(), (resp.headers.get("ETag") or "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("read", key, get)
+
+    def swap_pointer(self, key: str, data: bytes, expect: str | None) -> bool:
+        from minio.error import S3Error
+
+        key = _clean_key(key, key)
+        self.ensure_bucket()
+
+        def put() -> None:
+            # minio 7.2's put_object turns unknown headers into x-amz-meta-*; the conditional headers
+            # must reach S3 as they are, so this goes through the SDK's PutObject call itself.
+            cond = {"If-Match": f'"{expect}"'} if expect else {"If-None-Match": "*"}
+            try:
+                self.client._put_object(self.bucket, key, data, headers={"Content-Type": "application/json", **cond})
+            except S3Error as e:
+                if e.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+
+        self._call("publish", key, put)
+        # Read back: a refused write (another writer first) and a server that ignores the conditions but
+        # was overwritten already both show here; a retried write that had landed shows as our own bytes.
+        cur = self.read_pointer(key)
+        return cur is not None and cur[0] == data
+
+    @contextlib.contextmanager
+    def version_lease(self, art_key: str, vid: str) -> Iterator[None]:
+        key = _key_join(art_key, VERSIONS, vid + _LEASE)
+        self.put_bytes(key, b"")
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(max(0.25, self.settings.lease_s / 4)):
+                try:
+                    self.client.put_object(self.bucket, key, io.BytesIO(b""), 0)
+                except Exception as e:  # the publish itself reports a dead endpoint
+                    log.debug("lease %s not renewed: %s", self.uri(key), _short(e))
+
+        t = threading.Thread(target=beat, name="dg-store-lease", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            with contextlib.suppress(DGError):
+                self.delete(key)
+
+    def _uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, upload id) of the unfinished multipart uploads under ``prefix``; [] where listing them is
+        not implemented (s3rver)."""
+        from minio.error import S3Error
+
+        def ls() -> list[tuple[str, str]]:
+            out: list[tuple[str, str]] = []
+            km = um = None
+            for _ in range(1000):
+                try:
+                    r = self.client._list_multipart_uploads(
+                        self.bucket, prefix=prefix + "/", key_marker=km, upload_id_marker=um
+                    )
+                except S3Error as e:
+                    if e.code == "NotImplemented":
+                        return out
+                    raise
+                out += [(u.object_name, u.upload_id) for u in r.uploads]
+                if not r.is_truncated:
+                    break
+                km, um = r.next_key_marker, r.next_upload_id_marker
+            return out
+
+        return self._call("list uploads", prefix, ls)
+
+    def _abort_uploads(self, uploads: Iterable[tuple[str, str]]) -> None:
+        for key, upload_id in uploads:
+            self._call(
+                "abort upload", key, lambda k=key, u=upload_id: self.client._abort_multipart_upload(self.bucket, k, u)
+            )
+
+    def discard_version(self, art_key: str, vid: str) -> None:
+        prefix = _key_join(art_key, VERSIONS, vid)
+        self.delete_prefix(prefix)
+        self._abort_uploads(self._uploads(prefix))
+
+    def sweep_versions(self, art_key: str, own: str, keep: Callable[[], set[str]]) -> int:
+        vprefix = _key_join(art_key, VERSIONS)
+        objs = self._call(
+            "list", vprefix, lambda: list(self.client.list_objects(self.bucket, prefix=vprefix + "/", recursive=True))
+        )
+        uploads = self._uploads(vprefix)
+        kept = keep() | {own}  # read after the listing: a version switched in since then is kept
+        leases: dict[str, datetime] = {}
+        keys: dict[str, list[str]] = {}
+        for o in objs:
+            rest = o.object_name[len(vprefix) + 1 :]
+            if "/" in rest:
+                keys.setdefault(rest.split("/", 1)[0], []).append(o.object_name)
+            elif rest.endswith(_LEASE) and o.last_modified is not None:
+                leases[rest.removesuffix(_LEASE)] = o.last_modified
+                keys.setdefault(rest.removesuffix(_LEASE), []).append(o.object_name)
+        for k, _ in uploads:
+            keys.setdefault(k[len(vprefix) + 1 :].split("/", 1)[0], [])
+        ref = leases.get(own)  # the server's clock, through our own fresh lease: no client clock skew
+
+        def dead(vid: str) -> bool:
+            if vid not in leases:
+                return True  # finished (its writer dropped the lease after switching) or never started
+            return ref is not None and (ref - leases[vid]).total_seconds() > self.settings.lease_s
+
+        gone = [vid for vid in keys if vid not in kept and dead(vid)]
+        if not gone:
+            return 0
+        from minio.deleteobjects import DeleteObject
+
+        doomed = [DeleteObject(k) for vid in gone for k in keys[vid]]
+        for i in range(0, len(doomed), 1000):
+            batch = doomed[i : i + 1000]
+            self._call("delete", vprefix, lambda batch=batch: list(self.client.remove_objects(self.bucket, batch)))
+        self._abort_uploads(u for u in uploads if u[0][len(vprefix) + 1 :].split("/", 1)[0] in gone)
+        return len(gone)
+
+    def publishing(self, art_key: str) -> bool:
+        vprefix = _key_join(art_key, VERSIONS)
+        return any(k.endswith(_LEASE) and "/" not in k[len(vprefix) + 1 :] for k in self.list(vprefix))
+
+    def _put_files(self, files: Mapping[str, Path], prefix: str) -> None:
         sizes = {rel: p.stat().st_size for rel, p in files.items()}
         # Biggest first, so a large file does not start last and leave the pool idle.
         order = sorted(files.items(), key=lambda kv: -sizes[kv[0]])
@@ -857,7 +1298,6 @@ class S3Store(Store):
                 bar.update(sizes[kv[0]])
 
             _parallel(put, order, self.settings.workers)
-        return [_key_join(prefix, rel) for rel in files]
 
     def download_many(self, items: Mapping[str, tuple[Path, int | None]]) -> None:
         """Download {key: (path, size or None)}, every byte range of every file on one thread pool."""
@@ -907,19 +1347,24 @@ def build_manifest(local_dir: str | os.PathLike, metadata: Mapping[str, Any] | N
     return _manifest({rel: dg for rel, dg in zip(files, digests)}, metadata)
 
 
-def _manifest(digests: Mapping[str, tuple[str, int]], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def _manifest(
+    digests: Mapping[str, tuple[str, int]], metadata: Mapping[str, Any] | None, version: str | None = None
+) -> dict[str, Any]:
     try:
         meta = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
     except (TypeError, ValueError) as e:
         raise DGError(f"artifact metadata is not JSON-serialisable: {e}") from None
     files = {rel: {"sha256": sha, "size": size} for rel, (sha, size) in sorted(digests.items())}
-    return {
+    m = {
         "format": FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "files": files,
         "total_size": sum(f["size"] for f in files.values()),
         "metadata": meta,
     }
+    if version is not None:
+        m["version"] = version  # the payload is under <artifact>/.v/<version>/
+    return m
 
 
 def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -934,7 +1379,9 @@ def _parse_manifest(data: bytes, uri: str) -> dict[str, Any]:
     try:
         m = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} is not valid JSON ({e})") from None
+        raise ArtifactCorrupt(
+            f"artifact {uri}: {MANIFEST} is not valid JSON ({e}): torn or overwritten, republish the artifact"
+        ) from None
     if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
         raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} is not a {FORMAT} manifest")
     for rel, f in m["files"].items():
@@ -942,6 +1389,9 @@ def _parse_manifest(data: bytes, uri: str) -> dict[str, Any]:
         ok = ok and isinstance(f.get("sha256"), str) and bool(_SHA_RE.match(f["sha256"]))
         if not ok or _clean_key(rel, uri) != rel or rel == MANIFEST:
             raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} has an invalid entry for {rel!r}")
+    vid = m.get("version")
+    if vid is not None and not (isinstance(vid, str) and _VID_RE.match(vid)):
+        raise ArtifactCorrupt(f"artifact {uri}: {MANIFEST} names an invalid version {vid!r}")
     m["uri"] = uri
     return m
 
@@ -973,13 +1423,28 @@ def verify_dir(local_dir: str | os.PathLike, manifest: Mapping[str, Any], uri: s
 
 
 # ---------------------------------------------------------------------------------------------- artifacts
+#
+# The publish protocol, written against the Store primitives above (any transport that provides them works):
+#
+#   <artifact>/.v/<version>/...           the payload of one publish, never modified once written
+#   <artifact>/.v/<version>/MANIFEST.json  its manifest (so a version directory is self-describing)
+#   <artifact>/MANIFEST.json               the pointer: the manifest of the current version, switched last
+#
+# A publish writes a fresh version, then switches the pointer with a conditional write (S3 If-Match /
+# If-None-Match; a flock-guarded compare-and-rename on file://): if another publish switched it since this
+# one started, this one loses, removes its version and raises PublishConflict. Readers read the pointer,
+# then only that version's listed files; if those vanish or change under them they re-read the pointer
+# and, when it moved, read the new version. Old versions are deleted after a switch; versions left by dead
+# writers are swept by the next publish (file://: their flock is free; s3: their lease went stale).
+# Manifests without "version" (artifacts published before this layout) are read in place, flat.
 
 
 def publish(local_dir: str | os.PathLike, uri: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Publish a local directory as the artifact ``uri``: payload first, ``MANIFEST.json`` last.
+    """Publish a local directory as the artifact ``uri``; readers see the old version until it is complete.
 
-    Returns the manifest (with ``uri``). An existing artifact at ``uri`` is invalidated before anything is
-    written and replaced as a whole (files it had that the new one lacks are removed).
+    Returns the manifest (with ``uri``). The new version replaces the old one as a whole (files it had that
+    the new one lacks are gone). A concurrent publish to the same URI that switched first makes this one
+    raise :class:`PublishConflict` (nothing of it stays visible).
     """
     src = Path(local_dir)
     if not src.is_dir():
@@ -988,10 +1453,14 @@ def publish(local_dir: str | os.PathLike, uri: str, *, metadata: Mapping[str, An
     uri = store.uri(key)
     t0 = time.monotonic()
     if isinstance(store, LocalStore):
-        manifest = _publish_local(store, src, key, metadata)
+        if _check_local_target(store, src, key):
+            manifest = _publish_in_place(store, src, key, metadata)
+        else:
+            manifest = _publish_version(store, src, key, metadata)
     else:
         assert isinstance(store, S3Store)
-        manifest = _publish_s3(store, src, key, metadata)
+        store.ensure_bucket()
+        manifest = _publish_version(store, src, key, metadata)
     manifest["uri"] = uri
     dt = time.monotonic() - t0
     log.info(
@@ -1004,95 +1473,200 @@ def publish(local_dir: str | os.PathLike, uri: str, *, metadata: Mapping[str, An
     return manifest
 
 
-def _publish_local(store: LocalStore, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_local_target(store: LocalStore, src: Path, key: str) -> bool:
+    """Refuse impossible local targets; True when ``src`` is the target directory itself."""
     if not key:
         raise DGError("cannot publish to the filesystem root: expected file:///some/dir")
     dest = store.path(key)
     with store._oserror("publish to", key):
         if dest.exists() and not dest.is_dir():
             raise DGError(f"cannot publish to {store.uri(key)}: a file is in the way")
-        if src.resolve() == dest.resolve():
-            # Publishing a directory in place: only the manifest is (re)written.
-            (dest / MANIFEST).unlink(missing_ok=True)
-            manifest = build_manifest(src, metadata)
-            store.put_bytes(_key_join(key, MANIFEST), _manifest_bytes(manifest))
-            return manifest
-        if dest.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dest.resolve()):
+        s, d = src.resolve(), dest.resolve()
+        if s == d:
+            return True
+        if s.is_relative_to(d / VERSIONS):
+            return False  # republishing a fetched version of this artifact: it is copied before anything moves
+        if d.is_relative_to(s) or s.is_relative_to(d):
             raise DGError(f"cannot publish {str(src)!r} to {store.uri(key)}: one directory contains the other")
         dest.parent.mkdir(parents=True, exist_ok=True)
         _sweep_temps(dest)
-        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}")
-        tmp.mkdir()
-        try:
-            files = _scan_dir(src)
-            digests = _parallel(lambda kv: _copy_hashed(kv[1], tmp / kv[0]), files.items(), 4)
-            manifest = _manifest(dict(zip(files, digests)), metadata)
-            (tmp / MANIFEST).write_bytes(_manifest_bytes(manifest))
-            old = None
-            if dest.exists():
-                (dest / MANIFEST).unlink(missing_ok=True)  # readers stop trusting the old version first
-                old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:12]}")
-                os.rename(dest, old)
-            os.rename(tmp, dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            return manifest
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    return False
 
 
-def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:
-    """Remove temp/old siblings of ``dest`` left by publishes that died more than an hour ago."""
-    now = time.time()
-    name = _glob_escape(dest.name)
-    for p in [*dest.parent.glob(f".{name}.tmp-*"), *dest.parent.glob(f".{name}.old-*")]:
-        with contextlib.suppress(OSError):
-            if now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def _publish_s3(store: S3Store, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    manifest = build_manifest(src, metadata)
-    mkey = _key_join(key, MANIFEST)
-    store.ensure_bucket()
-    store.delete(mkey)  # readers stop trusting the old version first
-    before = store.sizes(key)
-    store.put_dir(src, key)
-    new_keys = {_key_join(key, rel) for rel in manifest["files"]}
-    stale = sorted(set(before) - new_keys - {mkey})
-    for k in stale:
-        store.delete(k)
-    store.put_bytes(mkey, _manifest_bytes(manifest))
+def _publish_in_place(store: LocalStore, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Publishing a directory where it lies: only the (flat) manifest is (re)written."""
+    with store._oserror("publish to", key):
+        (src / MANIFEST).unlink(missing_ok=True)
+        manifest = build_manifest(src, metadata)
+        store.put_bytes(_key_join(key, MANIFEST), _manifest_bytes(manifest))
     return manifest
+
+
+def _new_version() -> str:
+    """Sortable by time for people reading a listing; unique by its random part."""
+    return time.strftime("%Y%m%dt%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+
+
+def _publish_version(store: Store, src: Path, key: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    uri = store.uri(key)
+    pkey = _key_join(key, MANIFEST)
+    files = _scan_dir(src)
+    prev = store.read_pointer(pkey)
+    replaced: dict[str, Any] | None = None
+    if prev is not None:
+        with contextlib.suppress(ArtifactCorrupt):  # an unreadable pointer is replaced; its files are unknown
+            replaced = _parse_manifest(prev[0], uri)
+    vid = _new_version()
+    vkey = _key_join(key, VERSIONS, vid)
+    raw: bytes | None = None
+    with store.version_lease(key, vid):
+        try:
+            manifest = _manifest(store.put_tree(files, vkey), metadata, version=vid)
+            raw = _manifest_bytes(manifest)
+            store.put_bytes(_key_join(vkey, MANIFEST), raw)
+            try:  # a writer paused past its lease may have been swept: never switch to a missing version
+                _check_sizes(manifest, {k[len(vkey) + 1 :]: n for k, n in store.sizes(vkey).items()}, uri)
+            except ArtifactCorrupt:
+                raise DGError(
+                    f"publish to {uri}: its new version was removed before the switch (this writer paused "
+                    "longer than DG_S3_LEASE_S?); nothing was switched: rerun the publish"
+                ) from None
+            if not store.swap_pointer(pkey, raw, prev[1] if prev else None):
+                raise PublishConflict(
+                    f"publish to {uri} lost to a concurrent publish of the same URI (another writer switched "
+                    "it while this one was uploading); nothing of this publish is visible: rerun to replace it"
+                )
+        except BaseException:
+            _discard(store, key, vid, raw)
+            raise
+        _collect(store, key, vid, replaced)
+    return manifest
+
+
+def _discard(store: Store, key: str, vid: str, raw: bytes | None) -> None:
+    """Remove a failed publish's version, unless its pointer switch landed after all (a lost reply)."""
+    try:
+        if raw is not None:
+            cur = store.read_pointer(_key_join(key, MANIFEST))
+            if cur is not None and cur[0] == raw:
+                return
+        store.discard_version(key, vid)
+    except Exception as e:  # the publish's own error is the one to report; the next publish sweeps this
+        log.warning("could not remove the unfinished version %s of %s: %s", vid, store.uri(key), e)
+
+
+def _collect(store: Store, key: str, vid: str, replaced: Mapping[str, Any] | None) -> None:
+    """After a switch: delete the version it replaced, and versions of writers that died."""
+    try:
+        if replaced is not None:
+            old = replaced.get("version")
+            if old and old != vid:
+                store.delete_prefix(_key_join(key, VERSIONS, old))
+            elif not old:  # a flat artifact from before versioned publishes: its listed files go
+                for rel in replaced["files"]:
+                    if rel.split("/", 1)[0] != VERSIONS:
+                        store.delete(_key_join(key, rel))
+        store.sweep_versions(key, vid, lambda: _current_versions(store, key))
+    except DGError as e:
+        log.warning(
+            "published %s, but old versions were not all removed (%s); the next publish retries", store.uri(key), e
+        )
+
+
+def _current_versions(store: Store, key: str) -> set[str]:
+    got = store.read_pointer(_key_join(key, MANIFEST))
+    if got is None:
+        return set()
+    vid = _parse_manifest(got[0], store.uri(key)).get("version")
+    return {vid} if vid else set()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Version:
+    """What a reader resolved: the manifest, its bytes, and the key of the payload it describes."""
+
+    manifest: dict[str, Any]
+    raw: bytes
+    key: str
+    uri: str
+
+    @property
+    def flat(self) -> bool:
+        return "version" not in self.manifest
+
+
+def _resolve(store: Store, key: str) -> _Version:
+    uri = store.uri(key)
+    got = store.read_pointer(_key_join(key, MANIFEST))
+    if got is None:
+        if store.publishing(key):
+            raise ArtifactBusy(
+                f"artifact {uri} is being published by another process ({MANIFEST} is missing until it "
+                "finishes, or its writer was interrupted): retry when it is done"
+            )
+        raise ArtifactNotFound(
+            f"no published artifact at {uri}: {MANIFEST} is missing (never published, or the publish did not finish)"
+        )
+    m = _parse_manifest(got[0], uri)
+    vid = m.get("version")
+    vkey = _key_join(key, VERSIONS, vid) if vid else key
+    if vid and (
+        key.split("/")[-2:] == [VERSIONS, vid] or (isinstance(store, LocalStore) and not store.path(vkey).is_dir())
+    ):
+        vkey = key  # a version directory named by itself, or a copy of one (a fetched or downloaded folder)
+    return _Version(m, got[0], vkey, uri)
+
+
+_READ_ATTEMPTS = 3
+
+
+def _resolve_settled(store: Store, key: str) -> _Version:
+    """:func:`_resolve`, reading an unparseable pointer again after a moment before calling it corrupt:
+    servers that overwrite objects in place (s3rver) serve a half-written pointer during a switch."""
+    for delay in (0.05, 0.2, 0.5):
+        try:
+            return _resolve(store, key)
+        except ArtifactCorrupt:
+            time.sleep(delay)
+    return _resolve(store, key)
+
+
+def _read_stable(store: Store, key: str, fn: Callable[[_Version], _T]) -> _T:
+    """Run ``fn`` on the current version; when its files vanish or change because the artifact was
+    republished meanwhile, run it again on the new version (a few times), then give up with ArtifactBusy."""
+    for _ in range(_READ_ATTEMPTS):
+        v = _resolve_settled(store, key)
+        try:
+            return fn(v)
+        except (ArtifactCorrupt, ArtifactNotFound):
+            now = store.read_pointer(_key_join(key, MANIFEST))
+            if now is not None and now[0] == v.raw:
+                raise  # the pointer did not move: the files really are wrong
+            log.info("%s was republished while being read; reading the new version", v.uri)
+    raise ArtifactBusy(
+        f"artifact {store.uri(key)} is being republished (it changed {_READ_ATTEMPTS} times while being read): "
+        "retry when its publishes are done"
+    )
+
+
+def _payload_sizes(store: Store, v: _Version) -> dict[str, int]:
+    return {k[len(v.key) :].lstrip("/"): n for k, n in store.sizes(v.key).items()}
 
 
 def read_manifest(uri: str) -> dict[str, Any]:
     """The manifest of a published artifact, after checking every listed file is present with its size.
 
-    :class:`ArtifactNotFound` when there is no manifest (never published or publish unfinished);
-    :class:`ArtifactCorrupt` when files are missing or have the wrong size.
+    :class:`ArtifactNotFound` when there is no manifest (never published, publish unfinished;
+    :class:`ArtifactBusy` while one is under way); :class:`ArtifactCorrupt` when files are missing or have
+    the wrong size.
     """
     store, key = open_store(uri)
-    manifest, _ = _load_manifest(store, key)
-    actual = {k[len(key) :].lstrip("/"): n for k, n in store.sizes(key).items()}
-    _check_sizes(manifest, actual, store.uri(key))
-    return manifest
 
+    def check(v: _Version) -> dict[str, Any]:
+        _check_sizes(v.manifest, _payload_sizes(store, v), v.uri)
+        return v.manifest
 
-def _load_manifest(store: Store, key: str) -> tuple[dict[str, Any], bytes]:
-    uri = store.uri(key)
-    try:
-        data = store.get_bytes(_key_join(key, MANIFEST))
-    except ArtifactNotFound:
-        raise ArtifactNotFound(
-            f"no published artifact at {uri}: {MANIFEST} is missing (never published, or the publish did not finish)"
-        ) from None
-    return _parse_manifest(data, uri), data
+    return _read_stable(store, key, check)
 
 
 def is_published(uri: str) -> bool:
@@ -1107,11 +1681,20 @@ def is_published(uri: str) -> bool:
 def list_artifacts(prefix_uri: str) -> list[str]:
     """URIs of the published artifacts under a prefix (those with a manifest), sorted."""
     store, key = open_store(prefix_uri)
+    try:
+        keys = store.list(key)
+    except BucketNotFound:
+        if isinstance(store, S3Store) and store.settings.create_bucket:
+            return []
+        raise
     out = []
-    for k in store.list(key):
+    for k in keys:
         if k == MANIFEST or k.endswith("/" + MANIFEST):
             parent = k[: -len(MANIFEST)].rstrip("/")
-            if isinstance(store, LocalStore) and any(p.startswith(".") for p in parent.split("/")):
+            segments = parent.split("/")
+            if VERSIONS in segments:
+                continue  # a version's own copy of its manifest
+            if isinstance(store, LocalStore) and any(p.startswith(".") for p in segments):
                 continue  # temp dirs of publishes in flight
             out.append(store.uri(parent))
     return sorted(out)
@@ -1122,52 +1705,89 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DG_CACHE_DIR") or Path.home() / ".cache" / "dguard")
 
 
+def _refuse_unlisted(d: Path, manifest: Mapping[str, Any], uri: str, *, flat: bool) -> None:
+    """A directory a reader uses in place must hold nothing its manifest does not list.
+
+    An extra file (a ``chat_template.jinja`` dropped into a model folder) would be picked up by loaders
+    that look for it by name although the manifest never vouched for it. A flat (pre-version) artifact's
+    folder may also hold the store's version area and nested artifacts; those are not its files.
+    """
+    listed = set(manifest["files"]) | {MANIFEST}
+    for dirpath, dirnames, filenames in os.walk(d):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(d).as_posix()
+        if flat:
+            dirnames[:] = [
+                n for n in dirnames if not (rel_dir == "." and n == VERSIONS) and not (here / n / MANIFEST).is_file()
+            ]
+        for name in sorted(filenames + [n for n in dirnames if (here / n).is_symlink()]):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel not in listed or (here / name).is_symlink():
+                raise ArtifactCorrupt(
+                    f"artifact {uri} holds {rel!r}, which its {MANIFEST} does not list: refusing to use it "
+                    "(remove the file, or republish the artifact with it)"
+                )
+
+
 def fetch(uri: str, dest: str | os.PathLike | None = None) -> Path:
-    """A verified local directory holding the artifact ``uri``.
+    """A verified local directory holding the artifact ``uri`` (its listed files and ``MANIFEST.json``).
 
     file:// artifacts are verified in place (or copied into ``dest`` and verified there); s3:// artifacts
-    are downloaded into ``dest`` or the cache, verified by sha256, and a verified cached copy is reused.
+    are downloaded into ``dest`` or the cache, verified by sha256, and a cached copy is reused after it
+    verifies by sha256 again. A directory used in place that holds unlisted files is refused.
     """
     store, key = open_store(uri)
-    uri = store.uri(key)
-    manifest, raw = _load_manifest(store, key)
     if isinstance(store, LocalStore):
-        src = store.path(key)
-        if dest is None:
-            verify_dir(src, manifest, uri)
-            return src
-        out = Path(dest)
-        _check_sizes(
-            manifest, {rel: (src / rel).stat().st_size for rel in manifest["files"] if (src / rel).is_file()}, uri
-        )
-        for rel, f in manifest["files"].items():
-            with store._oserror("copy", _key_join(key, rel)):
-                sha, _ = _copy_hashed(src / rel, out / rel)
-            if sha != f["sha256"]:
-                raise ArtifactCorrupt(
-                    f"artifact {uri} is corrupted: {rel!r} has sha256 {sha[:16]}..., {MANIFEST} says {f['sha256'][:16]}..."
-                )
-        (out / MANIFEST).write_bytes(raw)
-        return out
-
+        return _read_stable(store, key, lambda v: _fetch_local(store, v, dest))
     assert isinstance(store, S3Store)
-    digest = hashlib.sha256(raw).hexdigest()[:40]
-    actual = {k[len(key) :].lstrip("/"): n for k, n in store.sizes(key).items()}
-    _check_sizes(manifest, actual, uri)  # one listing: fail fast on a missing or truncated file
+    return _read_stable(store, key, lambda v: _fetch_s3(store, v, dest))
+
+
+def _fetch_local(store: LocalStore, v: _Version, dest: str | os.PathLike | None) -> Path:
+    src = store.path(v.key)
+    if dest is None:
+        verify_dir(src, v.manifest, v.uri)
+        _refuse_unlisted(src, v.manifest, v.uri, flat=v.flat)
+        return src
+    out = Path(dest)
+    _check_sizes(
+        v.manifest, {rel: (src / rel).stat().st_size for rel in v.manifest["files"] if (src / rel).is_file()}, v.uri
+    )
+    for rel, f in v.manifest["files"].items():
+        try:
+            sha, _ = _copy_hashed(src / rel, out / rel)
+        except FileNotFoundError:
+            raise ArtifactCorrupt(f"artifact {v.uri} is incomplete: {rel!r} vanished while being copied") from None
+        except OSError as e:
+            raise DGError(f"cannot copy {v.uri}/{rel}: {e.strerror or e}") from None
+        if sha != f["sha256"]:
+            raise ArtifactCorrupt(
+                f"artifact {v.uri} is corrupted: {rel!r} has sha256 {sha[:16]}..., {MANIFEST} says {f['sha256'][:16]}..."
+            )
+    (out / MANIFEST).write_bytes(v.raw)
+    return out
+
+
+def _fetch_s3(store: S3Store, v: _Version, dest: str | os.PathLike | None) -> Path:
+    _check_sizes(v.manifest, _payload_sizes(store, v), v.uri)  # one listing: fail fast on a missing file
     if dest is not None:
         out = Path(dest)
-        _download_verified(store, key, manifest, raw, out, uri)
+        _download_verified(store, v, out)
         return out
+    digest = hashlib.sha256(v.raw).hexdigest()[:40]
     out = cache_dir() / "artifacts" / digest
-    marker = out.with_name(digest + ".verified.json")
-    if out.is_dir() and _marker_ok(out, manifest, marker):
-        log.info("fetch %s: using verified cache %s", uri, out)
-        return out
+    if out.is_dir():
+        try:
+            verify_dir(out, v.manifest, str(out))
+            _refuse_unlisted(out, v.manifest, str(out), flat=False)
+            log.info("fetch %s: using verified cache %s", v.uri, out)
+            return out
+        except ArtifactCorrupt as e:
+            log.warning("fetch %s: the cached copy fails verification (%s); downloading again", v.uri, e)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{digest}.tmp-{uuid.uuid4().hex[:12]}")
     try:
-        _download_verified(store, key, manifest, raw, tmp, uri)
-        marker.unlink(missing_ok=True)
+        _download_verified(store, v, tmp)
         if out.exists():
             shutil.rmtree(out, ignore_errors=True)
         try:
@@ -1175,43 +1795,90 @@ def fetch(uri: str, dest: str | os.PathLike | None = None) -> Path:
         except OSError:
             if not (out.is_dir() and (out / MANIFEST).is_file()):
                 raise  # otherwise another process finished the same download first
-        _write_marker(out, manifest, marker)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _download_verified(store: S3Store, key: str, manifest: Mapping[str, Any], raw: bytes, out: Path, uri: str) -> None:
+def _download_verified(store: S3Store, v: _Version, out: Path) -> None:
     t0 = time.monotonic()
-    items = {_key_join(key, rel): (out / rel, f["size"]) for rel, f in manifest["files"].items()}
+    items = {_key_join(v.key, rel): (out / rel, f["size"]) for rel, f in v.manifest["files"].items()}
     try:
         store.download_many(items)
     except ArtifactNotFound as e:
-        raise ArtifactCorrupt(f"artifact {uri} is incomplete: {e}") from None
-    (out / MANIFEST).write_bytes(raw)
-    verify_dir(out, manifest, uri)
+        raise ArtifactCorrupt(f"artifact {v.uri} is incomplete: {e}") from None
+    (out / MANIFEST).write_bytes(v.raw)
+    verify_dir(out, v.manifest, v.uri)
     log.info(
-        "fetched %s (%d files, %.1f MB) in %.1fs", uri, len(items), manifest["total_size"] / 1e6, time.monotonic() - t0
+        "fetched %s (%d files, %.1f MB) in %.1fs",
+        v.uri,
+        len(items),
+        v.manifest["total_size"] / 1e6,
+        time.monotonic() - t0,
     )
 
 
-def _stat_sig(p: Path) -> list[int]:
-    st = p.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+# ---------------------------------------------------------------------------------------------- plain folders
 
 
-def _write_marker(out: Path, manifest: Mapping[str, Any], marker: Path) -> None:
-    sig = {rel: _stat_sig(out / rel) for rel in manifest["files"]}
-    tmp = marker.with_name(marker.name + f".{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(sig))
-    os.replace(tmp, marker)
+def snapshot_dir(uri: str, dest: str | os.PathLike) -> dict[str, Any]:
+    """Copy a folder that has no MANIFEST.json (a Hugging Face model synced into the bucket as is) into
+    ``dest`` and return the manifest of what was copied: its content, pinned by sha256 on first sight.
+
+    A folder whose files change between the listing before the copy and the one after is still being
+    uploaded: :class:`ArtifactBusy`, so a recurring run leaves it for its next pass instead of pinning a
+    half-written release. A published artifact is copied (verified) with its own manifest.
+    """
+    store, key = open_store(uri)
+    uri = store.uri(key)
+    out = Path(dest)
+    if store.read_pointer(_key_join(key, MANIFEST)) is not None:
+        fetch(uri, dest=out)
+        return read_manifest(uri)
+    before = {k: v for k, v in store.stats(key).items() if VERSIONS not in k[len(key) :].split("/")}
+    if not before:
+        raise ArtifactNotFound(f"nothing at {uri}: expected a published artifact or a folder of model files")
+    rels = {k: k[len(key) :].lstrip("/") for k in before}
+    if isinstance(store, LocalStore):
+        digests = {rels[k]: _copy_hashed(store.path(k), out / rels[k]) for k in sorted(before)}
+    else:
+        assert isinstance(store, S3Store)
+        store.download_many({k: (out / rels[k], before[k][0]) for k in before})
+        digests = {rels[k]: _sha256_file(out / rels[k]) for k in sorted(before)}
+    after = {k: v for k, v in store.stats(key).items() if VERSIONS not in k[len(key) :].split("/")}
+    if after != before or any(digests[rels[k]][1] != before[k][0] for k in before):
+        raise ArtifactBusy(f"{uri} is still being uploaded (its files changed while being read): retry later")
+    return _manifest(digests, {"source": uri})
 
 
-def _marker_ok(out: Path, manifest: Mapping[str, Any], marker: Path) -> bool:
-    """A cached copy is reused when every file still has the size/mtime/inode it had when verified."""
-    try:
-        sig = json.loads(marker.read_text())
-        return all(sig.get(rel) == _stat_sig(out / rel) for rel in manifest["files"])
-    except (OSError, ValueError):
-        return False
+def import_dir(src_uri: str, dst_uri: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Publish the folder (or artifact) ``src_uri`` as the artifact ``dst_uri``, pinned by content: the
+    manifest's ``metadata.source_sha256`` is the sha256 of the source's file list at the time of the copy."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dg-import-") as tmp:
+        snap = snapshot_dir(src_uri, tmp)
+        (Path(tmp) / MANIFEST).unlink(missing_ok=True)
+        files = {rel: {"sha256": f["sha256"], "size": f["size"]} for rel, f in snap["files"].items()}
+        pin = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        meta = {"kind": "import", "source": open_store(src_uri)[0].uri(open_store(src_uri)[1])}
+        meta |= {"source_sha256": pin, **(metadata or {})}
+        manifest = publish(tmp, dst_uri, metadata=meta)
+    if {rel: f["sha256"] for rel, f in manifest["files"].items()} != {rel: f["sha256"] for rel, f in files.items()}:
+        raise ArtifactCorrupt(f"import of {src_uri} into {dst_uri}: the published files differ from the copy")
+    return manifest
+
+
+def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:
+    """Remove temp/old siblings of ``dest`` left by publishes that died more than an hour ago."""
+    now = time.time()
+    name = _glob_escape(dest.name)
+    for p in [*dest.parent.glob(f".{name}.tmp-*"), *dest.parent.glob(f".{name}.old-*")]:
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)

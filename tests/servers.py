@@ -194,14 +194,16 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def s3rver_server(tls: bool = False) -> Iterator[Server]:
+def s3rver_server(tls: bool = False, data_dir: Path | None = None, port: int | None = None) -> Iterator[Server]:
     """s3rver (npm): rejects unknown access key ids, so wrong-credential paths can be tested.
 
-    With ``tls`` it serves https with a fresh self-signed certificate (``server.cert``).
+    With ``tls`` it serves https with a fresh self-signed certificate (``server.cert``). It keeps objects
+    on disk: given the same ``data_dir`` and ``port``, a restarted server serves what the last one stored.
     """
     exe = require_tool(S3RVER_BIN, "s3rver")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="dg-s3rver-data-") as data:
+    port = port or free_port()
+    with contextlib.ExitStack() as stack:
+        data = str(data_dir) if data_dir else stack.enter_context(tempfile.TemporaryDirectory(prefix="dg-s3rver-"))
         argv = [str(exe), "-d", data, "-a", "127.0.0.1", "-p", str(port), "--silent"]
         if tls:
             cert, key = self_signed_cert(Path(data))
@@ -245,13 +247,18 @@ class FlakyProxy:
         status: int = 503,
         code: str = "SlowDown",
         methods: tuple[str, ...] = ("GET", "PUT", "POST", "DELETE", "HEAD"),
+        host_for_action: dict[str, str] | None = None,
     ):
+        """``host_for_action`` sends requests whose query names ``Action=<key>`` with ``Host: <value>`` and the
+        query as a form body (moto picks the service by host, so unsigned STS calls reach its STS); ``auth``
+        records each request's Authorization header."""
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import urlsplit
 
         self.fail_first = fail_first
+        self.auth: list[str] = []
         self.requests = 0
         self.failed = 0
         lock = threading.Lock()
@@ -272,6 +279,7 @@ class FlakyProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with lock:
+                    proxy.auth.append(self.headers.get("Authorization") or "")
                     proxy.requests += 1
                     fail = proxy.failed < proxy.fail_first and self.command in methods
                     proxy.failed += fail
@@ -285,7 +293,14 @@ class FlakyProxy:
                     return
                 conn = http.client.HTTPConnection(host, port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
+                path = self.path
+                for action, host_header in (host_for_action or {}).items():
+                    if f"Action={action}" in path:
+                        headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+                        headers |= {"Host": host_header, "Content-Type": "application/x-www-form-urlencoded"}
+                        path, _, query = path.partition("?")
+                        body = query.encode()  # moto reads STS parameters from a form body only
+                conn.request(self.command, path, body=body or None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)

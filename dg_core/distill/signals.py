@@ -97,7 +97,7 @@ def model_fingerprint(ref: str) -> str:
         from dg_core.models.zoo import ensure
 
         ref = ensure(ref[4:])
-    if ref.startswith(("s3://", "file://")):
+    if ref.startswith(("s3://", "file://")) or (Path(ref) / store.MANIFEST).is_file():
         files = store.read_manifest(ref).get("files", {})
         return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     p = Path(ref)

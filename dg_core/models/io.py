@@ -38,6 +38,8 @@ def resolve_model_dir(ref: str) -> Path:
     if _is_uri(ref):
         return store.fetch(ref)
     p = Path(ref).expanduser()
+    if (p / store.MANIFEST).is_file():  # a published artifact named by its path: verified, current version
+        return store.fetch(str(p))
     if p.is_dir():
         return p
     if p.exists() or ref.startswith((".", "/")) or os.sep in ref.strip("/").split("/", 1)[0]:
