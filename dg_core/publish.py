@@ -273,8 +273,12 @@ def run(cfg: Config) -> dict[str, Any]:
     # A local model is read in place (every pinned file is hashed as it is copied, so a verifying fetch would
     # only hash it twice); an s3 one is fetched (downloaded and verified) first.
     st, key = store.open_store(cfg.model)
-    src_dir = st.path(key) if isinstance(st, store.LocalStore) else Path(store.fetch(cfg.model))
     what = f"publish {cfg.model}"
+    if isinstance(st, store.LocalStore):
+        check_tree(st.path(key), what)  # the whole artifact folder, every version of it included
+        src_dir = store.local_payload(cfg.model)
+    else:
+        src_dir = Path(store.fetch(cfg.model))
     check_tree(src_dir, what)
     unlisted = sorted(
         p.relative_to(src_dir).as_posix()

@@ -1743,6 +1743,15 @@ def fetch(uri: str, dest: str | os.PathLike | None = None) -> Path:
     return _read_stable(store, key, lambda v: _fetch_s3(store, v, dest))
 
 
+def local_payload(uri: str) -> Path:
+    """The directory holding a file:// artifact's current files, NOT verified: for a caller that hashes every
+    listed file itself as it reads it (publish), so a large model is not hashed twice."""
+    store, key = open_store(uri)
+    if not isinstance(store, LocalStore):
+        raise DGError(f"{uri}: expected a file:// artifact for an in-place read")
+    return store.path(_resolve_settled(store, key).key)
+
+
 def _fetch_local(store: LocalStore, v: _Version, dest: str | os.PathLike | None) -> Path:
     src = store.path(v.key)
     if dest is None:
