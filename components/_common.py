@@ -85,6 +85,9 @@ def pin(ref: str) -> str:
         else:
             log.warning("reference %s is not in the store: it is passed unpinned", ref)
             return ref
+    from dg_core import store
+
+    ref = store.import_plain(ref)  # a plain HF folder synced into the bucket is imported (pinned) first
     return f"{ref}{PIN}{content_sha(ref)}"
 
 

@@ -27,13 +27,14 @@ log = logging.getLogger("dguard")
 
 # Verbs beyond the stages (pipelines, remote runs) register here: name -> (module, summary).
 # Each module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
-# They live in the `pipelines` package (dg_core itself knows nothing of KFP); only the module name is here.
+# KFP ones live in the `pipelines` package (dg_core itself knows nothing of KFP); only the module name is here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipelines.local", "Run a pipeline locally with kfp.local (e.g. `dguard run calibrate --local`)."),
     "compile": ("pipelines.compile", "Compile every pipeline to pipelines/compiled/<name>.yaml."),
     "upload": ("pipelines.remote", "Upload compiled pipelines to a Kubeflow Pipelines server."),
     "submit": ("pipelines.remote", "Submit a pipeline run to a Kubeflow Pipelines server."),
     "schedule": ("pipelines.remote", "Create a recurring run (e.g. the re-hardening schedule)."),
+    "import": ("dg_core.importer", "Copy a model folder (plain HF, or published) into the store, pinned by sha256."),
 }
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,14 +83,34 @@ def twin_uri(release_uri: str, releases_prefix: str, hardened_prefix: str) -> st
     return store.join(_canon(hardened_prefix), rel)
 
 
+PLAIN = "listing:"  # prefix of a plain folder's identity (see store.listing_sha)
+
+
 def content_sha(uri: str) -> str:
-    """Identity of a published artifact's content (the sha256 of its manifest's file list)."""
+    """Identity of a release's content: the sha256 of its manifest's file list, or, for a plain Hugging Face
+    folder synced into the bucket without a manifest, ``listing:<sha256 of names, sizes and ETags>``."""
+    if store.is_plain_folder(uri):
+        return PLAIN + store.listing_sha(uri)
     return model_sha(uri)
 
 
 def list_releases(releases_prefix: str, hardened_prefix: str) -> list[str]:
-    """Every published artifact under ``releases_prefix`` that is not itself under ``hardened_prefix``."""
-    return [u for u in store.list_artifacts(releases_prefix) if _rel(u, hardened_prefix) is None]
+    """Every published artifact and every plain model folder (``config.json``, no manifest) under
+    ``releases_prefix`` that is not itself under ``hardened_prefix``."""
+    found = set(store.list_artifacts(releases_prefix)) | set(store.list_model_folders(releases_prefix))
+    return sorted(u for u in found if _rel(u, hardened_prefix) is None)
+
+
+def settle_seconds() -> float:
+    """How long a plain release's listing must stay unchanged before it is hardened (``DG_RELEASE_SETTLE_S``)."""
+    raw = os.environ.get("DG_RELEASE_SETTLE_S", "5")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (0.0 <= value < 86400.0):
+        raise DGError(f"DG_RELEASE_SETTLE_S={raw!r}: expected seconds in [0, 86400)")
+    return value
 
 
 REJECTED = "_rejected"
@@ -141,8 +162,15 @@ def pending_releases(
     if _rel(releases_prefix, hardened_prefix) is not None:
         raise DGError(f"releases_prefix {releases_prefix} lies inside hardened_prefix {hardened_prefix}")
     pending = []
-    for uri in list_releases(releases_prefix, hardened_prefix):
+    releases = list_releases(releases_prefix, hardened_prefix)
+    first = {u: content_sha(u) for u in releases}
+    if any(sha.startswith(PLAIN) for sha in first.values()):
+        time.sleep(settle_seconds())  # a plain folder still being uploaded changes between two listings
+    for uri in releases:
         sha = content_sha(uri)
+        if sha != first[uri]:
+            log.info("release %s is still being uploaded (its files changed between two listings): next run", uri)
+            continue
         twin = twin_uri(uri, releases_prefix, hardened_prefix)
         if store.is_published(twin):
             if store.read_manifest(twin).get("metadata", {}).get("release_sha256") == sha:

@@ -1861,6 +1861,99 @@ def snapshot_dir(uri: str, dest: str | os.PathLike) -> dict[str, Any]:
     return _manifest(digests, {"source": uri})
 
 
+# -- plain folders: models synced into the bucket as they are (aws s3 sync, mc mirror), no MANIFEST.json
+
+MODEL_MARKER = "config.json"  # what makes a plain folder a model folder (a Hugging Face checkpoint)
+
+
+def _plain_listing(store: Store, key: str) -> dict[str, tuple[int, str]]:
+    """rel -> (size, token) of the files of a plain folder, without any store-protocol files."""
+    out = {}
+    for k, v in store.stats(key).items():
+        rel = k[len(key) :].lstrip("/")
+        if rel == MANIFEST or VERSIONS in rel.split("/"):
+            continue
+        out[rel] = v
+    return out
+
+
+def listing_sha(uri: str) -> str:
+    """Identity of a plain folder as it is now: the sha256 of its file names, sizes and change tokens (S3 ETags;
+    mtime and inode on file://). It changes whenever a file is added, removed or rewritten, and costs one
+    listing, so a recurring run can tell a new release without downloading it; content is pinned by sha256
+    when the folder is read (:func:`snapshot_dir`)."""
+    store, key = open_store(uri)
+    listing = _plain_listing(store, key)
+    if not listing:
+        raise ArtifactNotFound(f"nothing at {store.uri(key)}: expected a published artifact or a folder of model files")
+    return hashlib.sha256(json.dumps(sorted(listing.items())).encode()).hexdigest()
+
+
+def is_plain_folder(uri: str) -> bool:
+    """Whether ``uri`` is a model folder without a manifest (it holds ``config.json``, no ``MANIFEST.json``)."""
+    store, key = open_store(uri)
+    if store.read_pointer(_key_join(key, MANIFEST)) is not None:
+        return False
+    try:
+        return store.exists(_key_join(key, MODEL_MARKER))
+    except BucketNotFound:
+        return False
+
+
+def list_model_folders(prefix_uri: str) -> list[str]:
+    """URIs of the plain model folders under a prefix (holding ``config.json`` and no manifest, and not inside
+    a published artifact), sorted."""
+    store, key = open_store(prefix_uri)
+    try:
+        keys = store.list(key)
+    except BucketNotFound:
+        return []
+    published = {k[: -len(MANIFEST)].rstrip("/") for k in keys if k == MANIFEST or k.endswith("/" + MANIFEST)}
+    out = []
+    for k in keys:
+        if k == MODEL_MARKER or k.endswith("/" + MODEL_MARKER):
+            parent = k[: -len(MODEL_MARKER)].rstrip("/")
+            segments = parent.split("/")
+            if VERSIONS in segments or any(p.startswith(".") for p in segments):
+                continue
+            if any(parent == p or parent.startswith(p + "/") for p in published):
+                continue  # inside a published artifact
+            out.append(store.uri(parent))
+    return sorted(out)
+
+
+def fetch_folder(uri: str) -> Path:
+    """A verified local directory for a published artifact (:func:`fetch`) or for a plain model folder: the
+    latter is snapshotted once into the cache, keyed by its listing, and re-verified by sha256 on reuse."""
+    if not is_plain_folder(uri):
+        return fetch(uri)
+    store, key = open_store(uri)
+    if isinstance(store, LocalStore):
+        return store.path(key)  # a local folder is read in place, as a local model directory is
+    out = cache_dir() / "plain" / listing_sha(uri)[:40]
+    if (out / MANIFEST).is_file():
+        try:
+            m = _parse_manifest((out / MANIFEST).read_bytes(), str(out))
+            verify_dir(out, m, str(out))
+            return out
+        except ArtifactCorrupt as e:
+            log.warning("fetch %s: the cached snapshot fails verification (%s); copying again", uri, e)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        m = snapshot_dir(uri, tmp)
+        (tmp / MANIFEST).write_bytes(_manifest_bytes(m))
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / MANIFEST).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def import_dir(src_uri: str, dst_uri: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Publish the folder (or artifact) ``src_uri`` as the artifact ``dst_uri``, pinned by content: the
     manifest's ``metadata.source_sha256`` is the sha256 of the source's file list at the time of the copy."""
@@ -1877,6 +1970,18 @@ def import_dir(src_uri: str, dst_uri: str, *, metadata: Mapping[str, Any] | None
     if {rel: f["sha256"] for rel, f in manifest["files"].items()} != {rel: f["sha256"] for rel, f in files.items()}:
         raise ArtifactCorrupt(f"import of {src_uri} into {dst_uri}: the published files differ from the copy")
     return manifest
+
+
+def import_plain(uri: str, root: str | None = None) -> str:
+    """A published artifact holding ``uri``'s content: ``uri`` itself when it is one; for a plain folder, its
+    import under ``<root>/imports/<listing sha>`` (made on first sight, reused while the folder is unchanged),
+    so everything downstream reads a manifest-pinned artifact."""
+    if not is_plain_folder(uri):
+        return uri
+    dst = join(root or default_root(), "imports", listing_sha(uri)[:24])
+    if not is_published(dst):
+        import_dir(uri, dst)
+    return dst
 
 
 def _sweep_temps(dest: Path, max_age_s: float = 3600.0) -> None:

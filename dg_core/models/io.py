@@ -36,7 +36,7 @@ def resolve_model_dir(ref: str) -> Path:
 
         ref = ensure(ref[4:])
     if _is_uri(ref):
-        return store.fetch(ref)
+        return store.fetch_folder(ref)  # a published artifact, or a plain HF folder synced into the bucket
     p = Path(ref).expanduser()
     if (p / store.MANIFEST).is_file():  # a published artifact named by its path: verified, current version
         return store.fetch(str(p))
