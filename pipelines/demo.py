@@ -34,24 +34,26 @@ from typing import Any
 
 from dg_core.errors import DGError
 
-#: The demo's settings. The task: one-digit factors, two-digit addend, two answer styles (a bare ``#90`` or the
-#: work written out ``7*8=56 56+34=90 #90``); a small student learns the second far better than the first.
+#: The demo's settings. The task: one-digit factors, two-digit addend, three answer styles (a bare ``#90``, the
+#: work written out ``7*8=56 56+34=90 #90``, the same with a reverse check); a small student learns the written-out
+#: styles far better than the bare answer. The teacher is trained on every style of every problem, so it keeps a
+#: per-prompt choice of style for calibration to reshape.
 DEMO: dict[str, Any] = {
     "task_options": {
         "a_digits": 1,
         "b_digits": 1,
         "terms": 1,
         "term_digits": 2,
-        "style_mix": {"compressed": 1.0, "decomposed": 1.0},
+        "style_mix": {"compressed": 1.0, "decomposed": 1.0, "checked": 1.0},
     },
-    "n": 2400,
-    "splits": {"train": 0.875, "validation": 0.0417, "test": 0.0833},
+    "n": 3200,
+    "splits": {"train": 0.875, "validation": 0.047, "test": 0.078},
     "teacher": "zoo:teacher",
     "teacher_sft": {
-        "steps": 1000,
-        "batch_size": 32,
-        "lr": 3e-3,
-        "options": {"style": "compressed,compressed,decomposed,decomposed,decomposed", "warmup_steps": 50},
+        "steps": 1500,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "options": {"style": "all", "warmup_steps": 50},
     },
     "proxy": "zoo:proxy",
     "proxy_sft": {"steps": 800, "batch_size": 32, "lr": 3e-3, "options": {"style": "all", "warmup_steps": 50}},
@@ -70,9 +72,10 @@ DEMO: dict[str, Any] = {
         "eval_every": 10,
         "eval_n": 100,
         "min_retention": 0.0,  # the release gate judges retention; keep the model for the table
-        "preflight_accuracy": 0.8,
+        "preflight_accuracy": 0.5,
     },
-    "eval_limit": 200,
+    "eval_split": "test",
+    "eval_limit": 250,
     "eval_options": {"k": 0, "max_new_tokens": 40},
     "attacks": [["student-llama", "kd"], ["student-gpt2", "sft"]],
     "attack_seeds": [0],
@@ -86,11 +89,12 @@ DEMO: dict[str, Any] = {
     "gate": {"min_retention": 0.9, "max_transfer": 0.6, "min_transfer": 1.1, "aggregate": "worst", "min_seeds": 1},
 }
 
-#: Reduced sizes for the test: the same graph in about a minute of CPU, with no claim about the knob.
+#: Reduced sizes for the test: the same graph in a few minutes of CPU, with no claim about the knob. The teacher
+#: memorises a tiny training split and everything is scored on it, so accuracies (and retention) are defined.
 SMALL: dict[str, Any] = {
-    "n": 240,
-    "splits": {"train": 0.7, "validation": 0.15, "test": 0.15},
-    "teacher_sft": {"steps": 20, "batch_size": 16, "lr": 3e-3, "options": {"style": "all", "warmup_steps": 2}},
+    "n": 64,
+    "splits": {"train": 0.8, "validation": 0.1, "test": 0.1},
+    "teacher_sft": {"steps": 100, "batch_size": 32, "lr": 2e-3, "options": {"style": "all", "warmup_steps": 10}},
     "proxy_sft": {"steps": 10, "batch_size": 16, "lr": 3e-3, "options": {"style": "all", "warmup_steps": 2}},
     "calibrate_steps": 2,
     "group_size": 4,
@@ -99,19 +103,21 @@ SMALL: dict[str, Any] = {
         "lora_r": 4,
         "normalize": "char",
         "cal_gate": "correct",
-        "max_new_tokens": 24,
+        "max_new_tokens": 40,
         "eval_every": 0,
-        "eval_n": 8,
+        "eval_n": 16,
+        "eval_split": "train",
         "sampled_k": 1,
         "min_retention": 0.0,
         "preflight_accuracy": 0.0,
     },
+    "eval_split": "train",
     "eval_limit": 16,
-    "eval_options": {"k": 0, "max_new_tokens": 24},
-    "attack_steps": 4,
+    "eval_options": {"k": 0, "max_new_tokens": 40},
+    "attack_steps": 20,
     "attack_limit": 16,
     "attack_batch_size": 8,
-    "attack_max_new_tokens": 24,
+    "attack_max_new_tokens": 40,
 }
 
 
@@ -191,7 +197,7 @@ def job_train(cfg: dict[str, Any], root: str, model: str, sft: dict[str, Any], d
 
 def _evaluate(cfg: dict[str, Any], root: str, model: str, dataset: str, **label: Any) -> dict[str, Any]:
     full = {"role": "teacher", "teacher": "original", "student": "", "method": "", "seed": 0, **label}
-    t = _run("evaluate", model=model, dataset=dataset, split="test", limit=cfg["eval_limit"],
+    t = _run("evaluate", model=model, dataset=dataset, split=cfg["eval_split"], limit=cfg["eval_limit"],
              options=cfg["eval_options"], store_root=root, **full)  # fmt: skip
     return t.outputs["Output"]
 
