@@ -185,20 +185,38 @@ def _run(name: str, **kwargs: Any) -> Any:
 
 def job_prep(cfg: dict[str, Any], root: str) -> dict[str, Any]:
     opts = {"n": cfg["n"], "splits": cfg["splits"], "task_options": cfg["task_options"]}
-    t = _run("prep", task="synthetic_math", source="synthetic", seed=cfg.get("data_seed", 0), options=opts, store_root=root)
+    t = _run(
+        "prep", task="synthetic_math", source="synthetic", seed=cfg.get("data_seed", 0), options=opts, store_root=root
+    )
     return {"dataset": t.outputs["Output"]}
 
 
 def job_train(cfg: dict[str, Any], root: str, model: str, sft: dict[str, Any], dataset: str) -> dict[str, Any]:
-    t = _run("train", model=model, dataset=dataset, steps=sft["steps"], batch_size=sft["batch_size"], lr=sft["lr"],
-             options=sft["options"], store_root=root)  # fmt: skip
+    t = _run(
+        "train",
+        model=model,
+        dataset=dataset,
+        steps=sft["steps"],
+        batch_size=sft["batch_size"],
+        lr=sft["lr"],
+        options=sft["options"],
+        store_root=root,
+    )
     return {"model": t.outputs["Output"]}
 
 
 def _evaluate(cfg: dict[str, Any], root: str, model: str, dataset: str, **label: Any) -> dict[str, Any]:
     full = {"role": "teacher", "teacher": "original", "student": "", "method": "", "seed": 0, **label}
-    t = _run("evaluate", model=model, dataset=dataset, split=cfg["eval_split"], limit=cfg["eval_limit"],
-             options=cfg["eval_options"], store_root=root, **full)  # fmt: skip
+    t = _run(
+        "evaluate",
+        model=model,
+        dataset=dataset,
+        split=cfg["eval_split"],
+        limit=cfg["eval_limit"],
+        options=cfg["eval_options"],
+        store_root=root,
+        **full,
+    )
     return t.outputs["Output"]
 
 
@@ -207,9 +225,20 @@ def job_eval_teacher(cfg: dict[str, Any], root: str, model: str, dataset: str) -
 
 
 def job_calibrate(cfg: dict[str, Any], root: str, teacher: str, proxy: str, dataset: str, eta: float) -> dict:
-    t = _run("calibrate", teacher=teacher, proxies=[proxy], dataset=dataset, eta=eta, beta=cfg["beta"],
-             steps=cfg["calibrate_steps"], group_size=cfg["group_size"], lr=cfg["calibrate_lr"],
-             seed=cfg["calibrate_seed"], options=cfg["calibrate_options"], store_root=root)  # fmt: skip
+    t = _run(
+        "calibrate",
+        teacher=teacher,
+        proxies=[proxy],
+        dataset=dataset,
+        eta=eta,
+        beta=cfg["beta"],
+        steps=cfg["calibrate_steps"],
+        group_size=cfg["group_size"],
+        lr=cfg["calibrate_lr"],
+        seed=cfg["calibrate_seed"],
+        options=cfg["calibrate_options"],
+        store_root=root,
+    )
     model, calibration = t.outputs["Output"], t.outputs["calibration"]
     if not model:
         raise DGError(f"calibration eta={eta:+g} refused the teacher; see its card {calibration}")
@@ -219,36 +248,97 @@ def job_calibrate(cfg: dict[str, Any], root: str, teacher: str, proxy: str, data
 
 def job_attack(cfg: dict[str, Any], root: str, teacher: str, side: str, attack: list, seed: int, dataset: str) -> dict:
     student, method = attack
-    t = _run("distill", teacher=teacher, student=f"zoo:{student}", dataset=dataset, method=method, seed=seed,
-             reinit=True, steps=cfg["attack_steps"], n_samples=cfg["attack_samples"],
-             max_new_tokens=cfg["attack_max_new_tokens"], batch_size=cfg["attack_batch_size"], lr=cfg["attack_lr"],
-             limit=cfg["attack_limit"], options=cfg["attack_options"], store_root=root)  # fmt: skip
-    record = _evaluate(cfg, root, t.outputs["Output"], dataset, role="student", teacher=side, student=f"zoo:{student}",
-                       method=method, seed=seed)  # fmt: skip
+    t = _run(
+        "distill",
+        teacher=teacher,
+        student=f"zoo:{student}",
+        dataset=dataset,
+        method=method,
+        seed=seed,
+        reinit=True,
+        steps=cfg["attack_steps"],
+        n_samples=cfg["attack_samples"],
+        max_new_tokens=cfg["attack_max_new_tokens"],
+        batch_size=cfg["attack_batch_size"],
+        lr=cfg["attack_lr"],
+        limit=cfg["attack_limit"],
+        options=cfg["attack_options"],
+        store_root=root,
+    )
+    record = _evaluate(
+        cfg,
+        root,
+        t.outputs["Output"],
+        dataset,
+        role="student",
+        teacher=side,
+        student=f"zoo:{student}",
+        method=method,
+        seed=seed,
+    )
     return {"record": record}
 
 
-def job_judge(cfg: dict[str, Any], root: str, eta: float, teachers: list[dict], students: list[list[dict]],
-              model: str, calibration: str, release: str, publish: bool) -> dict[str, Any]:  # fmt: skip
+def job_judge(
+    cfg: dict[str, Any],
+    root: str,
+    eta: float,
+    teachers: list[dict],
+    students: list[list[dict]],
+    model: str,
+    calibration: str,
+    release: str,
+    publish: bool,
+) -> dict[str, Any]:
     """Report, gate and (when it passed and ``publish``) publish one calibrated teacher."""
     from dg_core.gate import read_result
 
     direction = "distillable" if eta > 0 else "undistillable"
-    r = _run("report", teacher_original=teachers[0], teacher_calibrated=teachers[1], students_original=students[0],
-             students_calibrated=students[1], floors=[], attack_steps=cfg["attack_steps"], eta=eta,
-             direction=direction, store_root=root)  # fmt: skip
+    r = _run(
+        "report",
+        teacher_original=teachers[0],
+        teacher_calibrated=teachers[1],
+        students_original=students[0],
+        students_calibrated=students[1],
+        floors=[],
+        attack_steps=cfg["attack_steps"],
+        eta=eta,
+        direction=direction,
+        store_root=root,
+    )
     g = cfg["gate"]
-    gt = _run("gate", teacher_original=teachers[0], teacher_calibrated=teachers[1], students_original=students[0],
-              students_calibrated=students[1], model=model, eta=eta, direction=direction,
-              min_retention=g["min_retention"], max_transfer=g["max_transfer"], min_transfer=g["min_transfer"],
-              aggregate=g["aggregate"], min_seeds=g["min_seeds"], store_root=root)  # fmt: skip
+    gt = _run(
+        "gate",
+        teacher_original=teachers[0],
+        teacher_calibrated=teachers[1],
+        students_original=students[0],
+        students_calibrated=students[1],
+        model=model,
+        eta=eta,
+        direction=direction,
+        min_retention=g["min_retention"],
+        max_transfer=g["max_transfer"],
+        min_transfer=g["min_transfer"],
+        aggregate=g["aggregate"],
+        min_seeds=g["min_seeds"],
+        store_root=root,
+    )
     decision = gt.outputs["decision"]
     with open(decision.path) as f:
         result = read_result(json.load(f)["uri"])
     out = {"html": r.outputs["html"].path, "report": r.outputs["Output"], "gate": result, "hardened": ""}
     if result["passed"] and publish:
-        p = _run("publish", model=model, decision=decision, calibration=calibration, release=release,
-                 releases_prefix="", hardened_prefix="", dest="", store_root=root)  # fmt: skip
+        p = _run(
+            "publish",
+            model=model,
+            decision=decision,
+            calibration=calibration,
+            release=release,
+            releases_prefix="",
+            hardened_prefix="",
+            dest="",
+            store_root=root,
+        )
         out["hardened"] = p.outputs["Output"]
     return out
 
@@ -276,46 +366,91 @@ def plan(cfg: dict[str, Any], root: str) -> list[Task]:
     etas = cfg["etas"]
     tasks = [
         Task("prep", "prep dataset", job_prep, lambda r: (cfg, root)),
-        Task("teacher", "bootstrap teacher (train)", job_train,
-             lambda r: (cfg, root, cfg["teacher"], cfg["teacher_sft"], r["prep"]["dataset"]), ["prep"]),
-        Task("proxy", "bootstrap proxy (train)", job_train,
-             lambda r: (cfg, root, cfg["proxy"], cfg["proxy_sft"], r["prep"]["dataset"]), ["prep"]),
-    ]  # fmt: skip
+        Task(
+            "teacher",
+            "bootstrap teacher (train)",
+            job_train,
+            lambda r: (cfg, root, cfg["teacher"], cfg["teacher_sft"], r["prep"]["dataset"]),
+            ["prep"],
+        ),
+        Task(
+            "proxy",
+            "bootstrap proxy (train)",
+            job_train,
+            lambda r: (cfg, root, cfg["proxy"], cfg["proxy_sft"], r["prep"]["dataset"]),
+            ["prep"],
+        ),
+    ]
     for eta in etas:
         tasks.append(
-            Task(f"cal{eta:+g}", f"calibrate eta={eta:+g}, evaluate", job_calibrate,
-                 lambda r, eta=eta: (cfg, root, r["teacher"]["model"], r["proxy"]["model"], r["prep"]["dataset"], eta),
-                 ["teacher", "proxy", "prep"])  # fmt: skip
+            Task(
+                f"cal{eta:+g}",
+                f"calibrate eta={eta:+g}, evaluate",
+                job_calibrate,
+                lambda r, eta=eta: (cfg, root, r["teacher"]["model"], r["proxy"]["model"], r["prep"]["dataset"], eta),
+                ["teacher", "proxy", "prep"],
+            )
         )
     tasks.append(
-        Task("eval-original", "evaluate original teacher", job_eval_teacher,
-             lambda r: (cfg, root, r["teacher"]["model"], r["prep"]["dataset"]), ["teacher"])  # fmt: skip
+        Task(
+            "eval-original",
+            "evaluate original teacher",
+            job_eval_teacher,
+            lambda r: (cfg, root, r["teacher"]["model"], r["prep"]["dataset"]),
+            ["teacher"],
+        )
     )
     for side in ["original", *(f"cal{e:+g}" for e in etas)]:
         for attack in cfg["attacks"]:
             for seed in cfg["attack_seeds"]:
                 name = "/".join(attack)
                 src = "original" if side == "original" else f"eta={side[3:]}"
-                model_of = (lambda r: r["teacher"]["model"]) if side == "original" else (lambda r, s=side: r[s]["model"])
+                model_of = (
+                    (lambda r: r["teacher"]["model"]) if side == "original" else (lambda r, s=side: r[s]["model"])
+                )
                 tasks.append(
-                    Task(f"{side}|{name}|{seed}", f"distill {name} (seed {seed}) from {src}, evaluate", job_attack,
-                         lambda r, m=model_of, s=side, a=attack, sd=seed: (
-                             cfg, root, m(r), "original" if s == "original" else "calibrated", a, sd,
-                             r["prep"]["dataset"]),
-                         ["teacher", "prep"] + ([] if side == "original" else [side]))  # fmt: skip
+                    Task(
+                        f"{side}|{name}|{seed}",
+                        f"distill {name} (seed {seed}) from {src}, evaluate",
+                        job_attack,
+                        lambda r, m=model_of, s=side, a=attack, sd=seed: (
+                            cfg,
+                            root,
+                            m(r),
+                            "original" if s == "original" else "calibrated",
+                            a,
+                            sd,
+                            r["prep"]["dataset"],
+                        ),
+                        ["teacher", "prep"] + ([] if side == "original" else [side]),
+                    )
                 )
     for eta in etas:
         side = f"cal{eta:+g}"
-        keys = {s: [f"{s}|{'/'.join(a)}|{sd}" for a in cfg["attacks"] for sd in cfg["attack_seeds"]]
-                for s in ("original", side)}  # fmt: skip
+        keys = {
+            s: [f"{s}|{'/'.join(a)}|{sd}" for a in cfg["attacks"] for sd in cfg["attack_seeds"]]
+            for s in ("original", side)
+        }
         tasks.append(
-            Task(f"judge{eta:+g}", f"report, gate{', publish' if eta < 0 else ''} eta={eta:+g}", job_judge,
-                 lambda r, eta=eta, side=side, keys=keys: (
-                     cfg, root, eta, [r["eval-original"]["record"], r[side]["record"]],
-                     [[r[k]["record"] for k in keys["original"]], [r[k]["record"] for k in keys[side]]],
-                     r[side]["model"], r[side]["calibration"], r["teacher"]["model"], eta < 0),
-                 ["eval-original", side, *keys["original"], *keys[side]])  # fmt: skip
+            Task(
+                f"judge{eta:+g}",
+                f"report, gate{', publish' if eta < 0 else ''} eta={eta:+g}",
+                job_judge,
+                lambda r, eta=eta, side=side, keys=keys: (
+                    cfg,
+                    root,
+                    eta,
+                    [r["eval-original"]["record"], r[side]["record"]],
+                    [[r[k]["record"] for k in keys["original"]], [r[k]["record"] for k in keys[side]]],
+                    r[side]["model"],
+                    r[side]["calibration"],
+                    r["teacher"]["model"],
+                    eta < 0,
+                ),
+                ["eval-original", side, *keys["original"], *keys[side]],
+            )
         )
+
     # Start the long chain (teacher -> calibrate -> students of calibrated) before the side branches.
     def rank(t: Task) -> int:
         fixed = {"prep": 0, "teacher": 1, "proxy": 2}
@@ -336,8 +471,9 @@ def run_graph(tasks: list[Task], workers: int, init: tuple, echo: Callable[[str]
     pending = list(tasks)
     running: dict[Future, tuple[Task, float]] = {}
     t_all = time.monotonic()
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=init) as pool:  # fmt: skip
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=init
+    ) as pool:
         while pending or running:
             for t in [t for t in pending if all(d in results for d in t.deps)]:
                 if len(running) >= workers:
@@ -371,13 +507,27 @@ def summary(cfg: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str
     for eta in cfg["etas"]:
         side, judge = f"cal{eta:+g}", results[f"judge{eta:+g}"]
         g = judge["gate"]
-        teachers.append({"teacher": f"eta={eta:+g}", "eta": eta, "accuracy": results[side]["record"]["accuracy"],
-                         "retention": g["retention"]})  # fmt: skip
+        teachers.append(
+            {
+                "teacher": f"eta={eta:+g}",
+                "eta": eta,
+                "accuracy": results[side]["record"]["accuracy"],
+                "retention": g["retention"],
+            }
+        )
         for name, a in g["attacks"].items():
             row = attacks.setdefault(name, {"attack": name, "original": a["acc_original"]})
             row[f"eta={eta:+g}"] = {"accuracy": a["acc_calibrated"], "transfer": a.get("transfer")}
-        gates.append({"eta": eta, "direction": g["direction"], "passed": bool(g["passed"]), "reasons": g["reasons"],
-                      "report": judge["html"], "hardened": judge["hardened"]})  # fmt: skip
+        gates.append(
+            {
+                "eta": eta,
+                "direction": g["direction"],
+                "passed": bool(g["passed"]),
+                "reasons": g["reasons"],
+                "report": judge["html"],
+                "hardened": judge["hardened"],
+            }
+        )
     return {"teachers": teachers, "attacks": list(attacks.values()), "gates": gates}
 
 
@@ -386,13 +536,17 @@ def table(s: dict[str, Any]) -> list[str]:
     etas = [t["teacher"] for t in s["teachers"][1:]]
     lines = ["", f"{'teacher':<22}{'accuracy':>10}{'retention':>11}"]
     lines += [f"{t['teacher']:<22}{t['accuracy']:>10.3f}{t['retention']:>11.3f}" for t in s["teachers"]]
-    head = f"{'attack: student accuracy':<26}{'<- original':>12}" + "".join(f"{'<- ' + e + ' (transfer)':>26}" for e in etas)
+    head = f"{'attack: student accuracy':<26}{'<- original':>12}" + "".join(
+        f"{'<- ' + e + ' (transfer)':>26}" for e in etas
+    )
     lines += ["", head]
     for a in s["attacks"]:
         cells = "".join(
-            f"{a[e]['accuracy']:>17.3f} ({a[e]['transfer']:.2f})" if a[e]["transfer"] is not None
-            else f"{a[e]['accuracy']:>17.3f} (  - )" for e in etas
-        )  # fmt: skip
+            f"{a[e]['accuracy']:>17.3f} ({a[e]['transfer']:.2f})"
+            if a[e]["transfer"] is not None
+            else f"{a[e]['accuracy']:>17.3f} (  - )"
+            for e in etas
+        )
         lines.append(f"{a['attack']:<26}{a['original']:>12.3f}{cells}")
     lines.append("")
     for g in s["gates"]:
@@ -441,8 +595,9 @@ def main(argv: list[str] | None = None) -> int:
         log.write_text("")
         print(f"demo: {len(cfg['etas'])} calibrations x {len(cfg['attacks'])} attacks; store {root}; log {log}")
         t0 = time.monotonic()
-        results = run_graph(plan(cfg, root), args.workers, (str(log), root, str(out / "kfp")),
-                            lambda s: print(s, flush=True))  # fmt: skip
+        results = run_graph(
+            plan(cfg, root), args.workers, (str(log), root, str(out / "kfp")), lambda s: print(s, flush=True)
+        )
         s = summary(cfg, results)
         s["seconds"] = time.monotonic() - t0
         (out / "summary.json").write_text(json.dumps(s, indent=2, default=str))

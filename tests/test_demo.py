@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DG_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipelines.demo", "--store", (tmp_path / "store").as_uri(), "--dir",
-           str(tmp_path / "demo"), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.demo",
+        "--store",
+        (tmp_path / "store").as_uri(),
+        "--dir",
+        str(tmp_path / "demo"),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
 
