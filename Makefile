@@ -32,7 +32,7 @@ test: setup tools lint
 	$(BIN)/pytest
 
 demo: setup
-	$(BIN)/dguard run calibrate --local
+	$(BIN)/python -m pipelines.demo
 
 compile: setup
 	$(BIN)/dguard compile

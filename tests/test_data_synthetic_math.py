@@ -118,3 +118,11 @@ def test_train_targets_expand_every_style_of_a_row():
     assert _targets(ex, "checked, compressed") == [refs["checked"], refs["compressed"]]
     with pytest.raises(DGError, match="no reference in style 'bogus'"):
         _targets(ex, "bogus")
+
+
+def test_integral_float_options_accepted_as_kfp_passes_them():
+    """KFP hands dict-valued parameters over as protobuf Structs, so 1 arrives as 1.0; 1.5 is still refused."""
+    as_kfp = get_task("synthetic_math", a_digits=1.0, b_digits=1.0, terms=1.0, term_digits=2.0).generate(5, seed=0)
+    assert as_kfp == get_task("synthetic_math", a_digits=1, b_digits=1, terms=1, term_digits=2).generate(5, seed=0)
+    with pytest.raises(DGError, match="a_digits"):
+        get_task("synthetic_math", a_digits=1.5)

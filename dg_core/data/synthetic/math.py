@@ -46,6 +46,10 @@ class MathSpec:
     wording: str = "expr"
 
     def __post_init__(self) -> None:
+        for name in ("a_digits", "b_digits", "term_digits", "terms"):  # KFP passes dict numbers as floats
+            v = getattr(self, name)
+            if isinstance(v, float) and v.is_integer():
+                object.__setattr__(self, name, int(v))
         for name in ("a_digits", "b_digits", "term_digits"):
             v = getattr(self, name)
             if not isinstance(v, int) or not 1 <= v <= 6:
