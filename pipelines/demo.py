@@ -293,19 +293,6 @@ def job_judge(
     """Report, gate and (when it passed and ``publish``) publish one calibrated teacher."""
     from dg_core.gate import read_result
 
-    direction = "distillable" if eta > 0 else "undistillable"
-    r = _run(
-        "report",
-        teacher_original=teachers[0],
-        teacher_calibrated=teachers[1],
-        students_original=students[0],
-        students_calibrated=students[1],
-        floors=[],
-        attack_steps=cfg["attack_steps"],
-        eta=eta,
-        direction=direction,
-        store_root=root,
-    )
     g = cfg["gate"]
     gt = _run(
         "gate",
@@ -315,12 +302,23 @@ def job_judge(
         students_calibrated=students[1],
         model=model,
         eta=eta,
-        direction=direction,
         min_retention=g["min_retention"],
         max_transfer=g["max_transfer"],
         min_transfer=g["min_transfer"],
         aggregate=g["aggregate"],
         min_seeds=g["min_seeds"],
+        store_root=root,
+    )
+    r = _run(  # after the gate: its verdict heads the report
+        "report",
+        teacher_original=teachers[0],
+        teacher_calibrated=teachers[1],
+        students_original=students[0],
+        students_calibrated=students[1],
+        floors=[],
+        attack_steps=cfg["attack_steps"],
+        eta=eta,
+        decision=gt.outputs["decision"],
         store_root=root,
     )
     decision = gt.outputs["decision"]
