@@ -371,7 +371,7 @@ def build(cfg: Config) -> dict[str, Any]:
         from dg_core.gate import read_result
 
         verdict = read_result(cfg.gate)
-        data["gate"] = {k: verdict.get(k) for k in ("passed", "direction", "reasons")}
+        data["gate"] = {"uri": cfg.gate, **{k: verdict.get(k) for k in ("passed", "direction", "reasons")}}
     page = render_html(md, attacks, images, rows, evals, verdict)
     return {"markdown": md, "json": data, "html": page, "n_plots": len(images)}
 

@@ -167,14 +167,20 @@ def _component(name: str) -> Any:
 
 def _run(name: str, **kwargs: Any) -> Any:
     """Run one component under kfp.local; a failed task becomes a one-line DGError (the component's own)."""
+    return _run_pipeline(_component(name), **kwargs)
+
+
+def _run_pipeline(fn: Any, **kwargs: Any) -> Any:
+    """Run a component or pipeline under kfp.local; a failure becomes a one-line DGError (the component's own)."""
     import re
 
     from pipelines.local import _Tee
 
+    name = getattr(fn, "name", "task")
     tee = _Tee(sys.stdout)
     old, sys.stdout = sys.stdout, tee
     try:
-        return _component(name)(**kwargs)
+        return fn(**kwargs)
     except RuntimeError as e:
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0]
         raise DGError(f"{name}: {tee.failures[-1] if tee.failures else plain}") from None
@@ -290,55 +296,52 @@ def job_judge(
     release: str,
     publish: bool,
 ) -> dict[str, Any]:
-    """Report, gate and (when it passed and ``publish``) publish one calibrated teacher."""
+    """Gate, report and (when the gate passed and ``publish``) publish one calibrated teacher.
+
+    They run as one small pipeline under kfp.local, as in the calibrate pipeline: the report and publish take
+    the gate's decision as an input artifact, which kfp.local passes only between tasks of a pipeline."""
+    from kfp import dsl
+
+    from dg_core import store
+
+    gate_c, report_c, publish_c = _component("gate"), _component("report"), _component("publish")
+    g = cfg["gate"]
+    dest = store.join(root, "hardened", f"demo-eta{eta:+g}")
+
+    def judge(teacher_original: dict, teacher_calibrated: dict, students_original: list, students_calibrated: list,
+              model: str, eta: float, calibration: str, release: str, publish_model: bool, dest: str,
+              store_root: str) -> str:  # fmt: skip
+        gt = gate_c(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
+                    students_original=students_original, students_calibrated=students_calibrated, model=model,
+                    eta=eta, min_retention=g["min_retention"], max_transfer=g["max_transfer"],
+                    min_transfer=g["min_transfer"], aggregate=g["aggregate"], min_seeds=g["min_seeds"],
+                    store_root=store_root)  # fmt: skip
+        r = report_c(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
+                     students_original=students_original, students_calibrated=students_calibrated, floors=[],
+                     attack_steps=cfg["attack_steps"], eta=eta, decision=gt.outputs["decision"],
+                     store_root=store_root)  # fmt: skip
+        with dsl.If(gt.outputs["Output"] == True):  # noqa: E712 - a KFP condition
+            with dsl.If(publish_model == True):  # noqa: E712
+                publish_c(model=model, decision=gt.outputs["decision"], calibration=calibration, release=release,
+                          releases_prefix="", hardened_prefix="", dest=dest, store_root=store_root)  # fmt: skip
+        return r.outputs["Output"]
+
+    # kfp reads real annotations (this module's are strings under `from __future__ import annotations`)
+    judge.__annotations__ = {"teacher_original": dict, "teacher_calibrated": dict, "students_original": list,
+                             "students_calibrated": list, "model": str, "eta": float, "calibration": str,
+                             "release": str, "publish_model": bool, "dest": str, "store_root": str,
+                             "return": str}  # fmt: skip
+    judge = dsl.pipeline(name="demo-judge")(judge)
+    t = _run_pipeline(judge, teacher_original=teachers[0], teacher_calibrated=teachers[1],
+                      students_original=students[0], students_calibrated=students[1], model=model, eta=eta,
+                      calibration=calibration, release=release, publish_model=publish, dest=dest,
+                      store_root=root)  # fmt: skip
+    report_dir = store.fetch(t.output)
     from dg_core.gate import read_result
 
-    g = cfg["gate"]
-    gt = _run(
-        "gate",
-        teacher_original=teachers[0],
-        teacher_calibrated=teachers[1],
-        students_original=students[0],
-        students_calibrated=students[1],
-        model=model,
-        eta=eta,
-        min_retention=g["min_retention"],
-        max_transfer=g["max_transfer"],
-        min_transfer=g["min_transfer"],
-        aggregate=g["aggregate"],
-        min_seeds=g["min_seeds"],
-        store_root=root,
-    )
-    r = _run(  # after the gate: its verdict heads the report
-        "report",
-        teacher_original=teachers[0],
-        teacher_calibrated=teachers[1],
-        students_original=students[0],
-        students_calibrated=students[1],
-        floors=[],
-        attack_steps=cfg["attack_steps"],
-        eta=eta,
-        decision=gt.outputs["decision"],
-        store_root=root,
-    )
-    decision = gt.outputs["decision"]
-    with open(decision.path) as f:
-        result = read_result(json.load(f)["uri"])
-    out = {"html": r.outputs["html"].path, "report": r.outputs["Output"], "gate": result, "hardened": ""}
-    if result["passed"] and publish:
-        p = _run(
-            "publish",
-            model=model,
-            decision=decision,
-            calibration=calibration,
-            release=release,
-            releases_prefix="",
-            hardened_prefix="",
-            dest="",
-            store_root=root,
-        )
-        out["hardened"] = p.outputs["Output"]
-    return out
+    verdict = read_result(json.loads((report_dir / "report.json").read_text())["gate"]["uri"])
+    hardened = dest if verdict["passed"] and publish and store.is_published(dest) else ""
+    return {"html": str(report_dir / "report.html"), "report": t.output, "gate": verdict, "hardened": hardened}
 
 
 # --------------------------------------------------------------------------------------------- scheduler
