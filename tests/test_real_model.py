@@ -144,7 +144,7 @@ def test_smollm2_through_every_stage(smollm2, store_root, clean_env, tmp_path):
         student = _run(
             "distill", teacher=teacher, student="zoo:student-llama", split="train", method="sft", n_samples=1,
             max_new_tokens=BUDGET, limit=4, steps=2, batch_size=4, warmup_steps=0, checkpoint_every=0,
-            output=f"{store_root}/students/{which}", **common,
+            allow_zoo=True, output=f"{store_root}/students/{which}", **common,
         )  # fmt: skip
         ev_s = _run(
             "evaluate", model=student["model"], split="train", k=1, max_new_tokens=BUDGET, n_boot=10,
@@ -155,3 +155,51 @@ def test_smollm2_through_every_stage(smollm2, store_root, clean_env, tmp_path):
     verdict = _run("gate", evaluations=records, min_retention=0, model=cal["model"], output=f"{store_root}/gate")
     assert verdict["retention"] == pytest.approx(ev_cal["accuracy"] / ev["accuracy"])
     assert verdict["model"]["sha256"] and store.is_published(verdict["uri"])
+
+
+@pytest.fixture
+def easy(store_root, tmp_path) -> str:
+    src = tmp_path / "easy.jsonl"
+    shutil.copy(FIX / "gsm8k_easy.jsonl", src)
+    return _run("prep", source=str(src), format="gsm8k", splits={"train": 1.0}, output=f"{store_root}/data/easy")["uri"]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({}, "proxy zoo:proxy is a tiny random-init zoo model, but teacher"),
+        ({"allow_zoo": True, "max_new_tokens": 160}, "proxy zoo:proxy: context of 256 positions, but scoring teacher"),
+        ({"allow_zoo": True, "max_new_tokens": 16}, "proxy zoo:proxy does not model the task's text"),
+    ],
+)
+def test_calibrate_checks_every_proxy_before_any_rollout(smollm2, easy, store_root, extra, words):
+    """A real teacher: a zoo proxy is refused unless asked for; asked for, a proxy whose context cannot hold the
+    teacher's responses, or that does not model the task's text (random init: r_cal is noise), is refused. One
+    line naming the proxy, in seconds (before any sampling), nothing published."""
+    from dg_core import store
+
+    out = f"{store_root}/calib"
+    kw = dict(teacher=smollm2, dataset=easy, train_split="train", eval_split="train", device="cpu", output=out)
+    with pytest.raises(DGError, match=words):
+        _run("calibrate", **{**kw, "proxies": ["zoo:proxy"], **extra})
+    assert store.list_artifacts(out) == []
+
+
+def test_the_teacher_itself_passes_the_proxy_checks(smollm2, easy):
+    from dg_core.data import load_split
+    from dg_core.models import load_model
+    from dg_core.models.limits import check_models_text, is_real_model
+
+    model, tok = load_model(smollm2, device="cpu")
+    assert is_real_model(model) and is_real_model(smollm2)
+    texts = [t for e in load_split(easy, "train") for t in (e.prompt, e.reference or e.answer)]
+    assert check_models_text(model, tok, texts, max_ratio=0.75, name=smollm2) < 0.5
+
+
+def test_distill_refuses_a_zoo_student_for_a_real_teacher_unless_asked(smollm2, easy, store_root):
+    from dg_core import store
+
+    out = f"{store_root}/student"
+    with pytest.raises(DGError, match="student zoo:student-llama is a tiny random-init zoo model, but teacher"):
+        _run("distill", teacher=smollm2, student="zoo:student-llama", dataset=easy, steps=1, device="cpu", output=out)
+    assert store.list_artifacts(out) == []

@@ -59,6 +59,15 @@ class Config(CalibrationSettings):
     min_retention: float = option(
         0.95, "Gate: calibrated/original held-out greedy accuracy below this marks the run failed.", ge=0
     )
+    allow_zoo: bool = option(
+        False, "Allow zoo: proxies with a real (20M+ parameter) teacher; they are random-init toys (plumbing tests)."
+    )
+    proxy_max_nll_ratio: float = option(
+        0.75,
+        "Guard: refuse a proxy whose per-character NLL on the task's text exceeds this share of a uniform guess "
+        "over its vocabulary (a random-init proxy sits near 1; 0: off). For a toy (zoo-sized) teacher: a warning.",
+        ge=0,
+    )
     run_id: str = option("", "Run id attached to pushed metrics.")
     progress: bool = option(True, "Show a progress bar.")
     resume: str = resume_option()
@@ -132,6 +141,38 @@ def measure_teacher(
     }
 
 
+def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any, examples: list) -> None:
+    """Before any rollout: no zoo proxy stands in for a real teacher's (unless asked), the teacher's budget fits
+    its context, each proxy can score the teacher's longest responses after its own prompt, and each proxy
+    models the task's text (else r_cal is noise). One line naming the model otherwise."""
+    from dg_core.models.limits import (
+        check_generation_fits,
+        check_models_text,
+        check_scoring_fits,
+        check_zoo_refs,
+        is_real_model,
+    )
+
+    check_zoo_refs(teacher, cfg.teacher, {"proxy": list(cfg.proxies)}, allow_zoo=cfg.allow_zoo)
+    check_generation_fits(
+        teacher, tok, [task.prompt(e, tok) for e in examples], cfg.max_new_tokens, name=cfg.teacher, role="teacher"
+    )
+    texts = [t for e in examples[:8] for t in (e.prompt, e.reference or e.answer) if t]
+    real = is_real_model(teacher)
+    for ref, (m, t) in zip(cfg.proxies, proxies):
+        p_prompts = [task.prompt(e, t) for e in examples]
+        check_scoring_fits(
+            m, t, p_prompts, tok, cfg.max_new_tokens, texts, name=ref, source=f"teacher {cfg.teacher}", role="proxy"
+        )
+        try:
+            ratio = check_models_text(m, t, texts, max_ratio=cfg.proxy_max_nll_ratio, name=ref)
+            log.info("proxy %s: NLL/char %.2f of a uniform guess on the task's text", ref, ratio)
+        except DGError as e:
+            if real:
+                raise
+            log.warning("%s (teacher %s is zoo-sized: going on)", e, cfg.teacher)
+
+
 def run(cfg: Config) -> dict:
     from dg_core.checkpoint import Checkpointer
     from dg_core.data import load_split, task_of
@@ -158,6 +199,7 @@ def run(cfg: Config) -> dict:
         proxies.append((m, t))
     for p in teacher.parameters():
         p.requires_grad_(False)
+    check_proxies(cfg, teacher, tok, proxies, task, list(train) + list(held))
     cal_kw = dict(
         normalize=cfg.normalize,
         combine=cfg.combine,
