@@ -97,7 +97,10 @@ def test_a_random_init_proxy_is_refused_as_not_modelling_the_text(world):
     texts = [t for e in task.generate(8, seed=0) for t in (e.prompt, e.reference)]
     model, tok = load_model("zoo:proxy", device="cpu")
     assert not is_real_model(model) and not is_real_model("zoo:proxy")
-    with pytest.raises(DGError, match=r"proxy zoo:proxy does not model the task's text: .* \(ratio (0\.9\d|1\.\d\d), expected <= 0\.75\)"):
+    with pytest.raises(
+        DGError,
+        match=r"proxy zoo:proxy does not model the task's text: .* \(ratio (0\.9\d|1\.\d\d), expected <= 0\.75\)",
+    ):
         check_models_text(model, tok, texts, max_ratio=0.75, name="zoo:proxy")
     assert check_models_text(model, tok, texts, max_ratio=0, name="zoo:proxy") > 0.9
 
@@ -118,5 +121,7 @@ def test_a_zoo_teacher_with_a_zoo_proxy_only_warns(world, caplog):
     with caplog.at_level(logging.WARNING, logger="dg_core.calibrate.stage"):
         summary = stage.run(cfg)
     assert summary["status"] == "failed"  # untrained teacher: accuracy 0, stopped after the measurement
+    before = summary["before"]
+    assert 0.0 <= before["truncation_rate"] <= 1.0 and before["tokens_per_second"] > 0 and before["seconds"] > 0
     assert any("does not model the task's text" in r.getMessage() and "zoo-sized" in r.getMessage()
                for r in caplog.records)  # fmt: skip

@@ -54,7 +54,9 @@ def _run(name: str, **kw) -> dict:
 
 
 @pytest.mark.slow
-def test_smollm2_through_every_stage(smollm2, store_root, clean_env, tmp_path):
+def test_smollm2_through_every_stage(smollm2, store_root, clean_env, tmp_path, caplog):
+    import logging
+
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -107,18 +109,27 @@ def test_smollm2_through_every_stage(smollm2, store_root, clean_env, tmp_path):
     assert report["teacher"]["vocab"] == report["student"]["vocab"] == 49152
 
     # calibrate 2 steps with LoRA and the model itself as proxy: r_cal is exactly 0 in the loop and the card
+    caplog.set_level(logging.INFO, logger="dg_core.progress")
     cal = _run(
         "calibrate", teacher=smollm2, proxies=[smollm2], train_split="train", eval_split="train", steps=2,
         prompts_per_step=2, group_size=2, max_new_tokens=BUDGET, eval_n=4, sampled_k=1, eval_every=0,
         preflight_accuracy=0, min_retention=0, stop_accuracy_ratio=0, lora_r=4, lora_alpha=8, micro_batch=4,
-        score_batch=4, checkpoint_every=0, progress=False, eta=-1.0, output=f"{store_root}/calib", **common,
+        score_batch=4, checkpoint_every=0, progress=True, log_every=1, eta=-1.0, output=f"{store_root}/calib", **common,
     )  # fmt: skip
     assert cal["status"] == "passed" and cal["steps"] == 2, cal
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("calibrate eta=-1 step ")]
+    assert [ln.split(" acc=")[0] for ln in lines] == ["calibrate eta=-1 step 1/2", "calibrate eta=-1 step 2/2"]
+    assert all(w in lines[-1] for w in ("r_task=", "r_cal=", "kl=", "tok_s=", "ETA"))
     card = json.loads((store.fetch(cal["card"]) / "card.json").read_text())
     hist = card["training"]["history"]
     assert len(hist) == 2
     for row in hist:
         assert abs(row["reward_cal"]) < 1e-4, row
+        split = row["sample_seconds"] + row["score_seconds"] + row["update_seconds"]
+        assert min(row["sample_seconds"], row["score_seconds"], row["update_seconds"]) > 0
+        assert split == pytest.approx(row["seconds"], rel=1e-6)
+        assert row["tokens_per_second"] > 0 and 0 <= row["truncation_rate"] <= 1
+    assert card["training"]["tokens_per_second"] > 0
     for when in ("before", "after"):
         assert abs(card["teacher_metrics"][when]["r_cal_mean"]) < 1e-4, card["teacher_metrics"][when]
 

@@ -69,7 +69,8 @@ class Config(CalibrationSettings):
         ge=0,
     )
     run_id: str = option("", "Run id attached to pushed metrics.")
-    progress: bool = option(True, "Show a progress bar.")
+    progress: bool = option(True, "Show progress: a bar in a terminal, else a log line every log_every steps.")
+    log_every: int = option(10, "Steps between progress log lines when not in a terminal (a pipeline pod).", ge=1)
     resume: str = resume_option()
 
     def check(self) -> None:
@@ -115,7 +116,9 @@ def measure_teacher(
     seed: int,
 ) -> dict[str, float]:
     """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples."""
+    t0 = time.perf_counter()
     greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
+    t1 = time.perf_counter()
     sampled, roll = sample_and_score(
         model,
         tokenizer,
@@ -126,6 +129,7 @@ def measure_teacher(
         max_new_tokens=cfg.max_new_tokens,
         seed=seed,
     )
+    t_gen = time.perf_counter() - t1
     reps = [e for e in examples for _ in range(k)]
     prompts = lambda tok: [task.prompt(e, tok) for e in reps]  # noqa: E731
     texts = roll.texts
@@ -137,6 +141,9 @@ def measure_teacher(
         "r_cal_mean": float(r_cal.mean()),
         "r_cal_correct_mean": float(r_cal[correct].mean()) if bool(correct.any()) else float("nan"),
         "response_chars": sum(len(t) for t in texts) / max(1, len(texts)),
+        "truncation_rate": 1.0 - sum(roll.finished) / max(1, len(roll.finished)),
+        "tokens_per_second": sum(len(r) for r in roll.response_ids) / max(t_gen, 1e-9),
+        "seconds": time.perf_counter() - t0,
         "n": float(len(examples)),
     }
 
@@ -244,6 +251,7 @@ def run(cfg: Config) -> dict:
         metrics=metrics,
         ref_model=ref_model,
         progress=cfg.progress,
+        log_every=cfg.log_every,
     )
     t1 = time.perf_counter()
     after = measure_teacher(policy, tok, task, held, cal, cfg, cfg.sampled_k, cfg.seed)
@@ -293,6 +301,8 @@ def _publish_card(
         "final_kl": hist[-1]["kl"] if hist else None,
         "final_reward_cal": hist[-1]["reward_cal"] if hist else None,
         "final_sampled_accuracy": hist[-1]["accuracy"] if hist else None,
+        "tokens_per_second": sum(h.get("tokens_per_second", 0.0) for h in hist) / len(hist) if hist else None,
+        "truncation_rate": sum(h.get("truncation_rate", 0.0) for h in hist) / len(hist) if hist else None,
         "retention": verdict.retention,
         "preflight": pf.reason,
         "history": hist,
