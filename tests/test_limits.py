@@ -121,7 +121,29 @@ def test_a_zoo_teacher_with_a_zoo_proxy_only_warns(world, caplog):
     with caplog.at_level(logging.WARNING, logger="dg_core.calibrate.stage"):
         summary = stage.run(cfg)
     assert summary["status"] == "failed"  # untrained teacher: accuracy 0, stopped after the measurement
+    import json
+
+    card = json.loads((store.fetch(summary["card"]) / "card.json").read_text())
+    assert card["teacher"]["sha256"] and card["proxies"][0]["sha256"]  # zoo: refs were null before
     before = summary["before"]
     assert 0.0 <= before["truncation_rate"] <= 1.0 and before["tokens_per_second"] > 0 and before["seconds"] > 0
     assert any("does not model the task's text" in r.getMessage() and "zoo-sized" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+def test_card_provenance_covers_local_dirs_and_zoo_refs(world, tmp_path):
+    """The same files give the same digest as a local directory and as a published artifact; zoo refs resolve."""
+    from dg_core.calibrate.card import artifact_digest
+    from dg_core.models.zoo import ensure
+
+    d = store.fetch(ensure("proxy"))
+    local = tmp_path / "proxy"
+    local.mkdir()
+    for p in d.iterdir():
+        if p.name != store.MANIFEST:
+            (local / p.name).write_bytes(p.read_bytes())
+    published = artifact_digest(ensure("proxy"))
+    assert published and artifact_digest("zoo:proxy") == published == artifact_digest(str(local))
+    (local / "config.json").write_text((local / "config.json").read_text() + " ")
+    assert artifact_digest(str(local)) != published
+    assert artifact_digest("HuggingFaceTB/SmolLM2-135M-Instruct") is None

@@ -263,14 +263,27 @@ def run(cfg: Config) -> dict:
     metrics.flush()
 
     outputs: dict[str, str | None] = {"adapter": None, "model": None}
-    meta = {"stage": "calibrate", "eta": cfg.eta, "teacher": cfg.teacher}
+    from dg_core.calibrate.card import artifact_digest
+
+    meta = {
+        "stage": "calibrate",
+        "eta": cfg.eta,
+        "teacher": cfg.teacher,
+        "teacher_sha256": artifact_digest(cfg.teacher),
+    }
     if verdict.passed:
+        from dg_core.calibrate.card import model_readme
+
+        planned = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
+        card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, planned)
         if cfg.lora_r > 0:
-            outputs["adapter"] = save_adapter(policy, store.join(out, "adapter"), metadata=meta)
+            outputs["adapter"] = save_adapter(policy, store.join(out, "adapter"), metadata=meta, base=cfg.teacher)
             merged = merge_lora(policy)
         else:
             merged = policy
-        outputs["model"] = save_model(merged, tok, store.join(out, "model"), metadata=meta)
+        outputs["model"] = save_model(
+            merged, tok, store.join(out, "model"), metadata=meta, files={"README.md": model_readme(card)}
+        )
     else:
         log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
     return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs)
@@ -290,6 +303,39 @@ def _publish_card(
 ) -> dict:
     """Write the calibration card (always) and return the stage summary; ``result`` None: nothing was trained."""
     outputs = outputs or {"adapter": None, "model": None}
+    card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, outputs)
+    with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
+        write_card(card, tmp)
+        store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
+    training = card["training"]
+    return {
+        "status": card["status"],
+        "reason": verdict.reason,
+        "retention": verdict.retention,
+        "output": out,
+        "card": store.join(out, "card"),
+        "model": outputs["model"],
+        "adapter": outputs["adapter"],
+        "before": before,
+        "after": after,
+        "steps": training["steps_done"],
+        "stopped_early": training["stopped_early"],
+        "seconds": time.perf_counter() - t_all,
+    }
+
+
+def _card(
+    cfg: Config,
+    before: dict,
+    after: dict | None,
+    result: Any,
+    pf: Any,
+    verdict: Any,
+    t_all: float,
+    t_measure: float,
+    outputs: dict,
+) -> dict:
+    """The calibration card's body (see :func:`dg_core.calibrate.card.build_card`)."""
     hist = result.history if result is not None else []
     training = {
         "steps_done": result.steps_done if result is not None else 0,
@@ -308,7 +354,7 @@ def _publish_card(
         "history": hist,
         "evals": result.evals if result is not None else [],
     }
-    card = build_card(
+    return build_card(
         settings=settings_of(cfg),
         teacher=cfg.teacher,
         proxies=list(cfg.proxies),
@@ -320,20 +366,3 @@ def _publish_card(
         reason=verdict.reason,
         outputs=outputs,
     )
-    with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
-        write_card(card, tmp)
-        store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
-    return {
-        "status": card["status"],
-        "reason": verdict.reason,
-        "retention": verdict.retention,
-        "output": out,
-        "card": store.join(out, "card"),
-        "model": outputs["model"],
-        "adapter": outputs["adapter"],
-        "before": before,
-        "after": after,
-        "steps": training["steps_done"],
-        "stopped_early": training["stopped_early"],
-        "seconds": time.perf_counter() - t_all,
-    }
