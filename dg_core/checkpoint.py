@@ -41,7 +41,7 @@ RESUME_MODES = ("auto", "never")
 # Config fields that do not change what a run computes (where it writes, how often it checkpoints, what it
 # prints, which device runs it): a checkpoint resumes across changes to them.
 NON_RESULT_FIELDS = frozenset(
-    {"output", "checkpoint_every", "resume", "progress", "log_every", "run_id", "device", "metrics"}
+    {"output", "checkpoint_every", "resume", "progress", "log_every", "run_id", "device", "metrics", "allow_zoo"}
 )
 
 

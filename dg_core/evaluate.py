@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of
 from dg_core.errors import DGError
-from dg_core.generate import generate
+from dg_core.generate import generate_tokens
 from dg_core.utils import set_threads_from_env
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def evaluate_model(
     n_boot: int = 1000,
     group_by: str = "auto",
     greedy: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Greedy and k-sample accuracy of ``model`` on ``examples`` (see module doc); returns the eval dict."""
     if not examples:
@@ -76,25 +78,35 @@ def evaluate_model(
     result: dict[str, Any] = {"n": len(examples), "task": task.spec(), "group_by": field or None}
     rows: list[dict[str, Any]] = [{"id": ex.id, "group": _group_key(ex, field)} for ex in examples]
     per: dict[str, list[float]] = {}
-    if greedy:
-        outs = generate(
-            model, tokenizer, prompts, do_sample=False, max_new_tokens=max_new_tokens, batch_size=batch_size
+    from dg_core.progress import Progress
+
+    total = (len(prompts) if greedy else 0) + len(prompts) * k
+    bar = Progress(total, "evaluate", enabled=progress, log_every=max(batch_size, total // 10), logger=log, unit="seq")
+    timing: dict[str, dict[str, float]] = {}
+
+    def run(mode: str, **kw: Any) -> list[list[str]]:
+        t0 = time.perf_counter()
+        roll = generate_tokens(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=bar.update, **kw
         )
+        secs = time.perf_counter() - t0
+        toks = sum(len(r) for r in roll.response_ids)
+        timing[mode] = {
+            "seconds": secs,
+            "tokens": float(toks),
+            "tokens_per_second": toks / max(secs, 1e-9),
+            "truncation_rate": 1.0 - sum(roll.finished) / max(1, len(roll.finished)),
+        }
+        return roll.nested_texts()
+
+    if greedy:
+        outs = run("greedy", do_sample=False)
         scores = task.score_batch(examples, [o[0] for o in outs])
         per["greedy"] = [1.0 if s.correct else 0.0 for s in scores]
         for r, o, s in zip(rows, outs, scores):
             r["greedy"] = {"response": o[0], "correct": s.correct, "parsed": s.parsed}
     if k > 0:
-        outs = generate(
-            model,
-            tokenizer,
-            prompts,
-            n=k,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            seed=seed,
-        )
+        outs = run("sampled", n=k, temperature=temperature, seed=seed)
         flat_ex = [ex for ex in examples for _ in range(k)]
         flat = task.score_batch(flat_ex, [s for o in outs for s in o])
         correct = np.array([1.0 if s.correct else 0.0 for s in flat]).reshape(len(examples), k)
@@ -113,6 +125,11 @@ def evaluate_model(
         for g, m in sorted(groups.items())
     }
     result["accuracy"] = result.get("greedy_accuracy", result.get("sampled_accuracy"))
+    bar.close()
+    result["timing"] = timing
+    result["seconds"] = sum(t["seconds"] for t in timing.values())
+    result["tokens_per_second"] = sum(t["tokens"] for t in timing.values()) / max(result["seconds"], 1e-9)
+    result["truncation_rate"] = timing.get("greedy", timing.get("sampled", {})).get("truncation_rate")
     result["_rows"] = rows
     return result
 

@@ -14,7 +14,7 @@ stream (e.g. a training loop being resumed) is left untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -211,12 +211,14 @@ def generate_tokens(
     batch_size: int = 32,
     seed: int = 0,
     stop_at_eos: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Rollouts:
     """Sample ``n`` responses per prompt with KV cache and left padding; token ids plus decoded text.
 
     ``batch_size`` counts sequences (prompts × samples). Prompts are batched in length order to waste
     little padding, and results come back in input order. Deterministic for a given ``seed`` and
-    ``batch_size``; greedy decoding (``do_sample=False``) ignores the seed.
+    ``batch_size``; greedy decoding (``do_sample=False``) ignores the seed. ``on_batch(n)`` is called after each
+    batch of ``n`` sequences (progress).
     """
     _check_args(n, max_new_tokens, temperature, top_p, batch_size)
     prompts = list(prompts)
@@ -293,6 +295,8 @@ def generate_tokens(
                     toks = toks[: toks.index(eos) + 1]
                 responses[j] = toks
                 finished[j] = done
+            if on_batch is not None:
+                on_batch(len(rows))
     resp = [responses[j] for j in range(len(flat))]
     done = [finished[j] for j in range(len(flat))]
     texts = [tokenizer.decode(r[:-1] if f else r, skip_special_tokens=True) for r, f in zip(resp, done)]

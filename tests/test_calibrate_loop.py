@@ -310,6 +310,13 @@ def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrappe
     summary = stage.run(cfg)
     assert summary["status"] == "passed"
     assert store.is_published(summary["model"]) and store.is_published(summary["adapter"])
+    # the adapter names its base by the store URI (not the pod's local fetch path), and records its digest
+    adapter_cfg = json.loads((store.fetch(summary["adapter"]) / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == teacher_uri
+    from dg_core.calibrate.card import artifact_digest
+
+    meta = store.read_manifest(summary["adapter"])["metadata"]
+    assert meta["teacher_sha256"] == artifact_digest(teacher_uri) is not None
     card = json.loads((store.fetch(summary["card"]) / "card.json").read_text())
     assert card["status"] == "passed" and card["eta"] == -0.5 and card["direction"] == "undistillable"
     assert card["teacher"]["sha256"] and card["proxies"][0]["uri"] == "zoo:proxy"
@@ -317,6 +324,11 @@ def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrappe
     assert len(card["training"]["history"]) == 2
     md = (store.fetch(summary["card"]) / "card.md").read_text()
     assert "Status: passed" in md and "greedy_accuracy" in md
+    # the hardened model carries an HF model card written from the calibration card
+    readme = (store.fetch(summary["model"]) / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: transformers\n") and "- undistillable" in readme
+    assert f"`{teacher_uri}` calibrated with distillation-guards: eta = -0.5" in readme
+    assert "## Calibration card" in readme and card["teacher"]["sha256"][:16] in readme
     # the merged model loads and answers like the calibrated policy did
     merged, mtok = load_model(summary["model"], device="cpu")
     from dg_core.calibrate.grpo import sampled_accuracy

@@ -359,3 +359,18 @@ def test_unreadable_jsonl_is_one_line_not_a_traceback(store_root, tmp_path, caps
     # under the rejected-row budget, the readable rows are published and the bad one counted
     res = run(_cfg(source=str(mixed), format="gsm8k", max_rejected_fraction=0.5))
     assert sum(res["splits"].values()) == 4 and res["rejected"] == 1
+
+
+def test_the_chat_instruction_is_a_task_option_kept_in_the_dataset(tmp_path, monkeypatch):
+    """task_options.instruction replaces the task's chat instruction, survives prep (dataset.json) and is what a
+    chat-templated prompt holds; a non-text instruction is one line."""
+    monkeypatch.setenv("DG_STORE_ROOT", (tmp_path / "store").as_uri())
+    cfg = {"source": str(FIX / "gsm8k.jsonl"), "format": "gsm8k", "task_options": {"instruction": "Number only."}}
+    uri = run(from_dict(Config, cfg))["uri"]
+    task = task_of(uri)
+    assert task.chat_instruction == "Number only." and task.spec()["options"] == {"instruction": "Number only."}
+    assert get_task("math").chat_instruction != "Number only."  # the class default is untouched
+    synth = get_task("synthetic_math", a_digits=1, instruction="")
+    assert synth.chat_instruction == "" and synth.spec()["options"]["a_digits"] == 1
+    with pytest.raises(DGError, match="task option 'instruction'"):
+        get_task("math", instruction=3)

@@ -96,3 +96,20 @@ def test_bad_config_is_one_line(trained):
         from_dict(Config, {"dataset": trained["dataset"]})
     with pytest.raises(DGError, match="measures nothing"):
         from_dict(Config, {"model": "zoo:teacher", "dataset": trained["dataset"], "greedy": False, "k": 0})
+
+
+def test_eval_records_time_tokens_per_second_and_truncation_and_logs_progress(trained, caplog):
+    """A budget of 2 tokens cuts every answer off: truncation rate 1; the rates and seconds are in eval.json, and
+    a run without a terminal logs progress lines (sequences done, ETA)."""
+    import logging
+
+    cfg = {"model": trained["model"], "dataset": trained["dataset"], "split": "train", "k": 2, "max_new_tokens": 2}
+    with caplog.at_level(logging.INFO, logger="dg_core.evaluate"):
+        out = run(from_dict(Config, {**cfg, "batch_size": 16}))
+    saved = read_eval(out["eval"])
+    assert saved["truncation_rate"] == 1.0
+    assert set(saved["timing"]) == {"greedy", "sampled"}
+    assert saved["timing"]["greedy"]["tokens"] == 32 * 2 and saved["timing"]["sampled"]["tokens"] == 64 * 2
+    assert saved["seconds"] > 0 and saved["tokens_per_second"] > 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate seq ")]
+    assert lines and lines[-1].startswith("evaluate seq 96/96") and "ETA" in lines[-1]

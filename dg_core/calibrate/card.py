@@ -19,17 +19,39 @@ CARD_JSON = "card.json"
 CARD_MD = "card.md"
 
 
-def artifact_digest(uri: str) -> str | None:
-    """A content digest of a published artifact: sha256 over its manifest's file digests (None if unpublished)."""
+def artifact_digest(ref: str) -> str | None:
+    """A content digest of a model or dataset: sha256 over its files' sha256 digests. A published artifact's come
+    from its manifest, a ``zoo:`` member's from its store artifact, a local directory's are computed from its
+    files, so the same files give the same digest wherever they live (None for a hub id or unpublished URI)."""
+    from pathlib import Path
+
     from dg_core import store
 
+    if ref.startswith("zoo:"):
+        from dg_core.models.zoo import ensure
+
+        ref = ensure(ref[4:])
     try:
-        if not store.is_published(uri):
-            return None
-        files = store.read_manifest(uri).get("files", {})
-    except Exception:  # a hub id or a plain local dir has no manifest: provenance is then the reference alone
+        if ref.startswith(("s3://", "file://")):
+            if not store.is_published(ref):
+                return None
+            files = store.read_manifest(ref).get("files", {})
+            digests = {k: v.get("sha256") for k, v in files.items()}
+        else:
+            d = Path(ref).expanduser()
+            if not d.is_dir():
+                return None
+            digests = {}
+            for p in sorted(d.rglob("*")):
+                if p.is_file() and not p.is_symlink() and p.name != store.MANIFEST:
+                    h = hashlib.sha256()
+                    with open(p, "rb") as f:
+                        for block in iter(lambda f=f: f.read(1 << 20), b""):
+                            h.update(block)
+                    digests[p.relative_to(d).as_posix()] = h.hexdigest()
+    except Exception:  # provenance is best effort: the reference alone is still recorded
         return None
-    body = json.dumps({k: v.get("sha256") for k, v in sorted(files.items())}, sort_keys=True).encode()
+    body = json.dumps(dict(sorted(digests.items())), sort_keys=True).encode()
     return hashlib.sha256(body).hexdigest()
 
 
@@ -118,6 +140,31 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Settings", "", "| field | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(s[k])} |" for k in sorted(s)]
     return "\n".join(lines) + "\n"
+
+
+def model_readme(card: dict[str, Any]) -> str:
+    """An HF model card (``README.md``) for the hardened model, written from the calibration card: what it was
+    calibrated from, for which direction, with what effect, so a released model explains itself on a model hub."""
+    teacher = card["teacher"]["uri"]
+    hub_id = (
+        teacher.count("/") == 1 and not teacher.startswith((".", "/", "~")) and ":" not in teacher
+    )  # owner/name: a hub model the metadata may link to
+    front = ["---", "library_name: transformers", "tags:", "- distillation-guards", "- calibrated",
+             f"- {card['direction'].split(' ')[0]}"]  # fmt: skip
+    if hub_id:
+        front.append(f"base_model: {teacher}")
+    front.append("---")
+    after = card["teacher_metrics"].get("after") or {}
+    before = card["teacher_metrics"]["before"]
+    intro = [
+        "",
+        f"This model is `{teacher}` calibrated with distillation-guards: eta = {card['eta']:+g} "
+        f"({card['direction']}), LoRA merged into the weights. Greedy held-out accuracy "
+        f"{_fmt(before.get('greedy_accuracy'))} before, {_fmt(after.get('greedy_accuracy'))} after.",
+        "",
+    ]
+    body = card_markdown(card).replace("# Calibration card", "## Calibration card", 1)
+    return "\n".join(front + intro) + "\n" + body
 
 
 def write_card(card: dict[str, Any], directory: str | Path) -> None:

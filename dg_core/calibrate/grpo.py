@@ -268,6 +268,7 @@ def run_calibration(
     ref_model: torch.nn.Module | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 10,
 ) -> CalibrationResult:
     """Calibrate ``policy`` in place (a PEFT model, or a plain model for full fine-tuning with ``ref_model``).
 
@@ -276,7 +277,6 @@ def run_calibration(
     early stopping. Returns after ``cfg.steps`` steps, or earlier when a guard trips.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     from dg_core.calibrate.guards import early_stop_reason, gated_cal_advantage
     from dg_core.calibrate.rewards import TaskReward
@@ -312,7 +312,11 @@ def run_calibration(
     task_reward = TaskReward(task)
     G, P = cfg.group_size, min(cfg.prompts_per_step, len(train))
     t_start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"calibrate eta={cfg.eta:+g}", disable=not progress or rank != 0)
+    from dg_core.progress import Progress
+
+    bar = Progress(
+        cfg.steps, f"calibrate eta={cfg.eta:+g}", enabled=progress and rank == 0, log_every=log_every, initial=start
+    )
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # r_cal's pi_0 term can reuse the KL anchor's reference pass when it scores pi_0 with the policy's tokenizer
@@ -350,6 +354,7 @@ def run_calibration(
                 raise
             raise DGError(f"calibrate: the policy's probabilities became NaN at step {step}: lower lr") from None
         t_sample = time.perf_counter() - t0
+        gen_tokens = sum(len(r) for r in roll.response_ids)
         reps = [e for e in batch for _ in range(G)]
         r_task = task_reward(reps, roll.texts)
         packed = roll.batch(pad_id)
@@ -377,6 +382,7 @@ def run_calibration(
             r_cal = torch.as_tensor(r_cal, dtype=torch.float32)
         else:
             r_cal = torch.zeros_like(r_task)
+        t_score = time.perf_counter() - t0 - t_sample
         a_task = group_standardize(r_task.view(P, G))
         a_cal = gated_cal_advantage(r_cal.view(P, G), r_task.view(P, G), cfg.cal_gate)
         adv = combine_advantages(a_task, a_cal, cfg.eta).reshape(-1)
@@ -429,6 +435,10 @@ def run_calibration(
             "completion_tokens": n_tok / B,
             "seconds": time.perf_counter() - t0,
             "sample_seconds": t_sample,
+            "score_seconds": t_score,
+            "update_seconds": time.perf_counter() - t0 - t_sample - t_score,
+            "tokens_per_second": gen_tokens / max(t_sample, 1e-9),
+            "truncation_rate": 1.0 - sum(roll.finished) / max(1, len(roll.finished)),
         }
         result.history.append(row)
         result.steps_done = step
@@ -462,8 +472,14 @@ def run_calibration(
             metrics.flush()
         if on_step is not None:
             on_step(step, row)
-        bar.update(1)
-        bar.set_postfix(acc=f"{row['accuracy']:.2f}", r_cal=f"{row['reward_cal']:+.2f}", kl=f"{row['kl']:.3f}")
+        bar.update(
+            1,
+            acc=row["accuracy"],
+            r_task=row["reward_task"],
+            r_cal=row["reward_cal"],
+            kl=row["kl"],
+            tok_s=row["tokens_per_second"],
+        )
         if stop:
             result.stopped_reason = f"step {step}: {stop}"
         if checkpointer is not None and (checkpointer.due(step) or stop) and rank == 0:

@@ -59,8 +59,18 @@ class Config(CalibrationSettings):
     min_retention: float = option(
         0.95, "Gate: calibrated/original held-out greedy accuracy below this marks the run failed.", ge=0
     )
+    allow_zoo: bool = option(
+        False, "Allow zoo: proxies with a real (20M+ parameter) teacher; they are random-init toys (plumbing tests)."
+    )
+    proxy_max_nll_ratio: float = option(
+        0.75,
+        "Guard: refuse a proxy whose per-character NLL on the task's text exceeds this share of a uniform guess "
+        "over its vocabulary (a random-init proxy sits near 1; 0: off). For a toy (zoo-sized) teacher: a warning.",
+        ge=0,
+    )
     run_id: str = option("", "Run id attached to pushed metrics.")
-    progress: bool = option(True, "Show a progress bar.")
+    progress: bool = option(True, "Show progress: a bar in a terminal, else a log line every log_every steps.")
+    log_every: int = option(10, "Steps between progress log lines when not in a terminal (a pipeline pod).", ge=1)
     resume: str = resume_option()
 
     def check(self) -> None:
@@ -106,7 +116,9 @@ def measure_teacher(
     seed: int,
 ) -> dict[str, float]:
     """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples."""
+    t0 = time.perf_counter()
     greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
+    t1 = time.perf_counter()
     sampled, roll = sample_and_score(
         model,
         tokenizer,
@@ -117,6 +129,7 @@ def measure_teacher(
         max_new_tokens=cfg.max_new_tokens,
         seed=seed,
     )
+    t_gen = time.perf_counter() - t1
     reps = [e for e in examples for _ in range(k)]
     prompts = lambda tok: [task.prompt(e, tok) for e in reps]  # noqa: E731
     texts = roll.texts
@@ -128,8 +141,43 @@ def measure_teacher(
         "r_cal_mean": float(r_cal.mean()),
         "r_cal_correct_mean": float(r_cal[correct].mean()) if bool(correct.any()) else float("nan"),
         "response_chars": sum(len(t) for t in texts) / max(1, len(texts)),
+        "truncation_rate": 1.0 - sum(roll.finished) / max(1, len(roll.finished)),
+        "tokens_per_second": sum(len(r) for r in roll.response_ids) / max(t_gen, 1e-9),
+        "seconds": time.perf_counter() - t0,
         "n": float(len(examples)),
     }
+
+
+def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any, examples: list) -> None:
+    """Before any rollout: no zoo proxy stands in for a real teacher's (unless asked), the teacher's budget fits
+    its context, each proxy can score the teacher's longest responses after its own prompt, and each proxy
+    models the task's text (else r_cal is noise). One line naming the model otherwise."""
+    from dg_core.models.limits import (
+        check_generation_fits,
+        check_models_text,
+        check_scoring_fits,
+        check_zoo_refs,
+        is_real_model,
+    )
+
+    check_zoo_refs(teacher, cfg.teacher, {"proxy": list(cfg.proxies)}, allow_zoo=cfg.allow_zoo)
+    check_generation_fits(
+        teacher, tok, [task.prompt(e, tok) for e in examples], cfg.max_new_tokens, name=cfg.teacher, role="teacher"
+    )
+    texts = [t for e in examples[:8] for t in (e.prompt, e.reference or e.answer) if t]
+    real = is_real_model(teacher)
+    for ref, (m, t) in zip(cfg.proxies, proxies):
+        p_prompts = [task.prompt(e, t) for e in examples]
+        check_scoring_fits(
+            m, t, p_prompts, tok, cfg.max_new_tokens, texts, name=ref, source=f"teacher {cfg.teacher}", role="proxy"
+        )
+        try:
+            ratio = check_models_text(m, t, texts, max_ratio=cfg.proxy_max_nll_ratio, name=ref)
+            log.info("proxy %s: NLL/char %.2f of a uniform guess on the task's text", ref, ratio)
+        except DGError as e:
+            if real:
+                raise
+            log.warning("%s (teacher %s is zoo-sized: going on)", e, cfg.teacher)
 
 
 def run(cfg: Config) -> dict:
@@ -158,6 +206,7 @@ def run(cfg: Config) -> dict:
         proxies.append((m, t))
     for p in teacher.parameters():
         p.requires_grad_(False)
+    check_proxies(cfg, teacher, tok, proxies, task, list(train) + list(held))
     cal_kw = dict(
         normalize=cfg.normalize,
         combine=cfg.combine,
@@ -202,6 +251,7 @@ def run(cfg: Config) -> dict:
         metrics=metrics,
         ref_model=ref_model,
         progress=cfg.progress,
+        log_every=cfg.log_every,
     )
     t1 = time.perf_counter()
     after = measure_teacher(policy, tok, task, held, cal, cfg, cfg.sampled_k, cfg.seed)
@@ -213,14 +263,27 @@ def run(cfg: Config) -> dict:
     metrics.flush()
 
     outputs: dict[str, str | None] = {"adapter": None, "model": None}
-    meta = {"stage": "calibrate", "eta": cfg.eta, "teacher": cfg.teacher}
+    from dg_core.calibrate.card import artifact_digest
+
+    meta = {
+        "stage": "calibrate",
+        "eta": cfg.eta,
+        "teacher": cfg.teacher,
+        "teacher_sha256": artifact_digest(cfg.teacher),
+    }
     if verdict.passed:
+        from dg_core.calibrate.card import model_readme
+
+        planned = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
+        card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, planned)
         if cfg.lora_r > 0:
-            outputs["adapter"] = save_adapter(policy, store.join(out, "adapter"), metadata=meta)
+            outputs["adapter"] = save_adapter(policy, store.join(out, "adapter"), metadata=meta, base=cfg.teacher)
             merged = merge_lora(policy)
         else:
             merged = policy
-        outputs["model"] = save_model(merged, tok, store.join(out, "model"), metadata=meta)
+        outputs["model"] = save_model(
+            merged, tok, store.join(out, "model"), metadata=meta, files={"README.md": model_readme(card)}
+        )
     else:
         log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
     return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs)
@@ -240,37 +303,11 @@ def _publish_card(
 ) -> dict:
     """Write the calibration card (always) and return the stage summary; ``result`` None: nothing was trained."""
     outputs = outputs or {"adapter": None, "model": None}
-    hist = result.history if result is not None else []
-    training = {
-        "steps_done": result.steps_done if result is not None else 0,
-        "resumed_from": result.resumed_from if result is not None else 0,
-        "stopped_early": result.stopped_reason if result is not None else "before training: " + verdict.reason,
-        "train_seconds": result.seconds if result is not None else 0.0,
-        "measure_seconds": t_measure,
-        "total_seconds": time.perf_counter() - t_all,
-        "final_kl": hist[-1]["kl"] if hist else None,
-        "final_reward_cal": hist[-1]["reward_cal"] if hist else None,
-        "final_sampled_accuracy": hist[-1]["accuracy"] if hist else None,
-        "retention": verdict.retention,
-        "preflight": pf.reason,
-        "history": hist,
-        "evals": result.evals if result is not None else [],
-    }
-    card = build_card(
-        settings=settings_of(cfg),
-        teacher=cfg.teacher,
-        proxies=list(cfg.proxies),
-        dataset=cfg.dataset,
-        before=before,
-        after=after,
-        training=training,
-        status="passed" if verdict.passed else "failed",
-        reason=verdict.reason,
-        outputs=outputs,
-    )
+    card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, outputs)
     with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
         write_card(card, tmp)
         store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
+    training = card["training"]
     return {
         "status": card["status"],
         "reason": verdict.reason,
@@ -285,3 +322,47 @@ def _publish_card(
         "stopped_early": training["stopped_early"],
         "seconds": time.perf_counter() - t_all,
     }
+
+
+def _card(
+    cfg: Config,
+    before: dict,
+    after: dict | None,
+    result: Any,
+    pf: Any,
+    verdict: Any,
+    t_all: float,
+    t_measure: float,
+    outputs: dict,
+) -> dict:
+    """The calibration card's body (see :func:`dg_core.calibrate.card.build_card`)."""
+    hist = result.history if result is not None else []
+    training = {
+        "steps_done": result.steps_done if result is not None else 0,
+        "resumed_from": result.resumed_from if result is not None else 0,
+        "stopped_early": result.stopped_reason if result is not None else "before training: " + verdict.reason,
+        "train_seconds": result.seconds if result is not None else 0.0,
+        "measure_seconds": t_measure,
+        "total_seconds": time.perf_counter() - t_all,
+        "final_kl": hist[-1]["kl"] if hist else None,
+        "final_reward_cal": hist[-1]["reward_cal"] if hist else None,
+        "final_sampled_accuracy": hist[-1]["accuracy"] if hist else None,
+        "tokens_per_second": sum(h.get("tokens_per_second", 0.0) for h in hist) / len(hist) if hist else None,
+        "truncation_rate": sum(h.get("truncation_rate", 0.0) for h in hist) / len(hist) if hist else None,
+        "retention": verdict.retention,
+        "preflight": pf.reason,
+        "history": hist,
+        "evals": result.evals if result is not None else [],
+    }
+    return build_card(
+        settings=settings_of(cfg),
+        teacher=cfg.teacher,
+        proxies=list(cfg.proxies),
+        dataset=cfg.dataset,
+        before=before,
+        after=after,
+        training=training,
+        status="passed" if verdict.passed else "failed",
+        reason=verdict.reason,
+        outputs=outputs,
+    )

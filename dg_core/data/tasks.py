@@ -195,9 +195,17 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task called ``name`` (or an alias such as ``gsm8k``), built with ``options``."""
+    """The task called ``name`` (or an alias such as ``gsm8k``), built with ``options``. Every task takes
+    ``instruction``: the text appended to the question inside a chat template (replacing the task's default)."""
     _load_builtin()
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
         raise DGError(f"unknown task {name!r}: expected one of {', '.join(sorted(_REGISTRY) + sorted(_ALIASES))}")
-    return _REGISTRY[key](**options)
+    instruction = options.pop("instruction", None)
+    if instruction is not None and not isinstance(instruction, str):
+        raise DGError(f"task option 'instruction': got {instruction!r}, expected the text to append to the question")
+    task = _REGISTRY[key](**options)
+    if instruction is not None:  # every task: how a chat model is told to state its answer ('' for none)
+        task.chat_instruction = instruction
+        task.options = {**task.options, "instruction": instruction}
+    return task

@@ -79,6 +79,9 @@ class Config(StageConfig):
     resume: str = resume_option()
     output: str = option("", "Where to publish the student (default: <store root>/students/<config hash>).")
     device: str = option("auto", "auto, cpu or cuda.")
+    allow_zoo: bool = option(
+        False, "Allow a zoo: student with a real (20M+ parameter) teacher (random-init toys: plumbing tests only)."
+    )
 
     def check(self) -> None:
         if not self.teacher:
@@ -110,7 +113,8 @@ def signal_spec(cfg: Config) -> SignalSpec:
 def run(cfg: Config, *, on_step: Any = None) -> dict:
     """Distil, publish the student, return its URI and training figures (a published result is reused)."""
     set_threads_from_env()
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "checkpoint_every", "device", "resume")}
+    skip = ("output", "checkpoint_every", "device", "resume", "allow_zoo")
+    params = {k: v for k, v in asdict(cfg).items() if k not in skip}
     out_uri, ckpt_uri = output_uris("students", cfg.output, params)
     if store.is_published(out_uri):
         meta = store.read_manifest(out_uri).get("metadata", {})
@@ -215,8 +219,12 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
     from dg_core.data import load_split, task_of
     from dg_core.distill.methods import same_vocabulary
     from dg_core.models import load_tokenizer, resolve_model_dir
-    from dg_core.models.limits import check_generation_fits, context_limit
+    from dg_core.models.limits import check_generation_fits, check_zoo_refs, context_limit
 
+    if cfg.student.startswith("zoo:") and not cfg.allow_zoo:
+        check_zoo_refs(
+            teacher[0] if teacher is not None else cfg.teacher, cfg.teacher, {"student": [cfg.student]}, allow_zoo=False
+        )
     s_tok = load_tokenizer(cfg.student)
     t_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
     if cfg.method in ("kd", "gkd") and not same_vocabulary(t_tok, s_tok):

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dg_core.checkpoint import Checkpointer, first_nonfinite, trainable_state
 from dg_core.errors import DGError
 from dg_core.generate import TokenBatch
+from dg_core.progress import Progress
 from dg_core.utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,13 @@ def train(
     tokens = 0
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(
-        total=settings.steps,
+    bar = Progress(
+        settings.steps,
+        stage,
+        enabled=settings.progress and accelerator.is_main_process,
+        log_every=settings.log_every,
+        logger=log,
         initial=start,
-        desc=stage,
-        disable=not (settings.progress and accelerator.is_main_process),
-        leave=False,
     )
     last = float(extra.get("last_loss", float("nan")))
     stats_sum: dict[str, float] = {}
@@ -251,9 +252,7 @@ def train(
         metrics.inc("tokens", step_tokens)
         metrics.set("tokens_per_second", step_tokens / dt if dt > 0 else 0.0)
         metrics.set("step", step + 1)
-        bar.update(1)
-        if (step + 1) % max(1, settings.log_every) == 0:
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}" if dt > 0 else "-")
+        bar.update(1, loss=step_loss, tok_s=step_tokens / dt if dt > 0 else 0.0)
         metrics.maybe_flush()
         if ckpt.due(step + 1) and accelerator.is_main_process:
             ckpt.save(step + 1, raw, opt, sched, extra={"last_loss": step_loss})

@@ -17,7 +17,20 @@ from typing import Any
 
 from dg_core.errors import DGError
 
-__all__ = ["check_generation_fits", "check_scoring_fits", "context_limit", "model_name"]
+__all__ = [
+    "REAL_MODEL_MIN_PARAMS",
+    "check_generation_fits",
+    "check_models_text",
+    "check_scoring_fits",
+    "check_zoo_refs",
+    "context_limit",
+    "is_real_model",
+    "model_name",
+    "text_nll_ratio",
+]
+
+#: Models this large are real pretrained checkpoints; the offline zoo's members are below 1M parameters.
+REAL_MODEL_MIN_PARAMS = 20_000_000
 
 
 def context_limit(model: Any) -> int | None:
@@ -98,3 +111,94 @@ def check_scoring_fits(
             f"responses of up to {source_max_new_tokens} tokens needs about {need} of its own tokens after a prompt "
             f"of {longest}; expected at most {limit} in all (lower max_new_tokens or use a model with a longer context)"
         )
+
+
+# ------------------------------------------------------------------------------------ real models vs the zoo
+def _parameters_in(d: Any) -> int:
+    """Parameter count of a saved model directory, from its safetensors headers (no weights are read)."""
+    import json
+    from pathlib import Path
+
+    total = 0
+    for p in sorted(Path(d).glob("*.safetensors")):
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        for k, t in header.items():
+            if k != "__metadata__":
+                total += math.prod(t.get("shape") or [1])
+    return total
+
+
+def is_real_model(model: Any) -> bool:
+    """Whether ``model`` (a module, or a model reference) is a real checkpoint (≥ 20M parameters), not a zoo toy."""
+    if isinstance(model, str):
+        from dg_core.models.io import resolve_model_dir
+
+        return _parameters_in(resolve_model_dir(model)) >= REAL_MODEL_MIN_PARAMS
+    return sum(p.numel() for p in model.parameters()) >= REAL_MODEL_MIN_PARAMS
+
+
+def check_zoo_refs(teacher: Any, teacher_ref: str, refs: dict[str, Sequence[str]], *, allow_zoo: bool) -> None:
+    """Refuse a real teacher paired with ``zoo:`` models (a random-init toy proxy or student measures noise, and a
+    zoo default would otherwise stand in silently), unless ``allow_zoo`` asks for it. ``refs``: role -> refs."""
+    if allow_zoo:
+        return
+    zoo = [(role, r) for role, rs in refs.items() for r in rs if str(r).startswith("zoo:")]
+    if zoo and is_real_model(teacher):
+        role, r = zoo[0]
+        raise DGError(
+            f"{role} {r} is a tiny random-init zoo model, but teacher {teacher_ref} is a real model; expected a real "
+            f"{role} (e.g. a smaller model of the teacher's family), or allow_zoo=true for a plumbing test"
+        )
+
+
+def text_nll_ratio(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[float, float]:
+    """(nats per character of ``texts`` under the model, nats per character of a uniform guess over its
+    vocabulary), over the same tokens: how far the model is from knowing nothing about this text."""
+    import torch
+
+    from dg_core.models.logprobs import token_logprobs
+
+    texts = [t for t in texts if t]
+    if not texts:
+        return 0.0, 0.0
+    bos = getattr(tokenizer, "bos_token_id", None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    rows = [
+        ([bos] if bos is not None else []) + list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
+    ]
+    rows = [r for r in rows if len(r) >= 2]
+    if not rows:
+        return 0.0, 0.0
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        att[i, : len(r)] = 1
+    with torch.no_grad():
+        lp = token_logprobs(model, ids, att).logprobs
+    mask = att[:, 1:].bool().to(lp.device)
+    nll = float(-(lp * mask).sum())
+    n_tok = int(mask.sum())
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
+    chars = sum(len(t) for t in texts)
+    return nll / chars, n_tok * math.log(vocab) / chars
+
+
+def check_models_text(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, max_ratio: float, name: str = "", role: str = "proxy"
+) -> float:
+    """Refuse a model whose per-character log-likelihood on the task's text is not far from a uniform guess over
+    its vocabulary (``nll / uniform > max_ratio``; a random-init proxy sits near 1): its r_cal would be noise.
+    Returns the ratio (``max_ratio`` 0: measured, never refused)."""
+    per_char, uniform = text_nll_ratio(model, tokenizer, texts)
+    ratio = per_char / uniform if uniform > 0 else 0.0
+    if max_ratio > 0 and ratio > max_ratio:
+        raise DGError(
+            f"{role} {name or model_name(model, tokenizer)} does not model the task's text: {per_char:.2f} nats/char "
+            f"on {len(texts)} task texts vs {uniform:.2f} for a uniform guess over its vocabulary (ratio {ratio:.2f}, "
+            f"expected <= {max_ratio}); use a trained proxy (e.g. a smaller model of the teacher's family)"
+        )
+    return ratio

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dg_core.models.limits import REAL_MODEL_MIN_PARAMS
+
 __all__ = ["TokenLogprobs", "enable_checkpointing", "token_logprobs", "wants_checkpointing"]
 
 # config attributes of logit post-processing this module does not reproduce (fall back to full logits)
@@ -163,7 +165,7 @@ def _head_rows(head: torch.nn.Module) -> int:
     return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() == 2 else 1 << 16
 
 
-CHECKPOINTING_MIN_PARAMS = 20_000_000
+CHECKPOINTING_MIN_PARAMS = REAL_MODEL_MIN_PARAMS
 
 
 def wants_checkpointing(model: torch.nn.Module, setting: str = "auto") -> bool:

@@ -42,9 +42,18 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, trainable: boo
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
-def save_adapter(model: PeftModel, uri: str, *, metadata: dict | None = None) -> str:
+def save_adapter(model: PeftModel, uri: str, *, metadata: dict | None = None, base: str | None = None) -> str:
+    """Publish the adapter; ``base`` (the base model's reference, e.g. its store URI) replaces the local path the
+    base was loaded from (a pod's fetch cache) as ``base_model_name_or_path`` in ``adapter_config.json``."""
     with tempfile.TemporaryDirectory(prefix="dg-adapter-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if base:
+            import json
+
+            for cfg_path in Path(tmp).rglob("adapter_config.json"):
+                cfg = json.loads(cfg_path.read_text())
+                cfg["base_model_name_or_path"] = base
+                cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         store.publish(tmp, uri, metadata={"kind": "adapter", **(metadata or {})})
     return uri
 

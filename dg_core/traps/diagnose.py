@@ -107,7 +107,14 @@ class Config(StageConfig):
     n_examples: int = option(32, "Examples to use (the first N of the split).", ge=1)
     n_samples: int = option(2, "Sampled responses per prompt from each model.", ge=1)
     temperature: float = option(1.0, "Sampling temperature for teacher/student samples.", gt=0)
-    max_new_tokens: int = option(64, "Response token budget.", ge=1)
+    max_new_tokens: int = option(64, "Teacher's response token budget.", ge=1)
+    student_max_new_tokens: int = option(
+        0, "Student's response token budget (0: max_new_tokens); another tokenizer may need more tokens.", ge=0
+    )
+
+    def student_budget(self) -> int:
+        return self.student_max_new_tokens or self.max_new_tokens
+
     batch_size: int = option(16, "Sequences per batch (generation and scoring).", ge=1)
     ks: list[int] = option([1, 5, 20, 100], "Top-k cut-offs for the head/tail split (the full vocabulary is added).")
     n_frequent: int = option(50, "Size of the 'frequent/function token' class (most frequent shared tokens).", ge=0)
@@ -197,15 +204,16 @@ def diagnose(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> dic
     t_prompts = [task.prompt(e, t_tok) for e in examples]
     s_prompts = [task.prompt(e, s_tok) for e in examples]
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=bs)
+    gen_s = dict(max_new_tokens=cfg.student_budget(), batch_size=bs)  # the student's own budget
     t_greedy = symptoms.answer(teacher, t_tok, task, examples, seed=cfg.seed, **gen)
-    s_greedy = symptoms.answer(student, s_tok, task, examples, seed=cfg.seed, **gen)
+    s_greedy = symptoms.answer(student, s_tok, task, examples, seed=cfg.seed, **gen_s)
     t_acc = sum(t_greedy.correct) / len(examples)
     s_acc = sum(s_greedy.correct) / len(examples)
     done(f"greedy accuracy teacher {t_acc:.3f} student {s_acc:.3f}")
 
-    sample = dict(n=cfg.n_samples, temperature=cfg.temperature, seed=cfg.seed, **gen)
-    t_ro = generate_tokens(teacher, t_tok, t_prompts, **sample)
-    s_ro = generate_tokens(student, s_tok, s_prompts, **sample)
+    sample = dict(n=cfg.n_samples, temperature=cfg.temperature, seed=cfg.seed, batch_size=bs)
+    t_ro = generate_tokens(teacher, t_tok, t_prompts, max_new_tokens=cfg.max_new_tokens, **sample)
+    s_ro = generate_tokens(student, s_tok, s_prompts, max_new_tokens=cfg.student_budget(), **sample)
     flat_t = [t_prompts[i] for i in t_ro.prompt_index]
     flat_s = [s_prompts[i] for i in s_ro.prompt_index]
     done(f"sampled {len(t_ro.texts)} teacher and {len(s_ro.texts)} student responses")
@@ -294,13 +302,13 @@ def diagnose(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> dic
         n_samples=cfg.confidence_samples,
         temperature=cfg.temperature,
         seed=cfg.seed,
-        **gen,
+        **gen_s,
     )
     why = []
     if conf["ece"] > th.ece and (conf["mean_confidence_wrong"] or 0.0) > th.confidence_wrong:
         why.append(f"ECE {conf['ece']:.2f} with mean confidence {conf['mean_confidence_wrong']:.2f} on wrong answers")
     conf.update(_flag(why))
-    corr = symptoms.self_correction(student, s_tok, task, examples, seed=cfg.seed, **gen)
+    corr = symptoms.self_correction(student, s_tok, task, examples, seed=cfg.seed, **gen_s)
     why = []
     if corr["ratio"] is not None and corr["ratio"] < th.recovery_ratio:
         why.append(f"recovers {corr['recovery_rate']:.0%} after a wrong step vs {corr['clean_rate']:.0%} clean")
@@ -526,7 +534,7 @@ def check_lengths(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -
     s_prompts = [task.prompt(e, s_tok) for e in examples]
     texts = [e.reference for e in examples if e.reference] + [e.prompt for e in examples]
     check_generation_fits(teacher, t_tok, t_prompts, cfg.max_new_tokens, name=cfg.teacher, role="teacher")
-    check_generation_fits(student, s_tok, s_prompts, cfg.max_new_tokens, name=cfg.student, role="student")
+    check_generation_fits(student, s_tok, s_prompts, cfg.student_budget(), name=cfg.student, role="student")
     check_scoring_fits(
         student,
         s_tok,
@@ -543,7 +551,7 @@ def check_lengths(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -
         t_tok,
         t_prompts,
         s_tok,
-        cfg.max_new_tokens,
+        cfg.student_budget(),
         texts,
         name=cfg.teacher,
         source=cfg.student,
