@@ -26,7 +26,7 @@ import numpy as np
 
 from dg_core import store
 from dg_core.config import StageConfig, option
-from dg_core.data import Example, load_split, task_of
+from dg_core.data import Example, load_split, task_of, with_task_budget
 from dg_core.errors import DGError
 from dg_core.generate import generate_tokens
 from dg_core.utils import set_threads_from_env
@@ -158,7 +158,9 @@ class Config(StageConfig):
     k: int = option(4, "Samples per prompt for sampled accuracy (0 = greedy only).", ge=0)
     temperature: float = option(1.0, "Sampling temperature for sampled accuracy.", gt=0)
     greedy: bool = option(True, "Also measure greedy accuracy.")
-    max_new_tokens: int = option(64, "Response token budget.", ge=1)
+    max_new_tokens: int = option(
+        0, "Response token budget (0: the task's own budget, e.g. 512 for math, 64 for the zoo's arithmetic).", ge=0
+    )
     batch_size: int = option(64, "Sequences per generation batch.", ge=1)
     n_boot: int = option(1000, "Bootstrap resamples for the 95% intervals.", ge=10)
     group_by: str = option("auto", "Metadata field for the per-group table ('auto': category or style; '' none).")
@@ -180,6 +182,7 @@ def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[
     """Evaluate ``cfg.model`` without publishing (the attack suite calls this in-process)."""
     from dg_core.models import load_model
 
+    cfg = with_task_budget(cfg)
     model, tok = loaded if loaded is not None else load_model(cfg.model, device=cfg.device)
     task = task_of(cfg.dataset)
     examples = load_split(cfg.dataset, cfg.split)
@@ -211,6 +214,7 @@ def run(cfg: Config) -> dict:
     set_threads_from_env()
     from dg_core.distill.common import output_uris
 
+    cfg = with_task_budget(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}
     out, _ = output_uris("evals", cfg.output, params)
     res = evaluate_ref(cfg)

@@ -374,3 +374,28 @@ def test_the_chat_instruction_is_a_task_option_kept_in_the_dataset(tmp_path, mon
     assert synth.chat_instruction == "" and synth.spec()["options"]["a_digits"] == 1
     with pytest.raises(DGError, match="task option 'instruction'"):
         get_task("math", instruction=3)
+
+
+def test_stage_budgets_default_to_the_task(tmp_path):
+    """``max_new_tokens = 0`` (every stage's default) is the dataset's task budget: hundreds of tokens for real
+    math, the zoo's 64 for synthetic arithmetic; a task option or an explicit stage value overrides it."""
+    from dg_core.calibrate.stage import Config as CalConfig
+    from dg_core.data import with_task_budget
+    from dg_core.distill.stage import Config as DistillConfig
+    from dg_core.evaluate import Config as EvalConfig
+    from dg_core.traps.diagnose import Config as DiagConfig
+
+    math, synth, short = tmp_path / "math", tmp_path / "synth", tmp_path / "short"
+    for d in (math, synth, short):
+        d.mkdir()
+    prepare(_cfg(source=str(FIX / "gsm8k.jsonl")), math)
+    prepare(_cfg(source="synthetic", task="synthetic_math", n=8), synth)
+    prepare(_cfg(source=str(FIX / "gsm8k.jsonl"), task_options={"max_new_tokens": 300}), short)
+    ev = lambda d, **kw: with_task_budget(from_dict(EvalConfig, {"model": "zoo:teacher", "dataset": str(d), **kw}))  # noqa: E731
+    assert ev(math).max_new_tokens == 512 and ev(synth).max_new_tokens == 64 and ev(short).max_new_tokens == 300
+    assert ev(math, max_new_tokens=40).max_new_tokens == 40
+    for cls in (CalConfig, DistillConfig, DiagConfig, EvalConfig):  # every stage defers to the task unless told
+        assert cls.__dataclass_fields__["max_new_tokens"].default == 0, cls
+    assert task_of(str(short)).spec()["options"]["max_new_tokens"] == 300
+    with pytest.raises(DGError, match=r"task option 'max_new_tokens': got -1, expected a positive number"):
+        get_task("math", max_new_tokens=-1)

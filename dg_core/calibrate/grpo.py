@@ -13,6 +13,7 @@ Each step draws its prompts and sampling noise from ``(seed, step)``, so a run r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -110,7 +111,11 @@ class CalibrationSettings(StageConfig):
     weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
     max_grad_norm: float = option(1.0, "Gradient clipping (<= 0: off).")
     temperature: float = option(1.0, "Sampling temperature for the groups.", gt=0)
-    max_new_tokens: int = option(64, "Longest sampled response, in teacher tokens.", ge=1)
+    max_new_tokens: int = option(
+        0,
+        "Longest sampled response, in teacher tokens (0: the task's own budget, e.g. 512 for math, 64 for the zoo's arithmetic).",
+        ge=0,
+    )
     clip_eps: float = option(0.2, "PPO clip range (lower).", gt=0)
     clip_eps_high: float = option(0.2, "PPO clip range (upper; DAPO raises it).", gt=0)
     ppo_epochs: int = option(1, "Passes over each sampled batch (> 1 makes the clip bite).", ge=1)
@@ -276,6 +281,8 @@ def run_calibration(
     without it r_cal is 0 and the loop is plain RFT. ``base_accuracy`` is the held-out greedy accuracy of π₀, for
     early stopping. Returns after ``cfg.steps`` steps, or earlier when a guard trips.
     """
+    if cfg.max_new_tokens == 0:  # 0: the task's own budget (the stage resolves it; direct callers too)
+        cfg = dataclasses.replace(cfg, max_new_tokens=task.max_new_tokens)
     from accelerate import Accelerator
 
     from dg_core.calibrate.guards import early_stop_reason, gated_cal_advantage

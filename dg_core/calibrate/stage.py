@@ -182,11 +182,12 @@ def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any,
 
 def run(cfg: Config) -> dict:
     from dg_core.checkpoint import Checkpointer
-    from dg_core.data import load_split, task_of
+    from dg_core.data import load_split, task_of, with_task_budget
     from dg_core.distill.trainer import stage_metrics
     from dg_core.models import load_model, merge_lora, save_adapter, save_model
     from dg_core.utils import seed_everything, set_threads_from_env
 
+    cfg = with_task_budget(cfg)
     set_threads_from_env()
     t_all = time.perf_counter()
     out = cfg.output or default_output(cfg)

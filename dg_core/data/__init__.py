@@ -8,7 +8,7 @@ The seams other parts use (see docs/CONTRACTS.md, Data)::
     rows = load_split(dataset_uri, "train")      # list[Example]
 """
 
-from dg_core.data.artifact import load_split, read_dataset_manifest, task_of
+from dg_core.data.artifact import load_split, read_dataset_manifest, task_of, with_task_budget
 from dg_core.data.example import Example, Score
 from dg_core.data.tasks import RowError, Task, get_task, register_task, task_names
 
@@ -23,4 +23,5 @@ __all__ = [
     "register_task",
     "task_names",
     "task_of",
+    "with_task_budget",
 ]

@@ -11,10 +11,11 @@ Everything a downstream stage needs is ``load_split(uri, "train")`` and ``task_o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from dg_core.data.example import Example, read_jsonl
@@ -23,6 +24,7 @@ from dg_core.errors import DGError
 
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
+C = TypeVar("C")
 
 
 def local_dir(dataset_uri: str) -> Path:
@@ -68,6 +70,14 @@ def task_of(dataset_uri: str) -> Task:
     if not isinstance(spec, dict) or "name" not in spec:
         raise DGError(f"{dataset_uri}/{MANIFEST}: field 'task' missing, expected {{name, options}}")
     return get_task(spec["name"], **(spec.get("options") or {}))
+
+
+def with_task_budget(cfg: C) -> C:
+    """``cfg`` with ``max_new_tokens = 0`` replaced by its dataset's task budget (``Task.max_new_tokens``), so a
+    stage's default fits the task: hundreds of tokens for real math, a few dozen for the zoo's arithmetic."""
+    if getattr(cfg, "max_new_tokens", None) != 0:
+        return cfg
+    return dataclasses.replace(cfg, max_new_tokens=task_of(cfg.dataset).max_new_tokens)
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:

@@ -34,6 +34,9 @@ class Task:
     plain_template: ClassVar[str] = "Question: {question}\nAnswer: "
     #: Appended to the question inside a chat template, telling a real model how to state its answer.
     chat_instruction: ClassVar[str] = ""
+    #: Response token budget a stage uses when its ``max_new_tokens`` is 0: what an answer in this task needs
+    #: (a real model reasoning through a math problem writes hundreds of tokens; the zoo answers in a few dozen).
+    max_new_tokens: ClassVar[int] = 64
 
     def __init__(self, **options: Any):
         self.options = dict(options)
@@ -92,6 +95,7 @@ class MathTask(Task):
     name = "math"
     family = "math"
     chat_instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+    max_new_tokens = 512
 
     def validate(self, example: Example) -> None:
         super().validate(example)
@@ -196,7 +200,8 @@ def task_names() -> list[str]:
 
 def get_task(name: str, **options: Any) -> Task:
     """The task called ``name`` (or an alias such as ``gsm8k``), built with ``options``. Every task takes
-    ``instruction``: the text appended to the question inside a chat template (replacing the task's default)."""
+    ``instruction``: the text appended to the question inside a chat template (replacing the task's default), and
+    ``max_new_tokens``: the task's response budget (replacing the class default)."""
     _load_builtin()
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
@@ -204,7 +209,13 @@ def get_task(name: str, **options: Any) -> Task:
     instruction = options.pop("instruction", None)
     if instruction is not None and not isinstance(instruction, str):
         raise DGError(f"task option 'instruction': got {instruction!r}, expected the text to append to the question")
+    budget = options.pop("max_new_tokens", None)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise DGError(f"task option 'max_new_tokens': got {budget!r}, expected a positive number of tokens")
     task = _REGISTRY[key](**options)
+    if budget is not None:
+        task.max_new_tokens = budget
+        task.options = {**task.options, "max_new_tokens": budget}
     if instruction is not None:  # every task: how a chat model is told to state its answer ('' for none)
         task.chat_instruction = instruction
         task.options = {**task.options, "instruction": instruction}

@@ -51,7 +51,11 @@ class Config(StageConfig):
         choices=("token", "sequence"),
     )
     n_samples: int = option(2, "Teacher samples per training prompt.", ge=1)
-    max_new_tokens: int = option(64, "Token budget of teacher (and gkd student) samples.", ge=1)
+    max_new_tokens: int = option(
+        0,
+        "Token budget of teacher (and gkd student) samples (0: the task's own budget, e.g. 512 for math, 64 for the zoo's arithmetic).",
+        ge=0,
+    )
     sample_temperature: float = option(1.0, "Teacher sampling temperature.", gt=0)
     signals_seed: int = option(0, "Seed of the teacher samples (shared by every student).")
     limit: int = option(0, "Use only the first N prompts of the split (0 = all).", ge=0)
@@ -112,6 +116,9 @@ def signal_spec(cfg: Config) -> SignalSpec:
 
 def run(cfg: Config, *, on_step: Any = None) -> dict:
     """Distil, publish the student, return its URI and training figures (a published result is reused)."""
+    from dg_core.data import with_task_budget
+
+    cfg = with_task_budget(cfg)
     set_threads_from_env()
     skip = ("output", "checkpoint_every", "device", "resume", "allow_zoo")
     params = {k: v for k, v in asdict(cfg).items() if k not in skip}

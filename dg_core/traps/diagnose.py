@@ -107,7 +107,11 @@ class Config(StageConfig):
     n_examples: int = option(32, "Examples to use (the first N of the split).", ge=1)
     n_samples: int = option(2, "Sampled responses per prompt from each model.", ge=1)
     temperature: float = option(1.0, "Sampling temperature for teacher/student samples.", gt=0)
-    max_new_tokens: int = option(64, "Teacher's response token budget.", ge=1)
+    max_new_tokens: int = option(
+        0,
+        "Teacher's response token budget (0: the task's own budget, e.g. 512 for math, 64 for the zoo's arithmetic).",
+        ge=0,
+    )
     student_max_new_tokens: int = option(
         0, "Student's response token budget (0: max_new_tokens); another tokenizer may need more tokens.", ge=0
     )
@@ -187,7 +191,12 @@ def summary_line(report: dict[str, Any]) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------- the work
 def diagnose(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> dict[str, Any]:
     """Measure everything on loaded models and examples; returns the report dict (no publishing)."""
+    import dataclasses
+
     from tqdm import tqdm
+
+    if cfg.max_new_tokens == 0:  # 0: the task's own budget
+        cfg = dataclasses.replace(cfg, max_new_tokens=task.max_new_tokens)
 
     from dg_core.generate import generate_tokens
     from dg_core.traps import measures, symptoms
@@ -561,11 +570,12 @@ def check_lengths(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -
 
 def run(cfg: Config) -> dict:
     """Diagnose, then publish report.json + report.html + summary.txt; returns the summary and URIs."""
-    from dg_core.data import load_split, task_of
+    from dg_core.data import load_split, task_of, with_task_budget
     from dg_core.metrics import StageMetrics
     from dg_core.models import load_model, model_info
     from dg_core.utils import seed_everything, set_threads_from_env
 
+    cfg = with_task_budget(cfg)
     set_threads_from_env()
     seed_everything(cfg.seed)
     out = cfg.output or store.join(store.default_root(), "diagnose", _key(cfg))
