@@ -1,22 +1,23 @@
-"""`make demo` (``python -m pipelines.demo``): the knob turning both ways, on one screen.
+"""The one orchestrator of the knob experiment: bootstrap, calibrate per eta, attack, judge, as KFP components.
 
-The same KFP components as the ``calibrate`` pipeline (prep, train, evaluate, calibrate, distill, report, gate,
-publish) run under ``kfp.local`` on the embedded file store with the offline zoo. ``kfp.local`` runs one task at
-a time, so the demo schedules the graph itself: each independent task goes to one of ``--workers`` processes
-(one torch thread each), e.g. the proxy's bootstrap next to the teacher's, both calibrations side by side, the
-students of the original teacher while the teacher is being calibrated.
+``make demo`` (:mod:`pipelines.demo`) and ``bench/knob.py`` both run this graph, from YAML settings
+(``pipelines/experiments/*.yaml``, ``bench/knob.yaml``), so a sweep in the benchmark and the demo cannot differ in
+how an attack, a calibration or a gate is run; the in-process ``attack`` stage and the KFP attack loop expand
+attacks with the same planner (``dg_core.distill.suite.plan_attacks``). The same components as the
+``calibrate`` pipeline (prep, train, evaluate, calibrate, distill, report, gate, publish) run under
+``kfp.local`` on the store. ``kfp.local`` runs one task at a time, so this module schedules the graph itself:
+each independent task goes to one of ``workers`` processes (one torch thread each).
 
-1. bootstrap: SFT the zoo teacher on a mix of answer styles (so it keeps a per-prompt choice of style for
-   calibration to reshape) and the zoo proxy (another architecture and tokenizer) on every style;
-2. calibrate the teacher once with eta < 0 (undistillable) and once with eta > 0 (distillable);
-3. attack the original and each calibrated teacher with every attack (a student of the teacher's tokenizer,
-   and one of another architecture and tokenizer than the proxy): distill, then evaluate greedily;
-4. per eta: the report (trade-off table and plot) and the release gate; the undistillable teacher that passes
-   is published as the hardened model.
+1. bootstrap: SFT the teacher and the proxy on the dataset (``teacher.train`` / ``proxy.train``; omit ``train``
+   to use a model as it is);
+2. calibrate the teacher for each eta in ``etas`` (the sign picks the direction, see ``dg_core.knob``);
+3. attack the original and each calibrated teacher with every attack job: distill, then evaluate;
+4. per eta: the report (trade-off table and plot) and the release gate; an undistillable teacher that passes is
+   published as the hardened model when ``publish`` is true.
 
-The runner's logs go to ``.dg/demo/demo.log``; the terminal gets one line per task and the table. Every step is
-published to the store and reused by the next run (the bootstrap included), so a second run is faster.
-Settings (:data:`DEMO`) and why they are sized so: docs/results/demo.md.
+Settings name only what differs from the stage defaults: every component parameter a YAML section leaves out
+takes its stage Config default (``component_kwargs``), and anything that is not a component parameter goes into
+the component's ``options``. Every step is published to the store and reused by the next run.
 """
 
 from __future__ import annotations
@@ -34,91 +35,77 @@ from typing import Any
 
 from dg_core.errors import DGError
 
-#: The demo's settings. The task: one-digit factors, two-digit addend, three answer styles (a bare ``#90``, the
-#: work written out ``7*8=56 56+34=90 #90``, the same with a reverse check); a small student learns the written-out
-#: styles far better than the bare answer. The teacher is trained on every style of every problem, so it keeps a
-#: per-prompt choice of style for calibration to reshape.
-DEMO: dict[str, Any] = {
-    "task_options": {
-        "a_digits": 1,
-        "b_digits": 1,
-        "terms": 1,
-        "term_digits": 2,
-        "style_mix": {"compressed": 1.0, "decomposed": 1.0, "checked": 1.0},
-    },
-    "n": 3200,
-    "splits": {"train": 0.875, "validation": 0.047, "test": 0.078},
-    "teacher": "zoo:teacher",
-    "teacher_sft": {
-        "steps": 1500,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "options": {"style": "all", "warmup_steps": 50},
-    },
-    "proxy": "zoo:proxy",
-    "proxy_sft": {"steps": 800, "batch_size": 32, "lr": 3e-3, "options": {"style": "all", "warmup_steps": 50}},
-    "etas": [-0.5, 0.5],
-    "beta": 0.05,
-    "calibrate_steps": 30,
-    "group_size": 8,
-    "calibrate_lr": 5e-4,
-    "calibrate_seed": 0,
-    "calibrate_options": {
-        "prompts_per_step": 16,
-        "lora_r": 16,
-        "normalize": "char",
-        "cal_gate": "correct",
-        "max_new_tokens": 40,
-        "eval_every": 10,
-        "eval_n": 100,
-        "min_retention": 0.0,  # the release gate judges retention; keep the model for the table
-        "preflight_accuracy": 0.5,
-    },
-    "eval_split": "test",
-    "eval_limit": 250,
-    "eval_options": {"k": 0, "max_new_tokens": 40},
-    "attacks": [["student-llama", "kd"], ["student-gpt2", "sft"]],
-    "attack_seeds": [0],
-    "attack_steps": 500,
-    "attack_samples": 2,
-    "attack_max_new_tokens": 40,
-    "attack_batch_size": 64,
-    "attack_lr": 3e-3,
-    "attack_limit": 1000,
-    "attack_options": {"checkpoint_every": 0},
-    "gate": {"min_retention": 0.9, "max_transfer": 0.6, "min_transfer": 1.1, "aggregate": "worst", "min_seeds": 1},
-}
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
+_COMPONENT_STAGE = {"prep": "prep", "train": "train", "evaluate": "evaluate", "calibrate": "calibrate",
+                    "distill": "distill"}  # fmt: skip
 
-#: Reduced sizes for the test: the same graph in a few minutes of CPU, with no claim about the knob. The teacher
-#: memorises a tiny training split and everything is scored on it, so accuracies (and retention) are defined.
-SMALL: dict[str, Any] = {
-    "n": 64,
-    "splits": {"train": 0.8, "validation": 0.1, "test": 0.1},
-    "teacher_sft": {"steps": 100, "batch_size": 32, "lr": 2e-3, "options": {"style": "all", "warmup_steps": 10}},
-    "proxy_sft": {"steps": 10, "batch_size": 16, "lr": 3e-3, "options": {"style": "all", "warmup_steps": 2}},
-    "calibrate_steps": 2,
-    "group_size": 4,
-    "calibrate_options": {
-        "prompts_per_step": 4,
-        "lora_r": 4,
-        "normalize": "char",
-        "cal_gate": "correct",
-        "max_new_tokens": 40,
-        "eval_every": 0,
-        "eval_n": 16,
-        "eval_split": "train",
-        "sampled_k": 1,
-        "min_retention": 0.0,
-        "preflight_accuracy": 0.0,
-    },
-    "eval_split": "train",
-    "eval_limit": 16,
-    "eval_options": {"k": 0, "max_new_tokens": 40},
-    "attack_steps": 20,
-    "attack_limit": 16,
-    "attack_batch_size": 8,
-    "attack_max_new_tokens": 40,
-}
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(*paths: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """YAML files merged in order (mappings deep-merged, lists replaced), then ``key.sub=JSON`` overrides; a key
+    the first file does not have is refused before anything runs."""
+    import yaml
+
+    cfg: dict[str, Any] = {}
+    for p in paths:
+        try:
+            data = yaml.safe_load(Path(p).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise DGError(f"experiment settings {p}: {e}; expected a readable YAML mapping") from None
+        if not isinstance(data, dict):
+            raise DGError(f"experiment settings {p}: expected a YAML mapping")
+        if cfg and (bad := sorted(set(data) - set(cfg))):
+            raise DGError(f"experiment settings {p}: unknown key {bad[0]!r}, expected one of {', '.join(cfg)}")
+        cfg = _merge(cfg, data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        path = key.split(".")
+        if not sep or path[0] not in cfg:
+            raise DGError(f"demo setting {item!r}: expected key=value with key one of {', '.join(cfg)}")
+        try:
+            val = json.loads(value)
+        except json.JSONDecodeError:
+            val = value
+        node = cfg
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = val
+    return cfg
+
+
+def component_kwargs(name: str, values: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """Arguments for component ``name``: ``fixed`` and ``values`` where they name a parameter, else the stage
+    Config's default for it (the one place defaults live); every other value goes into ``options``."""
+    import dataclasses
+
+    from dg_core.stages import get_stage
+
+    stage_fields = {f.name: f for f in dataclasses.fields(get_stage(_COMPONENT_STAGE[name]).load().Config)}
+    given = {**values, **fixed}
+    options = dict(given.pop("options", None) or {})
+    kwargs: dict[str, Any] = {}
+    for param in _component(name).component_spec.inputs:
+        if param in ("options", "store_root"):
+            continue
+        if param in given:
+            kwargs[param] = given.pop(param)
+        elif param in stage_fields:
+            f = stage_fields[param]
+            kwargs[param] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        else:
+            raise DGError(f"component {name}: parameter {param!r} has no stage default; expected it in the settings")
+    return {**kwargs, "options": {**given, **options}}
 
 
 # --------------------------------------------------------------------------------------------- worker side
@@ -190,39 +177,23 @@ def _run_pipeline(fn: Any, **kwargs: Any) -> Any:
 
 
 def job_prep(cfg: dict[str, Any], root: str) -> dict[str, Any]:
-    opts = {"n": cfg["n"], "splits": cfg["splits"], "task_options": cfg["task_options"]}
-    t = _run(
-        "prep", task="synthetic_math", source="synthetic", seed=cfg.get("data_seed", 0), options=opts, store_root=root
-    )
+    t = _run("prep", **component_kwargs("prep", cfg["prep"]), store_root=root)
     return {"dataset": t.outputs["Output"]}
 
 
-def job_train(cfg: dict[str, Any], root: str, model: str, sft: dict[str, Any], dataset: str) -> dict[str, Any]:
-    t = _run(
-        "train",
-        model=model,
-        dataset=dataset,
-        steps=sft["steps"],
-        batch_size=sft["batch_size"],
-        lr=sft["lr"],
-        options=sft["options"],
-        store_root=root,
-    )
+def job_bootstrap(cfg: dict[str, Any], root: str, role: str, dataset: str) -> dict[str, Any]:
+    """SFT the teacher or proxy (``cfg[role]['train']``); without ``train``, the model as it is."""
+    spec = cfg[role]
+    if not spec.get("train"):
+        return {"model": spec["model"]}
+    t = _run("train", **component_kwargs("train", spec["train"], model=spec["model"], dataset=dataset), store_root=root)
     return {"model": t.outputs["Output"]}
 
 
 def _evaluate(cfg: dict[str, Any], root: str, model: str, dataset: str, **label: Any) -> dict[str, Any]:
     full = {"role": "teacher", "teacher": "original", "student": "", "method": "", "seed": 0, **label}
-    t = _run(
-        "evaluate",
-        model=model,
-        dataset=dataset,
-        split=cfg["eval_split"],
-        limit=cfg["eval_limit"],
-        options=cfg["eval_options"],
-        store_root=root,
-        **full,
-    )
+    t = _run("evaluate", **component_kwargs("evaluate", cfg["evaluate"], model=model, dataset=dataset, **full),
+             store_root=root)  # fmt: skip
     return t.outputs["Output"]
 
 
@@ -231,20 +202,8 @@ def job_eval_teacher(cfg: dict[str, Any], root: str, model: str, dataset: str) -
 
 
 def job_calibrate(cfg: dict[str, Any], root: str, teacher: str, proxy: str, dataset: str, eta: float) -> dict:
-    t = _run(
-        "calibrate",
-        teacher=teacher,
-        proxies=[proxy],
-        dataset=dataset,
-        eta=eta,
-        beta=cfg["beta"],
-        steps=cfg["calibrate_steps"],
-        group_size=cfg["group_size"],
-        lr=cfg["calibrate_lr"],
-        seed=cfg["calibrate_seed"],
-        options=cfg["calibrate_options"],
-        store_root=root,
-    )
+    kw = component_kwargs("calibrate", cfg["calibrate"], teacher=teacher, proxies=[proxy], dataset=dataset, eta=eta)
+    t = _run("calibrate", **kw, store_root=root)
     model, calibration = t.outputs["Output"], t.outputs["calibration"]
     if not model:
         raise DGError(f"calibration eta={eta:+g} refused the teacher; see its card {calibration}")
@@ -252,36 +211,11 @@ def job_calibrate(cfg: dict[str, Any], root: str, teacher: str, proxy: str, data
     return {"model": model, "calibration": calibration, "record": record}
 
 
-def job_attack(cfg: dict[str, Any], root: str, teacher: str, side: str, attack: list, seed: int, dataset: str) -> dict:
-    student, method = attack
-    t = _run(
-        "distill",
-        teacher=teacher,
-        student=f"zoo:{student}",
-        dataset=dataset,
-        method=method,
-        seed=seed,
-        reinit=True,
-        steps=cfg["attack_steps"],
-        n_samples=cfg["attack_samples"],
-        max_new_tokens=cfg["attack_max_new_tokens"],
-        batch_size=cfg["attack_batch_size"],
-        lr=cfg["attack_lr"],
-        limit=cfg["attack_limit"],
-        options=cfg["attack_options"],
-        store_root=root,
-    )
-    record = _evaluate(
-        cfg,
-        root,
-        t.outputs["Output"],
-        dataset,
-        role="student",
-        teacher=side,
-        student=f"zoo:{student}",
-        method=method,
-        seed=seed,
-    )
+def job_attack(cfg: dict[str, Any], root: str, teacher: str, side: str, job: Any, dataset: str) -> dict:
+    kw = component_kwargs("distill", job.settings, teacher=teacher, dataset=dataset, seed=job.seed)
+    t = _run("distill", **kw, store_root=root)
+    record = _evaluate(cfg, root, t.outputs["Output"], dataset, role="student", teacher=side, student=job.student,
+                       method=job.method, seed=job.seed)  # fmt: skip
     return {"record": record}
 
 
@@ -305,8 +239,16 @@ def job_judge(
     from dg_core import store
 
     gate_c, report_c, publish_c = _component("gate"), _component("report"), _component("publish")
-    g = cfg["gate"]
-    dest = store.join(root, "hardened", f"demo-eta{eta:+g}")
+    import dataclasses
+
+    from dg_core.distill.stage import Config as DistillConfig
+    from dg_core.gate import Config as GateConfig
+
+    gate_fields = {f.name: f.default for f in dataclasses.fields(GateConfig)}
+    g = {k: cfg["gate"].get(k, gate_fields[k]) for k in ("min_retention", "max_transfer", "min_transfer",
+                                                        "aggregate", "min_seeds")}  # fmt: skip
+    steps = _attack_jobs(cfg)[0].settings.get("steps", DistillConfig.__dataclass_fields__["steps"].default)
+    dest = store.join(root, "hardened", f"{cfg.get('name', 'experiment')}-eta{eta:+g}")
 
     def judge(teacher_original: dict, teacher_calibrated: dict, students_original: list, students_calibrated: list,
               model: str, eta: float, calibration: str, release: str, publish_model: bool, dest: str,
@@ -318,7 +260,7 @@ def job_judge(
                     store_root=store_root)  # fmt: skip
         r = report_c(teacher_original=teacher_original, teacher_calibrated=teacher_calibrated,
                      students_original=students_original, students_calibrated=students_calibrated, floors=[],
-                     attack_steps=cfg["attack_steps"], eta=eta, decision=gt.outputs["decision"],
+                     attack_steps=steps, eta=eta, decision=gt.outputs["decision"],
                      store_root=store_root)  # fmt: skip
         with dsl.If(gt.outputs["Output"] == True):  # noqa: E712 - a KFP condition
             with dsl.If(publish_model == True):  # noqa: E712
@@ -362,23 +304,29 @@ def _fmt_secs(s: float) -> str:
     return f"{s:.0f}s" if s < 60 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
+def _attack_jobs(cfg: dict[str, Any]) -> list:
+    from dg_core.distill.suite import plan_attacks
+
+    return plan_attacks(cfg["attacks"], cfg.get("distill"))
+
+
 def plan(cfg: dict[str, Any], root: str) -> list[Task]:
-    """The demo's graph, in the order tasks should start when several are ready (longest chains first)."""
+    """The experiment's graph, in the order tasks should start when several are ready (longest chains first)."""
     etas = cfg["etas"]
     tasks = [
         Task("prep", "prep dataset", job_prep, lambda r: (cfg, root)),
         Task(
             "teacher",
             "bootstrap teacher (train)",
-            job_train,
-            lambda r: (cfg, root, cfg["teacher"], cfg["teacher_sft"], r["prep"]["dataset"]),
+            job_bootstrap,
+            lambda r: (cfg, root, "teacher", r["prep"]["dataset"]),
             ["prep"],
         ),
         Task(
             "proxy",
             "bootstrap proxy (train)",
-            job_train,
-            lambda r: (cfg, root, cfg["proxy"], cfg["proxy_sft"], r["prep"]["dataset"]),
+            job_bootstrap,
+            lambda r: (cfg, root, "proxy", r["prep"]["dataset"]),
             ["prep"],
         ),
     ]
@@ -401,41 +349,35 @@ def plan(cfg: dict[str, Any], root: str) -> list[Task]:
             ["teacher"],
         )
     )
+    jobs = _attack_jobs(cfg)
+    key = lambda side, j: f"{side}|{j.attack}|{j.seed}"  # noqa: E731
     for side in ["original", *(f"cal{e:+g}" for e in etas)]:
-        for attack in cfg["attacks"]:
-            for seed in cfg["attack_seeds"]:
-                name = "/".join(attack)
-                src = "original" if side == "original" else f"eta={side[3:]}"
-                model_of = (
-                    (lambda r: r["teacher"]["model"]) if side == "original" else (lambda r, s=side: r[s]["model"])
+        src = "original" if side == "original" else f"eta={side[3:]}"
+        model_of = (lambda r: r["teacher"]["model"]) if side == "original" else (lambda r, s=side: r[s]["model"])
+        for job in jobs:
+            tasks.append(
+                Task(
+                    key(side, job),
+                    f"distill {job.attack} (seed {job.seed}) from {src}, evaluate",
+                    job_attack,
+                    lambda r, m=model_of, s=side, j=job: (
+                        cfg,
+                        root,
+                        m(r),
+                        "original" if s == "original" else "calibrated",
+                        j,
+                        r["prep"]["dataset"],
+                    ),  # fmt: skip
+                    ["teacher", "prep"] + ([] if side == "original" else [side]),
                 )
-                tasks.append(
-                    Task(
-                        f"{side}|{name}|{seed}",
-                        f"distill {name} (seed {seed}) from {src}, evaluate",
-                        job_attack,
-                        lambda r, m=model_of, s=side, a=attack, sd=seed: (
-                            cfg,
-                            root,
-                            m(r),
-                            "original" if s == "original" else "calibrated",
-                            a,
-                            sd,
-                            r["prep"]["dataset"],
-                        ),
-                        ["teacher", "prep"] + ([] if side == "original" else [side]),
-                    )
-                )
+            )
     for eta in etas:
         side = f"cal{eta:+g}"
-        keys = {
-            s: [f"{s}|{'/'.join(a)}|{sd}" for a in cfg["attacks"] for sd in cfg["attack_seeds"]]
-            for s in ("original", side)
-        }
+        keys = {s: [key(s, j) for j in jobs] for s in ("original", side)}
         tasks.append(
             Task(
                 f"judge{eta:+g}",
-                f"report, gate{', publish' if eta < 0 else ''} eta={eta:+g}",
+                f"report, gate{', publish' if eta < 0 and cfg.get('publish') else ''} eta={eta:+g}",
                 job_judge,
                 lambda r, eta=eta, side=side, keys=keys: (
                     cfg,
@@ -446,7 +388,7 @@ def plan(cfg: dict[str, Any], root: str) -> list[Task]:
                     r[side]["model"],
                     r[side]["calibration"],
                     r["teacher"]["model"],
-                    eta < 0,
+                    eta < 0 and bool(cfg.get("publish")),
                 ),
                 ["eval-original", side, *keys["original"], *keys[side]],
             )
@@ -560,56 +502,51 @@ def table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def settings(small: bool, overrides: list[str]) -> dict[str, Any]:
-    """DEMO, reduced by SMALL for tests, then key=value overrides (JSON values)."""
-    cfg = json.loads(json.dumps(DEMO))
-    if small:
-        cfg.update(json.loads(json.dumps(SMALL)))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in cfg:
-            raise DGError(f"demo setting {item!r}: expected key=value with key one of {', '.join(cfg)}")
-        try:
-            cfg[key] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key] = value
-    return cfg
+def run(cfg: dict[str, Any], store_root: str, out: Path, workers: int, echo: Callable[[str], None]) -> dict:
+    """Run the experiment ``cfg`` on ``workers`` processes; its summary (also written to ``out/summary.json``).
+    The runner's logs go to ``out/<name>.log``; ``echo`` gets one line per task."""
+    from dg_core import store
+
+    log = out / f"{cfg.get('name', 'experiment')}.log"
+    _attack_jobs(cfg)  # a bad attack fails here, before anything runs
+    backend, key = store.open_store(store_root)
+    root = backend.uri(key)
+    (out / "kfp").mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    echo(f"{cfg.get('name', 'experiment')}: {len(cfg['etas'])} calibrations x {len(cfg['attacks'])} attacks; "
+         f"store {root}; log {log}")  # fmt: skip
+    t0 = time.monotonic()
+    results = run_graph(plan(cfg, root), workers, (str(log), root, str(out / "kfp")), echo)
+    s = summary(cfg, results)
+    s["seconds"] = time.monotonic() - t0
+    s["results"] = results
+    (out / "summary.json").write_text(json.dumps(s, indent=2, default=str))
+    return s
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None, configs: list[Path], small: Path, prog: str, doc: str) -> int:
+    """The command line of an experiment (``make demo``): settings files, --small, key=JSON overrides."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc)
+    ap.add_argument("--config", action="append", default=None, help=f"settings YAML (default {configs[-1].name})")
     ap.add_argument("--store", default=None, help="store root (default $DG_STORE_ROOT or ./.dg/store)")
     ap.add_argument("--dir", default=".dg/demo", help="log file, kfp.local outputs and summary.json go here")
     ap.add_argument("--workers", type=int, default=2, help="processes running tasks side by side")
-    ap.add_argument("--small", action="store_true", help="reduced sizes (tests): the graph, not the knob")
-    ap.add_argument("overrides", nargs="*", help="demo settings as key=JSON (see pipelines/demo.py DEMO)")
+    ap.add_argument("--small", action="store_true", help=f"reduced sizes ({small.name}): the graph, not the knob")
+    ap.add_argument("overrides", nargs="*", help="settings as key.sub=JSON (see the settings YAML)")
     args = ap.parse_args(argv)
     from dg_core import store
 
     out = Path(args.dir).resolve()
-    log = out / "demo.log"
+    files = [Path(c) for c in args.config] if args.config else list(configs)
+    name = "demo"
     try:
-        cfg = settings(args.small, args.overrides)
-        backend, key = store.open_store(args.store or store.default_root())
-        root = backend.uri(key)
-        (out / "kfp").mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-        print(f"demo: {len(cfg['etas'])} calibrations x {len(cfg['attacks'])} attacks; store {root}; log {log}")
-        t0 = time.monotonic()
-        results = run_graph(
-            plan(cfg, root), args.workers, (str(log), root, str(out / "kfp")), lambda s: print(s, flush=True)
-        )
-        s = summary(cfg, results)
-        s["seconds"] = time.monotonic() - t0
-        (out / "summary.json").write_text(json.dumps(s, indent=2, default=str))
+        cfg = load_settings(*files, *([small] if args.small else []), overrides=args.overrides)
+        name = cfg.get("name", name)
+        s = run(cfg, args.store or store.default_root(), out, args.workers, lambda x: print(x, flush=True))
     except DGError as e:
-        print(f"demo failed: {e}\nlog: {log}", file=sys.stderr)
+        print(f"{name} failed: {e}\nlog: {out / (name + '.log')}", file=sys.stderr)
         return 2
     for line in table(s):
         print(line)
-    print(f"demo: {_fmt_secs(s['seconds'])} wall; summary {out / 'summary.json'}; log {log}")
+    print(f"{name}: {_fmt_secs(s['seconds'])} wall; summary {out / 'summary.json'}; log {out / (name + '.log')}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

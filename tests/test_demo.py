@@ -58,7 +58,7 @@ def test_demo_small_prints_one_screen_with_both_etas_every_attack_and_gates(tmp_
 
 
 def test_demo_failure_prints_one_line_reason_and_log_path(tmp_path):
-    p = _demo(tmp_path, "--small", "teacher=zoo:no-such-member")
+    p = _demo(tmp_path, "--small", "teacher.model=zoo:no-such-member")
     assert p.returncode == 2
     err = p.stderr.strip().splitlines()
     assert len(err) == 2, p.stderr

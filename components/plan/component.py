@@ -15,25 +15,25 @@ def plan_attacks(students: list, methods: list, seeds: int, store_root: str) -> 
     loop item has its own `.name`.)
     """
     from components._common import pin, setup
-    from dg_core.distill.methods import METHODS
+    from dg_core.distill.suite import plan_attacks as plan
     from dg_core.errors import DGError
 
     setup(store_root)
     if not students or not methods:
         raise DGError("attack suite is empty: expected at least one student and one method")
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise DGError(f"attack method {bad[0]!r}: expected one of {', '.join(METHODS)}")
     if seeds < 1:
         raise DGError(f"attack seeds: got {seeds}, expected >= 1")
-    items = []
-    for s in students:
-        ref = pin(s)
-        name = s[4:] if s.startswith("zoo:") else s.rstrip("/").rsplit("/", 1)[-1]
-        for m in methods:
-            for seed in range(seeds):
-                items.append(
-                    {"student_name": name, "student": ref, "method": m, "seed": seed, "reinit": s.startswith("zoo:")}
-                )
+    jobs = plan([{"student": s, "method": m, "seeds": list(range(seeds))} for s in students for m in methods])
+    pins = {s: pin(s) for s in students}
+    items = [
+        {
+            "student_name": j.attack.split("/")[0],
+            "student": pins[j.student],
+            "method": j.method,
+            "seed": j.seed,
+            "reinit": bool(j.settings["reinit"]),
+        }
+        for j in jobs
+    ]
     print(f"attack suite: {len(items)} attacks ({len(students)} students x {len(methods)} methods x {seeds} seeds)")
     return items

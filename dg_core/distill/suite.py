@@ -55,7 +55,11 @@ class Config(StageConfig):
     distill: dict = option({}, "Distill fields applied to every attack (an attack's own fields win).")
     eval_k: int = option(0, "Samples per prompt for sampled accuracy (0: greedy only).", ge=0)
     eval_limit: int = option(0, "Score only the first N eval examples (0 = all).", ge=0)
-    max_new_tokens: int = option(64, "Response token budget when evaluating.", ge=1)
+    max_new_tokens: int = option(
+        0,
+        "Response token budget when evaluating (0: the task's own budget, e.g. 512 for math, 64 for the zoo's arithmetic).",
+        ge=0,
+    )
     output: str = option("", "Where to publish attack.json (default: <store root>/attacks/<config hash>).")
     device: str = option("auto", "auto, cpu or cuda.")
 
@@ -64,25 +68,57 @@ class Config(StageConfig):
             raise DGError("config field 'teacher' is required: expected a model reference")
         if not self.dataset:
             raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
-        if not self.attacks:
-            raise DGError("config field 'attacks' is empty: expected at least one {student, method, steps, seeds}")
-        known = _distill_fields()
-        for i, a in enumerate(self.attacks):
-            if not isinstance(a, dict) or "method" not in a:
-                raise DGError(f"config field 'attacks[{i}]': got {a!r}, expected a mapping with at least 'method'")
-            bad = sorted(set(a) - known - _ENTRY_ONLY)
-            if bad or set(a) & _FIXED:
-                name = (bad or sorted(set(a) & _FIXED))[0]
-                raise DGError(
-                    f"config field 'attacks[{i}].{name}': not an attack setting; expected name, seeds or a "
-                    "distill field other than teacher/dataset/split/seed/output/device"
-                )
-            seeds = a.get("seeds", [0])
-            if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-                raise DGError(f"config field 'attacks[{i}].seeds': got {seeds!r}, expected a non-empty list of ints")
-        bad = sorted(set(self.distill) - known) or sorted(set(self.distill) & _FIXED)
-        if bad:
-            raise DGError(f"config field 'distill.{bad[0]}': expected a distill field other than {sorted(_FIXED)}")
+        plan_attacks(self.attacks, self.distill)
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """One probe student to distil from each teacher: the unit the attack stage, the KFP attack loop and the
+    experiment runner (demo, bench/knob.py) all iterate over, so they cannot disagree on what an attack is."""
+
+    attack: str  # display name: <student>/<method>, or the entry's own name
+    student: str
+    method: str
+    seed: int
+    settings: dict  # distill fields for this job (no teacher/dataset/split/seed/device); the rest are defaults
+
+
+def plan_attacks(attacks: list[dict], distill: dict | None = None) -> list[AttackJob]:
+    """Expand attack entries ``{student, method, [steps], [seeds], [name], [any distill field]}`` (with the
+    shared ``distill`` fields; an entry's own win) into one job per seed. Zoo students are re-initialised from
+    the seed unless told otherwise, so seeds give independent students."""
+    distill = dict(distill or {})
+    known = _distill_fields()
+    bad = sorted(set(distill) - known) or sorted(set(distill) & _FIXED)
+    if bad:
+        raise DGError(f"config field 'distill.{bad[0]}': expected a distill field other than {sorted(_FIXED)}")
+    if not attacks:
+        raise DGError("config field 'attacks' is empty: expected at least one {student, method, steps, seeds}")
+    from dg_core.distill.methods import METHODS
+
+    jobs = []
+    for i, a in enumerate(attacks):
+        if not isinstance(a, dict) or "method" not in a:
+            raise DGError(f"config field 'attacks[{i}]': got {a!r}, expected a mapping with at least 'method'")
+        bad = sorted(set(a) - known - _ENTRY_ONLY)
+        if bad or set(a) & _FIXED:
+            name = (bad or sorted(set(a) & _FIXED))[0]
+            raise DGError(
+                f"config field 'attacks[{i}].{name}': not an attack setting; expected name, seeds or a "
+                "distill field other than teacher/dataset/split/seed/output/device"
+            )
+        if a["method"] not in METHODS:
+            raise DGError(
+                f"config field 'attacks[{i}].method': got {a['method']!r}, expected one of {', '.join(METHODS)}"
+            )
+        seeds = a.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise DGError(f"config field 'attacks[{i}].seeds': got {seeds!r}, expected a non-empty list of ints")
+        settings = {"student": "zoo:student-llama", **distill, **{k: v for k, v in a.items() if k not in _ENTRY_ONLY}}
+        settings.setdefault("reinit", str(settings["student"]).startswith("zoo:"))
+        for seed in seeds:
+            jobs.append(AttackJob(attack_name(a), str(settings["student"]), a["method"], seed, settings))
+    return jobs
 
 
 def attack_name(a: dict[str, Any]) -> str:
@@ -111,15 +147,14 @@ def _eval(cfg: Config, model: Any, loaded: Any = None) -> dict[str, Any]:
     return res
 
 
-def _floor(cfg: Config, a: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The undistilled student: the start model, re-initialised by ``seed`` when the attack does so."""
+def _floor(cfg: Config, job: AttackJob) -> dict[str, Any]:
+    """The undistilled student: the start model, re-initialised by the job's seed when the attack does so."""
     from dg_core.distill.common import load_trainable
     from dg_core.distill.trainer import TrainSettings
 
-    student = a.get("student", "zoo:student-llama")
-    reinit = bool(a.get("reinit", cfg.distill.get("reinit", str(student).startswith("zoo:"))))
-    model, tok = load_trainable(student, seed=seed, reinit=reinit, settings=TrainSettings(), device=cfg.device)
-    return _eval(cfg, student, loaded=(model.eval(), tok))
+    reinit = bool(job.settings["reinit"])
+    model, tok = load_trainable(job.student, seed=job.seed, reinit=reinit, settings=TrainSettings(), device=cfg.device)
+    return _eval(cfg, job.student, loaded=(model.eval(), tok))
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
@@ -134,9 +169,11 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 def run(cfg: Config) -> dict:
     """Distil and score every attack against each teacher; publish and return the table and gate records."""
+    from dg_core.data import with_task_budget
     from dg_core.distill import stage as distill_stage
     from dg_core.distill.common import output_uris
 
+    cfg = with_task_budget(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}
     out, _ = output_uris("attacks", cfg.output, params)
     teachers = {"original": cfg.teacher}
@@ -149,37 +186,22 @@ def run(cfg: Config) -> dict:
         teacher_acc[role] = {k: res[k] for k in res if k in ("accuracy", "n") or k.endswith(("_accuracy", "_ci95"))}
         records.append({"model": "teacher", "teacher": role, "accuracy": res["accuracy"], "n": res["n"], "uri": ref})
     rows = []
-    for a in cfg.attacks:
-        name = attack_name(a)
-        seeds = a.get("seeds", [0])
-        floor = _floor(cfg, a, seeds[0])
+    jobs = plan_attacks(cfg.attacks, cfg.distill)
+    for name in dict.fromkeys(j.attack for j in jobs):
+        mine = [j for j in jobs if j.attack == name]
+        first = mine[0]
+        floor = _floor(cfg, first)
         row: dict[str, Any] = {
             "attack": name,
-            "method": a["method"],
-            "steps": a.get("steps"),
+            "method": first.method,
+            "steps": first.settings.get("steps"),
             "floor": floor["accuracy"],
         }
-        settings = {
-            "student": "zoo:student-llama",
-            **cfg.distill,
-            **{k: v for k, v in a.items() if k not in _ENTRY_ONLY},
-        }
-        if "reinit" not in settings:
-            settings["reinit"] = str(settings["student"]).startswith("zoo:")
         for role, ref in teachers.items():
             accs = []
-            for seed in seeds:
-                dcfg = from_dict(
-                    distill_stage.Config,
-                    {
-                        **settings,
-                        "teacher": ref,
-                        "dataset": cfg.dataset,
-                        "split": cfg.train_split,
-                        "seed": seed,
-                        "device": cfg.device,
-                    },
-                )
+            for job in mine:
+                fixed = {"teacher": ref, "dataset": cfg.dataset, "split": cfg.train_split, "device": cfg.device}
+                dcfg = from_dict(distill_stage.Config, {**job.settings, **fixed, "seed": job.seed})
                 d = distill_stage.run(dcfg)
                 res = _eval(cfg, d["model"])
                 accs.append(res["accuracy"])
@@ -188,14 +210,14 @@ def run(cfg: Config) -> dict:
                         "model": "student",
                         "teacher": role,
                         "student": name.split("/")[0],
-                        "method": a["method"],
-                        "seed": seed,
+                        "method": job.method,
+                        "seed": job.seed,
                         "accuracy": res["accuracy"],
                         "n": res["n"],
                         "uri": d["model"],
                     }
                 )
-                log.info("attack %s <- %s teacher, seed %d: accuracy %.3f", name, role, seed, res["accuracy"])
+                log.info("attack %s <- %s teacher, seed %d: accuracy %.3f", name, role, job.seed, res["accuracy"])
             row[role] = _stats(accs)
         if "calibrated" in row and row["original"]["mean"] > 0:
             row["transfer"] = row["calibrated"]["mean"] / row["original"]["mean"]

@@ -363,14 +363,6 @@ def generalized_jsd(
     return token_divergence(teacher_logits, student_logits, "jsd", beta=beta, **kw)
 
 
-def skew_kl(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, alpha: float = 0.1, *, reverse: bool = False, **kw
-) -> torch.Tensor:
-    """Skew KL(α) per position: KL(p ‖ αp+(1−α)q), or with ``reverse`` KL(q ‖ αq+(1−α)p)."""
-    kind = "skew_reverse" if reverse else "skew_forward"
-    return token_divergence(teacher_logits, student_logits, kind, alpha=alpha, **kw)
-
-
 def tvd(teacher_logits: torch.Tensor, student_logits: torch.Tensor, **kw) -> torch.Tensor:
     """Total variation distance per position, in [0, 1]."""
     return token_divergence(teacher_logits, student_logits, "tvd", **kw)

@@ -13,7 +13,6 @@ The text-only measures (:func:`loop_period`, :func:`distinct_n`, :func:`degradat
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -339,11 +338,3 @@ def wrong_trace_preference(
         "prefers_wrong": float((margin > 0).float().mean()),
         "margin_per_char": float(margin.mean()),
     }
-
-
-def counts_by_token(texts: Sequence[str], tokenizer) -> Counter:
-    """Token-id frequencies of texts under a tokenizer (what "frequent tokens" means for a dataset)."""
-    c: Counter = Counter()
-    for t in texts:
-        c.update(tokenizer(t, add_special_tokens=False)["input_ids"])
-    return c

@@ -1,0 +1,76 @@
+"""One orchestrator: the demo and bench/knob.py run one experiment graph from YAML settings; components get
+stage defaults for whatever the settings leave out; attacks are expanded by one planner everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from dg_core.distill.suite import plan_attacks
+from dg_core.errors import DGError
+from pipelines.experiment import EXPERIMENTS, component_kwargs, load_settings, plan
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _default(stage_cls, name):
+    f = {f.name: f for f in dataclasses.fields(stage_cls)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def test_settings_overlay_and_overrides(tmp_path):
+    cfg = load_settings(EXPERIMENTS / "demo.yaml", EXPERIMENTS / "small.yaml", overrides=["calibrate.steps=3"])
+    assert cfg["calibrate"]["steps"] == 3 and cfg["calibrate"]["lora_r"] == 4  # small overlay, then override
+    assert cfg["prep"]["options"]["task_options"]["term_digits"] == 2  # deep merge keeps the demo's task
+    assert cfg["prep"]["options"]["n"] == 64
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("etas_typo: [1]\n")
+    with pytest.raises(DGError, match=r"bad.yaml: unknown key 'etas_typo'"):
+        load_settings(EXPERIMENTS / "demo.yaml", bad)
+    with pytest.raises(DGError, match=r"demo setting 'nope=1': expected key=value"):
+        load_settings(EXPERIMENTS / "demo.yaml", overrides=["nope=1"])
+
+
+def test_components_take_stage_defaults_for_what_settings_leave_out():
+    from dg_core.calibrate.stage import Config as CalConfig
+    from dg_core.distill.stage import Config as DistillConfig
+
+    cfg = load_settings(EXPERIMENTS / "demo.yaml", BENCH / "knob.yaml")
+    kw = component_kwargs("calibrate", cfg["calibrate"], teacher="t", proxies=["p"], dataset="d", eta=-1.0)
+    assert "beta" not in cfg["calibrate"] and kw["beta"] == _default(CalConfig, "beta")
+    assert kw["steps"] == 40 and kw["options"]["preflight_accuracy"] == 0.8  # the sweep's own, not restated
+    assert "beta" not in kw["options"] and "steps" not in kw["options"]
+    job = plan_attacks(cfg["attacks"], cfg["distill"])[0]
+    kw = component_kwargs("distill", job.settings, teacher="t", dataset="d", seed=job.seed)
+    assert kw["n_samples"] == 2 and kw["steps"] == 1000 and kw["reinit"] is True
+    assert kw["options"] == {"checkpoint_every": 0}
+    untouched = {f.name for f in dataclasses.fields(DistillConfig)} - set(job.settings) - {"teacher", "dataset"}
+    assert not untouched & set(kw["options"])  # nothing restated: defaults are the stage's
+    with pytest.raises(DGError, match=r"component evaluate: parameter 'role' has no stage default"):
+        component_kwargs("evaluate", {}, model="m", dataset="d")
+
+
+def test_one_planner_for_attacks():
+    jobs = plan_attacks(
+        [{"student": "zoo:student-gpt2", "method": "sft", "seeds": [0, 1], "lr": 0.1}, {"method": "kd"}],
+        {"steps": 7, "lr": 0.2},
+    )
+    assert [(j.attack, j.seed) for j in jobs] == [
+        ("student-gpt2/sft", 0),
+        ("student-gpt2/sft", 1),
+        ("student-llama/kd", 0),
+    ]
+    assert jobs[0].settings["lr"] == 0.1 and jobs[2].settings["lr"] == 0.2  # an entry's own field wins
+    assert all(j.settings["reinit"] and j.settings["steps"] == 7 for j in jobs)  # zoo students: fresh per seed
+    assert plan_attacks([{"student": "/models/s", "method": "sft"}])[0].settings["reinit"] is False
+    with pytest.raises(DGError, match=r"attacks\[0\].method': got 'distil', expected one of"):
+        plan_attacks([{"method": "distil"}])
+    with pytest.raises(DGError, match=r"attacks\[0\].teacher': not an attack setting"):
+        plan_attacks([{"method": "sft", "teacher": "x"}])
+    # the experiment graph distils exactly the planner's jobs, from each teacher
+    cfg = load_settings(EXPERIMENTS / "demo.yaml", BENCH / "knob.yaml")
+    tasks = [t.key for t in plan(cfg, "file:///tmp/unused") if "|" in t.key]
+    n = len(plan_attacks(cfg["attacks"], cfg["distill"]))
+    assert n == 9 and len(tasks) == n * (1 + len(cfg["etas"]))
