@@ -150,6 +150,22 @@ class CalibrationSettings(StageConfig):
     stop_kl: float = option(0.0, "Guard: stop when the mean per-token KL to pi_0 exceeds this (0: off).", ge=0)
     checkpoint_every: int = option(10, "Checkpoint to the store every N steps (0: off).", ge=0)
     seed: int = option(0, "Seed for prompt order, sampling and the adapter init.")
+    engine: str = option(
+        "native",
+        "Training engine: native (this module's loop) or trl (TRL's GRPOTrainer with our rewards, advantages and "
+        "guards; runs under accelerate launch / torchrun across processes, and with vLLM rollouts).",
+        choices=("native", "trl"),
+    )
+    bf16: str = option("auto", "bf16 mixed precision: on, off, or auto (on with CUDA).", choices=("auto", "on", "off"))
+    use_vllm: bool = option(False, "Engine trl: sample rollouts with vLLM (needs the vllm extra and a GPU).")
+    vllm_mode: str = option(
+        "colocate",
+        "Engine trl: vLLM colocated in the training process, or a separate trl vllm-serve server.",
+        choices=("colocate", "server"),
+    )
+    vllm_gpu_memory_utilization: float = option(
+        0.3, "Engine trl, colocated vLLM: share of GPU memory vLLM reserves (weights + KV cache).", gt=0, le=1
+    )
 
 
 # ----------------------------------------------------------------------------------------- sampling
@@ -248,6 +264,7 @@ class CalibrationResult:
     stopped_reason: str | None = None
     resumed_from: int = 0
     seconds: float = 0.0
+    trainer: Any = field(default=None, repr=False)  # engine trl: its GRPOTrainer, for inspection
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -584,7 +601,8 @@ def run_calibration(
         raise DGError("calibrate: full fine-tuning needs ref_model (a frozen copy of pi_0); or attach LoRA")
 
     cuda = torch.cuda.is_available() and next(policy.parameters()).device.type == "cuda"
-    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+    bf16 = {"on": True, "off": False}.get(cfg.bf16, cuda)
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda)
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
         raise DGError("calibrate: the policy has no trainable parameters")

@@ -80,6 +80,10 @@ class Config(CalibrationSettings):
             raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
         if not self.proxies:
             raise DGError("config field 'proxies': empty, expected at least one proxy model reference")
+        if self.engine == "native" and self.use_vllm:
+            raise DGError("config field 'use_vllm': vLLM rollouts run on engine trl, expected engine: trl")
+        if self.engine == "trl" and self.lora_r == 0:
+            raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
 
 
 SETTINGS_FIELDS = tuple(f for f in CalibrationSettings.__dataclass_fields__)
@@ -238,7 +242,10 @@ def run(cfg: Config) -> dict:
     ckpt = Checkpointer(
         store.join(out, "checkpoint"), cfg.checkpoint_every, config_hash=config_hash(cfg), resume=cfg.resume
     )
-    result = run_calibration(
+    loop = run_calibration
+    if cfg.engine == "trl":
+        from dg_core.calibrate.trl_engine import run_calibration_trl as loop
+    result = loop(
         policy,
         tok,
         task,
