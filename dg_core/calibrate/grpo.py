@@ -156,6 +156,13 @@ class CalibrationSettings(StageConfig):
         "guards; runs under accelerate launch / torchrun across processes, and with vLLM rollouts).",
         choices=("native", "trl"),
     )
+    rollout_unit: str = option(
+        "group",
+        "Engine trl without vLLM: sample each prompt's group on its own, seeded by its index in the global batch "
+        "(group: rollouts independent of the number of processes and of resumes), or all of a process's groups in "
+        "one generate call seeded by (step, rank) (process: faster on CPU; rollouts then depend on the process count).",
+        choices=("group", "process"),
+    )
     bf16: str = option("auto", "bf16 mixed precision: on, off, or auto (on with CUDA).", choices=("auto", "on", "off"))
     use_vllm: bool = option(False, "Engine trl: sample rollouts with vLLM (needs the vllm extra and a GPU).")
     vllm_mode: str = option(

@@ -176,18 +176,22 @@ def hf_rollout(cfg: CalibrationSettings, tokenizer: Any) -> Callable[[list, Any]
         groups = len(prompts) // G
         first = trainer.accelerator.process_index * groups
         model = trainer.accelerator.unwrap_model(trainer.model)
+        rank = trainer.accelerator.process_index
+        units = [(g, g + 1) for g in range(groups)] if cfg.rollout_unit == "group" else [(0, groups)]
         prompt_ids, completion_ids = [], []
-        for g in range(groups):
+        for a, b in units:
             try:
                 roll = generate_tokens(
                     model,
                     tokenizer,
-                    [prompts[g * G]],
+                    prompts[a * G : b * G : G],
                     n=G,
                     temperature=cfg.temperature,
                     max_new_tokens=cfg.max_new_tokens,
-                    batch_size=G,
-                    seed=step_seed(cfg.seed, step, first + g),
+                    batch_size=cfg.sample_batch,
+                    seed=step_seed(cfg.seed, step, first + a)
+                    if cfg.rollout_unit == "group"
+                    else step_seed(cfg.seed, step, rank),
                 )
             except RuntimeError as e:
                 if "probability tensor contains" not in str(e):
