@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -184,6 +185,11 @@ def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any,
             log.warning("%s (teacher %s is zoo-sized: going on)", e, cfg.teacher)
 
 
+def process_layout() -> tuple[int, int]:
+    """(WORLD_SIZE, RANK) of a stage started by ``accelerate launch``/torchrun; (1, 0) for a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
 def run(cfg: Config) -> dict:
     from dg_core.checkpoint import Checkpointer
     from dg_core.data import load_split, task_of
@@ -194,13 +200,19 @@ def run(cfg: Config) -> dict:
     set_threads_from_env()
     t_all = time.perf_counter()
     out = cfg.output or default_output(cfg)
+    world, rank = process_layout()
+    if world > 1 and cfg.engine != "trl":
+        raise DGError(f"calibrate: {world} processes need engine trl (the native loop runs in one process)")
     task = task_of(cfg.dataset)
     train = load_split(cfg.dataset, cfg.train_split)
     held = load_split(cfg.dataset, cfg.eval_split)[: cfg.eval_n]
     if not held:
         raise DGError(f"{cfg.dataset}: split {cfg.eval_split!r} is empty, expected held-out examples")
     seed_everything(cfg.seed)
-    teacher, tok = load_model(cfg.teacher, device=cfg.device, dtype=cfg.dtype)
+    device = cfg.device
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per local rank
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    teacher, tok = load_model(cfg.teacher, device=device, dtype=cfg.dtype)
     device = next(teacher.parameters()).device
     proxies = []
     for ref in cfg.proxies:
@@ -234,11 +246,11 @@ def run(cfg: Config) -> dict:
     if before["greedy_accuracy"] <= 0:  # retention is undefined whatever training does: stop before training
         verdict = gate(before["greedy_accuracy"], 0.0, cfg.min_retention)
         log.warning("calibration stopped after the 'before' measurement: %s", verdict.reason)
-        return _publish_card(cfg, out, before, None, None, pf, verdict, t_all, t_measure)
+        return _publish_card(cfg, out, before, None, None, pf, verdict, t_all, t_measure, writer=rank == 0)
 
     policy, ref_model = make_policy(teacher, cfg)
     cal = CalibrationReward(policy, tok, proxies, **cal_kw)
-    metrics = stage_metrics("calibrate", cfg.run_id or None)
+    metrics = stage_metrics("calibrate", cfg.run_id or None) if rank == 0 else None
     ckpt = Checkpointer(
         store.join(out, "checkpoint"), cfg.checkpoint_every, config_hash=config_hash(cfg), resume=cfg.resume
     )
@@ -265,9 +277,10 @@ def run(cfg: Config) -> dict:
     t_measure += time.perf_counter() - t1
     log.info("teacher after calibration: %s", after)
     verdict = gate(before["greedy_accuracy"], after["greedy_accuracy"], cfg.min_retention, result.stopped_reason)
-    metrics.set("calibrate_retention", verdict.retention or 0.0)
-    metrics.set("calibrate_passed", 1.0 if verdict.passed else 0.0)
-    metrics.flush()
+    if metrics is not None:
+        metrics.set("calibrate_retention", verdict.retention or 0.0)
+        metrics.set("calibrate_passed", 1.0 if verdict.passed else 0.0)
+        metrics.flush()
 
     outputs: dict[str, str | None] = {"adapter": None, "model": None}
     from dg_core.calibrate.card import artifact_digest
@@ -278,7 +291,9 @@ def run(cfg: Config) -> dict:
         "teacher": cfg.teacher,
         "teacher_sha256": artifact_digest(cfg.teacher),
     }
-    if verdict.passed:
+    if verdict.passed and rank > 0:  # only rank 0 writes to the store
+        outputs = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
+    elif verdict.passed:
         from dg_core.calibrate.card import model_readme
 
         planned = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
@@ -293,7 +308,7 @@ def run(cfg: Config) -> dict:
         )
     else:
         log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
-    return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs)
+    return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs, writer=rank == 0)
 
 
 def _publish_card(
@@ -307,13 +322,17 @@ def _publish_card(
     t_all: float,
     t_measure: float,
     outputs: dict | None = None,
+    *,
+    writer: bool = True,
 ) -> dict:
-    """Write the calibration card (always) and return the stage summary; ``result`` None: nothing was trained."""
+    """Write the calibration card (always, by the ``writer``: rank 0) and return the stage summary; ``result``
+    None: nothing was trained."""
     outputs = outputs or {"adapter": None, "model": None}
     card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, outputs)
-    with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
-        write_card(card, tmp)
-        store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
+    if writer:
+        with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
+            write_card(card, tmp)
+            store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
     training = card["training"]
     return {
         "status": card["status"],
