@@ -253,3 +253,22 @@ def test_trl_engine_kl_guard_stops_and_stays_stopped(models, task, examples, tmp
         policy2, tok, task, examples, cfg, cal_reward=cal, progress=False, checkpointer=Checkpointer(uri, 100)
     )
     assert again.steps_done == res.steps_done and again.stopped_reason == res.stopped_reason
+
+
+def test_engine_auto_picks_trl_only_where_only_trl_runs():
+    from dg_core.calibrate.stage import Config, resolve_engine
+    from dg_core.config import from_dict
+    from dg_core.errors import DGError
+
+    def cfg(**kw):
+        return from_dict(Config, {"teacher": "zoo:teacher", "dataset": "x", **kw})
+
+    assert resolve_engine(cfg(), 1) == "native"  # the faster engine on one CPU process (bench/calibrate.py)
+    assert resolve_engine(cfg(), 2) == "trl"
+    assert resolve_engine(cfg(use_vllm=True, engine="auto"), 1) == "trl"
+    with pytest.raises(DGError, match="2 processes need engine trl"):
+        resolve_engine(cfg(engine="native"), 2)
+    with pytest.raises(DGError, match="'lora_r': 0 .* expected lora_r > 0"):
+        resolve_engine(cfg(lora_r=0), 2)
+    with pytest.raises(DGError, match="'use_vllm': vLLM rollouts run on engine trl"):
+        cfg(engine="native", use_vllm=True)

@@ -6,6 +6,8 @@ gradient on ``A`` plus ``β·KL(π_θ‖π₀)`` with the per-token k3 estimator
 switched off (no second teacher copy); full fine-tuning (``lora_r=0``) keeps a frozen copy instead.
 
 Pure math first (tested against brute force), then sampling/scoring helpers, then :func:`run_calibration`.
+(Over 500 lines: the settings, the math and the native loop that uses them, read together; the TRL engine
+imports its shared pieces — :func:`step_advantages`, :class:`StepGuard` — from here.)
 Each step draws its prompts and sampling noise from ``(seed, step)``, so a run resumed from a checkpoint
 (adapter, optimizer, step, history) takes exactly the steps an uninterrupted run takes.
 """
@@ -151,10 +153,11 @@ class CalibrationSettings(StageConfig):
     checkpoint_every: int = option(10, "Checkpoint to the store every N steps (0: off).", ge=0)
     seed: int = option(0, "Seed for prompt order, sampling and the adapter init.")
     engine: str = option(
-        "native",
-        "Training engine: native (this module's loop) or trl (TRL's GRPOTrainer with our rewards, advantages and "
-        "guards; runs under accelerate launch / torchrun across processes, and with vLLM rollouts).",
-        choices=("native", "trl"),
+        "auto",
+        "Training engine: native (this module's loop; 2-4x the steps/s of trl on CPU, see bench/calibrate.py), trl "
+        "(TRL's GRPOTrainer with our rewards, advantages and guards: several processes, vLLM rollouts), or auto "
+        "(trl under torchrun/accelerate launch with several processes or with use_vllm, else native).",
+        choices=("auto", "native", "trl"),
     )
     rollout_unit: str = option(
         "group",

@@ -11,6 +11,7 @@ card.md), ``checkpoint/`` (resume state).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -83,8 +84,6 @@ class Config(CalibrationSettings):
             raise DGError("config field 'proxies': empty, expected at least one proxy model reference")
         if self.engine == "native" and self.use_vllm:
             raise DGError("config field 'use_vllm': vLLM rollouts run on engine trl, expected engine: trl")
-        if self.engine == "trl" and self.lora_r == 0:
-            raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
 
 
 SETTINGS_FIELDS = tuple(f for f in CalibrationSettings.__dataclass_fields__)
@@ -185,6 +184,18 @@ def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any,
             log.warning("%s (teacher %s is zoo-sized: going on)", e, cfg.teacher)
 
 
+def resolve_engine(cfg: Config, world: int) -> str:
+    """``auto`` is trl where only trl runs (several processes, vLLM rollouts), else native (faster on CPU)."""
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "trl" if world > 1 or cfg.use_vllm else "native"
+    if world > 1 and engine != "trl":
+        raise DGError(f"calibrate: {world} processes need engine trl (the native loop runs in one process)")
+    if engine == "trl" and cfg.lora_r == 0:
+        raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
+    return engine
+
+
 def process_layout() -> tuple[int, int]:
     """(WORLD_SIZE, RANK) of a stage started by ``accelerate launch``/torchrun; (1, 0) for a plain process."""
     return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -201,8 +212,8 @@ def run(cfg: Config) -> dict:
     t_all = time.perf_counter()
     out = cfg.output or default_output(cfg)
     world, rank = process_layout()
-    if world > 1 and cfg.engine != "trl":
-        raise DGError(f"calibrate: {world} processes need engine trl (the native loop runs in one process)")
+    cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg, world))  # the card and checkpoints name the real one
+    engine = cfg.engine
     task = task_of(cfg.dataset)
     train = load_split(cfg.dataset, cfg.train_split)
     held = load_split(cfg.dataset, cfg.eval_split)[: cfg.eval_n]
@@ -255,7 +266,7 @@ def run(cfg: Config) -> dict:
         store.join(out, "checkpoint"), cfg.checkpoint_every, config_hash=config_hash(cfg), resume=cfg.resume
     )
     loop = run_calibration
-    if cfg.engine == "trl":
+    if engine == "trl":
         from dg_core.calibrate.trl_engine import run_calibration_trl as loop
     result = loop(
         policy,
