@@ -265,7 +265,13 @@ def test_engine_auto_picks_trl_only_where_only_trl_runs():
 
     assert resolve_engine(cfg(), 1) == "native"  # the faster engine on one CPU process (bench/calibrate.py)
     assert resolve_engine(cfg(), 2) == "trl"
-    assert resolve_engine(cfg(use_vllm=True, engine="auto"), 1) == "trl"
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:  # the CPU image: vLLM is the CUDA image's extra
+        with pytest.raises(DGError, match="'use_vllm': vLLM is not installed here, expected the vllm extra"):
+            resolve_engine(cfg(use_vllm=True), 1)
+    else:
+        assert resolve_engine(cfg(use_vllm=True), 1) == "trl"
     with pytest.raises(DGError, match="2 processes need engine trl"):
         resolve_engine(cfg(engine="native"), 2)
     with pytest.raises(DGError, match="'lora_r': 0 .* expected lora_r > 0"):

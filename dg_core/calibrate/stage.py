@@ -193,6 +193,10 @@ def resolve_engine(cfg: Config, world: int) -> str:
         raise DGError(f"calibrate: {world} processes need engine trl (the native loop runs in one process)")
     if engine == "trl" and cfg.lora_r == 0:
         raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
+    if cfg.use_vllm:
+        from dg_core.calibrate.trl_engine import require_vllm
+
+        require_vllm()
     return engine
 
 

@@ -294,6 +294,17 @@ def resume_folder(checkpointer: Any) -> Path | None:
     return Path(store.fetch(checkpointer.uri))
 
 
+def require_vllm() -> None:
+    """vLLM rollouts need the ``vllm`` extra (a CUDA node): say so in one line before any model loads."""
+    from trl.import_utils import is_vllm_available
+
+    if not is_vllm_available():
+        raise DGError(
+            "config field 'use_vllm': vLLM is not installed here, expected the vllm extra on a CUDA node "
+            "(pip install 'distillation-guards[vllm]'), or use_vllm: false"
+        )
+
+
 def run_calibration_trl(
     policy: torch.nn.Module,
     tokenizer: Any,
@@ -319,7 +330,6 @@ def run_calibration_trl(
     replaces the sampler (TRL's signature; the engine test feeds both engines the same completions with it).
     """
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
 
     from dg_core.models.logprobs import wants_checkpointing
 
@@ -330,6 +340,8 @@ def run_calibration_trl(
             "calibrate: engine trl needs LoRA (lora_r > 0; pi_0 is the adapter switched off), "
             "or use engine native for full fine-tuning"
         )
+    if cfg.use_vllm:
+        require_vllm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available() and next(policy.parameters()).device.type == "cuda"
@@ -396,7 +408,7 @@ def run_calibration_trl(
     t_start = time.perf_counter()
     local = None
     if resume is not None:  # HF writes next to the folder it resumes from: give it a private copy
-        local = work / f"resume-{start}"
+        local = work / f"resume-{start}-rank{rank}"
         shutil.rmtree(local, ignore_errors=True)
         shutil.copytree(resume, local)
     trainer.train(resume_from_checkpoint=str(local) if local is not None else None)
@@ -404,7 +416,7 @@ def run_calibration_trl(
     if result.stopped_reason:
         log.warning("calibration stopped early at %s", result.stopped_reason)
     result.seconds = time.perf_counter() - t_start
-    if rank == 0 and get_last_checkpoint(str(work)) is not None:
+    if rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     return result
 
