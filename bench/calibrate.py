@@ -1,18 +1,19 @@
-"""Calibration speed and memory: our loop (``dg_core.calibrate.grpo``) against TRL's ``GRPOTrainer``.
+"""Calibration speed and memory: the two engines of ``calibrate``, native (``dg_core.calibrate.grpo``) and trl
+(``dg_core.calibrate.trl_engine``, TRL's ``GRPOTrainer``), as ratios in one run.
 
-Same model (zoo teacher + LoRA), same prompts, batch (prompts × group completions per optimizer step), group
-size, generation length, temperature, KL weight β (reference = adapter off in both), the same two rewards (r_task
-and r_cal through our TRL-signature wrappers, standardised per reward then summed with weights 1 and η —
-TRL's ``multi_objective_aggregation='normalize_then_sum'``), plain AdamW, no gradient checkpointing, clipping 1.0.
+Both run the very same settings through the stage's own entry points: zoo teacher + LoRA r16, the same prompts
+per step × group, generation length, temperature, KL weight β (reference = adapter off), r_task and r_cal with
+the correctness gate, our advantages, plain AdamW, no gradient checkpointing, clipping 1.0. What differs is the
+trainer: our loop samples a step's P×G sequences in one generate call and reuses its π₀ pass for r_cal; engine
+trl samples each group on its own (seeded by its index in the global batch, so any number of processes draws the
+same rollouts) and scores π₀ again for r_cal.
 
-Each trainer runs in its own subprocess (so peak memory is its own), interleaved ours/TRL/ours/TRL, one torch
-thread each; the first step is dropped and the median step time is reported. Peak memory is CUDA
+Each engine runs in its own subprocess (so peak memory is its own), interleaved native/trl, one torch thread
+each; the first step is dropped and the median step time is reported. Peak memory is CUDA
 ``max_memory_allocated`` on GPU, else the process's peak RSS.
 
-    .venv/bin/python bench/calibrate.py                   # ~ a few minutes on CPU
+    .venv/bin/python bench/calibrate.py                   # ~ 2 minutes on CPU
     .venv/bin/python bench/calibrate.py --steps 21 --reps 2 --device cuda
-
-TRL is a benchmark-only dependency (``pip install trl==1.16.0``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 
@@ -64,12 +64,10 @@ def _mem_peak(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_ours(args) -> dict:
-    from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration
-    from dg_core.calibrate.rewards import CalibrationReward
+def _settings(args, engine: str):
+    from dg_core.calibrate.grpo import CalibrationSettings
 
-    task, examples, teacher, tok, proxy, ptok = _setup(args)
-    cfg = CalibrationSettings(
+    return CalibrationSettings(
         eta=args.eta,
         beta=args.beta,
         steps=args.steps,
@@ -81,10 +79,23 @@ def worker_ours(args) -> dict:
         lora_alpha=32,
         micro_batch=args.prompts * args.group,
         sample_batch=args.prompts * args.group,
-        cal_gate="none",
+        cal_gate="correct",
         eval_every=0,
         loss_agg="token-mean",
+        gradient_checkpointing="off",
+        engine=engine,
+        rollout_unit=args.rollout_unit,
     )
+
+
+def worker(args, engine: str) -> dict:
+    """One engine's run: the same settings, model, rewards and guards; only the trainer differs."""
+    from dg_core.calibrate.grpo import make_policy, run_calibration
+    from dg_core.calibrate.rewards import CalibrationReward
+    from dg_core.calibrate.trl_engine import run_calibration_trl
+
+    task, examples, teacher, tok, proxy, ptok = _setup(args)
+    cfg = _settings(args, engine)
     policy, _ = make_policy(teacher, cfg)
     cal = CalibrationReward(policy, tok, [(proxy, ptok)], batch_size=args.prompts * args.group)
     _mem_reset(args.device)
@@ -100,104 +111,27 @@ def worker_ours(args) -> dict:
         times.append(now - last[0])
         last[0] = now
 
-    run_calibration(policy, tok, task, examples, cfg, cal_reward=cal, progress=False, on_step=on_step)
-    return {"step_times": times, "peak_mib": _mem_peak(args.device)}
-
-
-def worker_trl(args) -> dict:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from dg_core.calibrate.rewards import CalibrationReward, TaskReward
-
-    task, examples, teacher, tok, proxy, ptok = _setup(args)
-    ds = Dataset.from_list([{"prompt": task.prompt(e, tok), "answer": e.answer} for e in examples])
-    tmp = tempfile.mkdtemp(prefix="dg-trl-")
-    cuda = args.device.startswith("cuda")
-    conf = GRPOConfig(
-        output_dir=tmp,
-        per_device_train_batch_size=args.prompts * args.group,
-        num_generations=args.group,
-        gradient_accumulation_steps=1,
-        max_completion_length=args.max_new_tokens,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        beta=args.beta,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        max_steps=args.steps,
-        num_iterations=1,
-        loss_type="dapo",
-        scale_rewards="group",
-        multi_objective_aggregation="normalize_then_sum",
-        reward_weights=[1.0, args.eta],
-        gradient_checkpointing=False,
-        bf16=cuda,
-        use_cpu=not cuda,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    r_task = TaskReward(task).as_trl()
-    # r_cal's teacher is the policy itself (adapter switched off inside), exactly as in our loop
-    holder: dict = {}
-
-    def r_cal(prompts, completions, **kw):
-        return holder["cal"].as_trl()(prompts, completions, **kw)
-
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            if cuda:
-                import torch
-
-                torch.cuda.synchronize()
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            if cuda:
-                import torch
-
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t)
-
-    trainer = GRPOTrainer(
-        model=teacher,
-        reward_funcs=[r_task, r_cal],
-        args=conf,
-        train_dataset=ds,
-        processing_class=tok,
-        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
-        callbacks=[Timer()],
-    )
-    holder["cal"] = CalibrationReward(trainer.model, tok, [(proxy, ptok)], batch_size=args.prompts * args.group)
-    _mem_reset(args.device)
-    trainer.train()
+    loop = run_calibration if engine == "native" else run_calibration_trl
+    loop(policy, tok, task, examples, cfg, cal_reward=cal, progress=False, on_step=on_step)
     return {"step_times": times, "peak_mib": _mem_peak(args.device)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=21, help="optimizer steps per run (the first is dropped)")
+    ap.add_argument("--steps", type=int, default=9, help="optimizer steps per run (the first is dropped)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--beta", type=float, default=0.05)
     ap.add_argument("--eta", type=float, default=-1.0)
-    ap.add_argument("--reps", type=int, default=2, help="interleaved runs of each trainer")
+    ap.add_argument("--reps", type=int, default=1, help="interleaved runs of each trainer")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["ours", "trl"], help="run one trainer (no ratio), e.g. where TRL is absent")
-    ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--rollout-unit", default="group", choices=["group", "process"], help="engine trl: rollout_unit (see the stage)"
+    )
+    ap.add_argument("--only", choices=["native", "trl"], help="run one trainer (no ratio), e.g. where TRL is absent")
+    ap.add_argument("--worker", choices=["native", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         import logging
@@ -205,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.filterwarnings("ignore")
         logging.disable(logging.WARNING)
-        out = worker_ours(args) if args.worker == "ours" else worker_trl(args)
+        out = worker(args, args.worker)
         print("RESULT " + json.dumps(out))
         return 0
     base = [sys.executable, os.path.abspath(__file__)] + [
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--worker")
     ]
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    results: dict[str, list[dict]] = {"ours": [], "trl": []}
+    results: dict[str, list[dict]] = {"native": [], "trl": []}
     for rep in range(args.reps):
-        for who in (args.only,) if args.only else ("ours", "trl"):
+        for who in (args.only,) if args.only else ("native", "trl"):
             t0 = time.perf_counter()
             p = subprocess.run(base + ["--worker", who], capture_output=True, text=True, env=env)
             line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -242,16 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         print(json.dumps({"args": vars(args), "summary": summary}))
         return 0
-    o, t = summary["ours"], summary["trl"]
+    o, t = summary["native"], summary["trl"]
     print(
         f"\nsetting: zoo teacher + LoRA r16, {args.prompts} prompts x {args.group} completions, "
         f"{args.max_new_tokens} new tokens, beta {args.beta}, eta {args.eta}, device {args.device}, "
         f"{args.threads} thread(s)"
     )
-    print(f"ours: {o['steps_per_s']:.3f} steps/s, peak {o['peak_mib']:.0f} MiB")
-    print(f"TRL : {t['steps_per_s']:.3f} steps/s, peak {t['peak_mib']:.0f} MiB")
+    print(f"native: {o['steps_per_s']:.3f} steps/s, peak {o['peak_mib']:.0f} MiB")
+    print(f"trl   : {t['steps_per_s']:.3f} steps/s, peak {t['peak_mib']:.0f} MiB")
     print(
-        f"ratio ours/TRL: speed {o['steps_per_s'] / t['steps_per_s']:.2f}x, "
+        f"ratio native/trl: speed {o['steps_per_s'] / t['steps_per_s']:.2f}x, "
         f"peak memory {o['peak_mib'] / t['peak_mib']:.2f}x"
     )
     print(json.dumps({"args": vars(args), "summary": summary}))

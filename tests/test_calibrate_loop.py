@@ -128,6 +128,26 @@ def test_rewards_have_trl_signature(zoo_root, proxy, task):
     assert out == pytest.approx(CalibrationReward(teacher, ttok, [proxy])(["1*2+3\n"], ["#5"]).tolist())
 
 
+def test_rewards_share_one_typed_interface(zoo_root, proxy, task, examples):
+    """r_task and r_cal are both a Reward: score(RewardInputs) gives one value per completion, the same as their
+    direct calls; inputs whose lengths disagree are refused in one line."""
+    from dg_core.calibrate.rewards import Reward, RewardInputs
+    from dg_core.errors import DGError
+
+    teacher, ttok = load_model("zoo:teacher", device="cpu")
+    ex = examples[:3]
+    texts = [f"#{e.answer}" for e in ex[:2]] + ["#nonsense"]
+    prompts = [task.prompt(e, ttok) for e in ex]
+    r_task, r_cal = TaskReward(task), CalibrationReward(teacher, ttok, [proxy])
+    assert isinstance(r_task, Reward) and isinstance(r_cal, Reward)
+    assert {r_task.name, r_cal.name} == {"r_task", "r_cal"}
+    inputs = RewardInputs(ex, lambda tok: [task.prompt(e, tok) for e in ex], texts, [True, True, False])
+    assert r_task.score(inputs).tolist() == [1.0, 1.0, 0.0]
+    assert r_cal.score(inputs).tolist() == pytest.approx(r_cal(prompts, texts, None, [True, True, False]).tolist())
+    with pytest.raises(DGError, match="2 finished values for 3 completions"):
+        RewardInputs(ex, prompts, texts, [True, False])
+
+
 def test_adapter_off_reference_equals_base_model_logits(zoo_root):
     base, tok = load_model("zoo:teacher", device="cpu")
     pristine = copy.deepcopy(base)

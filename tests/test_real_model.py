@@ -214,3 +214,40 @@ def test_distill_refuses_a_zoo_student_for_a_real_teacher_unless_asked(smollm2, 
     with pytest.raises(DGError, match="student zoo:student-llama is a tiny random-init zoo model, but teacher"):
         _run("distill", teacher=smollm2, student="zoo:student-llama", dataset=easy, steps=1, device="cpu", output=out)
     assert store.list_artifacts(out) == []
+
+
+@pytest.mark.slow
+def test_smollm2_calibrates_on_the_trl_engine_and_publishes_a_loadable_adapter(smollm2, easy, store_root, clean_env):
+    """Engine trl on the real checkpoint: 2 GRPOTrainer steps (a zoo proxy, ungated r_cal, so the advantages are
+    not all zero and the adapter moves), published behind the gate, reloadable with PeftModel.from_pretrained and
+    equal to the published merged model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from dg_core import store
+    from dg_core.data import load_split, task_of
+    from dg_core.generate import encode_prompt
+    from dg_core.models import load_model
+
+    clean_env.setenv("DG_THREADS", "1")
+    torch.set_num_threads(1)
+    cal = _run(
+        "calibrate", teacher=smollm2, proxies=["zoo:proxy"], allow_zoo=True, proxy_max_nll_ratio=0, dataset=easy,
+        train_split="train", eval_split="train", engine="trl", steps=2, prompts_per_step=2, group_size=2,
+        max_new_tokens=8, eval_n=2, sampled_k=1, eval_every=0, preflight_accuracy=0, min_retention=0,
+        stop_accuracy_ratio=0, cal_gate="none", lora_r=4, lora_alpha=8, lr=1e-3, micro_batch=4, score_batch=4,
+        checkpoint_every=0, progress=False, device="cpu", output=f"{store_root}/calib-trl",
+    )  # fmt: skip
+    assert cal["status"] == "passed" and cal["steps"] == 2, cal
+    card = json.loads((store.fetch(cal["card"]) / "card.json").read_text())
+    assert card["settings"]["engine"] == "trl" and len(card["training"]["history"]) == 2
+    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(store.fetch(cal["adapter"]))).eval()
+    assert peft_model.peft_config["default"].r == 4
+    assert max(float(p.abs().max()) for n, p in peft_model.named_parameters() if "lora_B" in n) > 0
+    merged, tok = load_model(cal["model"], device="cpu")
+    task = task_of(easy)
+    ids = torch.tensor([encode_prompt(tok, task.prompt(load_split(easy, "train")[0], tok))])
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)

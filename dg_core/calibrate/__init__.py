@@ -1,7 +1,10 @@
 """RFT calibration of a teacher: the distillability knob η (see DESIGN.md §2).
 
 - :mod:`~dg_core.calibrate.rewards`: ``r_task`` (the task scorer) and the across-tokenizer ``r_cal``.
-- :mod:`~dg_core.calibrate.grpo`: the group-relative policy-gradient loop and its pure math.
+- :mod:`~dg_core.calibrate.grpo`: the group-relative policy-gradient math and the native loop
+  (``rollout_step`` → ``policy_step``).
+- :mod:`~dg_core.calibrate.trl_engine`: the same objective on TRL's ``GRPOTrainer`` (``engine: trl``: several
+  processes, vLLM rollouts).
 - :mod:`~dg_core.calibrate.guards`: defences against reward hacking and the release gate.
 - :mod:`~dg_core.calibrate.card`: the calibration card (JSON + Markdown).
 - :mod:`~dg_core.calibrate.stage`: the ``calibrate`` stage.
@@ -14,11 +17,13 @@ from dg_core.calibrate.grpo import (
     group_standardize,
     k3_kl,
 )
-from dg_core.calibrate.rewards import CalibrationReward, TaskReward
+from dg_core.calibrate.rewards import CalibrationReward, Reward, RewardInputs, TaskReward
 
 __all__ = [
     "CalibrationReward",
     "CalibrationSettings",
+    "Reward",
+    "RewardInputs",
     "TaskReward",
     "clipped_pg_loss",
     "combine_advantages",

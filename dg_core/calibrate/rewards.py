@@ -6,7 +6,8 @@ Each model tokenizes the *same text* with its own tokenizer and scores it
 (:func:`dg_core.traps.align.sequence_logprob`), so proxy and teacher need not share a vocabulary. A response that
 small models find likely (r_cal high) is easy to distil; one that surprises them is hard.
 
-Both rewards are also available with TRL's reward-function signature
+Both implement :class:`Reward`: one typed call, ``score(RewardInputs) -> Tensor`` (one reward per sample), which
+the native loop and the TRL engine both use. Both are also available with TRL's reward-function signature
 ``reward(prompts, completions, **kwargs) -> list[float]`` (see :meth:`TaskReward.as_trl` and
 :meth:`CalibrationReward.as_trl`), so users can plug them into ``trl.GRPOTrainer``.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -30,6 +32,40 @@ REFERENCE = ("base", "current")
 PromptSource = Sequence[str] | Callable[[Any], Sequence[str]]
 
 
+@dataclass(frozen=True)
+class RewardInputs:
+    """One batch of samples as every reward sees it (prompt-major: prompt i's j-th sample is row ``i * G + j``).
+
+    ``prompts`` is either the formatted prompts or a function of a tokenizer giving them (each scorer formats the
+    prompt for its own tokenizer); ``finished`` says which samples ended with EOS (None: all did); ``correct`` is
+    the task verdict per sample once known; ``reference`` an already computed π_ref term for r_cal (the native
+    loop's KL-anchor pass), scored on the same text with the same ``finished`` flags.
+    """
+
+    examples: Sequence[Example]
+    prompts: PromptSource
+    completions: Sequence[str]
+    finished: Sequence[bool] | None = None
+    correct: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.completions)
+        for name in ("finished", "correct", "reference"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise DGError(f"reward inputs: {len(v)} {name} values for {n} completions, expected one per completion")
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """A per-sample reward: ``score`` returns a float32 tensor with one value per completion (no gradient)."""
+
+    name: str
+
+    def score(self, inputs: RewardInputs) -> torch.Tensor: ...
+
+
 def _completion_text(c: Any) -> str:
     """TRL hands completions as text (standard format) or as a list of chat messages (conversational)."""
     if isinstance(c, str):
@@ -42,12 +78,21 @@ def _completion_text(c: Any) -> str:
 class TaskReward:
     """``r_task``: the task's strict scorer, so a reward is earned only for one clearly stated correct answer."""
 
+    name = "r_task"
+
     def __init__(self, task: Task):
         self.task = task
 
     def __call__(self, examples: Sequence[Example], responses: Sequence[str]) -> torch.Tensor:
         scores = self.task.score_batch(list(examples), list(responses))
         return torch.tensor([s.reward for s in scores], dtype=torch.float32)
+
+    def score(self, inputs: RewardInputs) -> torch.Tensor:
+        if len(inputs.examples) != len(inputs.completions):
+            raise DGError(
+                f"r_task: {len(inputs.examples)} examples for {len(inputs.completions)} completions, expected one each"
+            )
+        return self(inputs.examples, inputs.completions)
 
     def as_trl(self, answer_key: str = "answer") -> Callable[..., list[float]]:
         """TRL signature. The dataset's ``answer`` column (or ``answer_key``) arrives as a keyword list."""
@@ -125,6 +170,8 @@ class CalibrationReward:
         add_bos: passed to :func:`dg_core.traps.align.sequence_logprob` (None: the training layout).
         batch_size: sequences per scoring forward pass.
     """
+
+    name = "r_cal"
 
     def __init__(
         self,
@@ -251,6 +298,20 @@ class CalibrationReward:
         """r_cal per response (a detached tensor: the stop-gradient of the definition). ``finished``: whether each
         response ended (EOS) or was cut off at its budget; both sides then score the same (un)terminated text."""
         return self.reduce(self.per_proxy(prompts, responses, reference, finished)).detach()
+
+    def score(self, inputs: RewardInputs) -> torch.Tensor:
+        return self(inputs.prompts, inputs.completions, inputs.reference, inputs.finished)
+
+    def reference_matches_anchor(self, tokenizer: Any) -> bool:
+        """Whether π_ref's term can be summed from the KL anchor's pass of a policy sampled with ``tokenizer`` (at
+        temperature 1, adapter off): the reference is π₀, scored with that very tokenizer, EOS included where the
+        sample ended, in the training layout."""
+        return (
+            self.reference == "base"
+            and self.teacher_tokenizer is tokenizer
+            and self.append_eos
+            and self.add_bos is None
+        )
 
     def as_trl(self) -> Callable[..., list[float]]:
         """TRL signature; prompts arrive already formatted (TRL applies the chat template itself)."""

@@ -11,9 +11,11 @@ card.md), ``checkpoint/`` (resume state).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -80,6 +82,8 @@ class Config(CalibrationSettings):
             raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
         if not self.proxies:
             raise DGError("config field 'proxies': empty, expected at least one proxy model reference")
+        if self.engine == "native" and self.use_vllm:
+            raise DGError("config field 'use_vllm': vLLM rollouts run on engine trl, expected engine: trl")
 
 
 SETTINGS_FIELDS = tuple(f for f in CalibrationSettings.__dataclass_fields__)
@@ -180,6 +184,27 @@ def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any,
             log.warning("%s (teacher %s is zoo-sized: going on)", e, cfg.teacher)
 
 
+def resolve_engine(cfg: Config, world: int) -> str:
+    """``auto`` is trl where only trl runs (several processes, vLLM rollouts), else native (faster on CPU)."""
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "trl" if world > 1 or cfg.use_vllm else "native"
+    if world > 1 and engine != "trl":
+        raise DGError(f"calibrate: {world} processes need engine trl (the native loop runs in one process)")
+    if engine == "trl" and cfg.lora_r == 0:
+        raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
+    if cfg.use_vllm:
+        from dg_core.calibrate.trl_engine import require_vllm
+
+        require_vllm()
+    return engine
+
+
+def process_layout() -> tuple[int, int]:
+    """(WORLD_SIZE, RANK) of a stage started by ``accelerate launch``/torchrun; (1, 0) for a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
 def run(cfg: Config) -> dict:
     from dg_core.checkpoint import Checkpointer
     from dg_core.data import load_split, task_of, with_task_budget
@@ -191,13 +216,19 @@ def run(cfg: Config) -> dict:
     set_threads_from_env()
     t_all = time.perf_counter()
     out = cfg.output or default_output(cfg)
+    world, rank = process_layout()
+    cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg, world))  # the card and checkpoints name the real one
+    engine = cfg.engine
     task = task_of(cfg.dataset)
     train = load_split(cfg.dataset, cfg.train_split)
     held = load_split(cfg.dataset, cfg.eval_split)[: cfg.eval_n]
     if not held:
         raise DGError(f"{cfg.dataset}: split {cfg.eval_split!r} is empty, expected held-out examples")
     seed_everything(cfg.seed)
-    teacher, tok = load_model(cfg.teacher, device=cfg.device, dtype=cfg.dtype)
+    device = cfg.device
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per local rank
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    teacher, tok = load_model(cfg.teacher, device=device, dtype=cfg.dtype)
     device = next(teacher.parameters()).device
     proxies = []
     for ref in cfg.proxies:
@@ -231,15 +262,18 @@ def run(cfg: Config) -> dict:
     if before["greedy_accuracy"] <= 0:  # retention is undefined whatever training does: stop before training
         verdict = gate(before["greedy_accuracy"], 0.0, cfg.min_retention)
         log.warning("calibration stopped after the 'before' measurement: %s", verdict.reason)
-        return _publish_card(cfg, out, before, None, None, pf, verdict, t_all, t_measure)
+        return _publish_card(cfg, out, before, None, None, pf, verdict, t_all, t_measure, writer=rank == 0)
 
     policy, ref_model = make_policy(teacher, cfg)
     cal = CalibrationReward(policy, tok, proxies, **cal_kw)
-    metrics = stage_metrics("calibrate", cfg.run_id or None)
+    metrics = stage_metrics("calibrate", cfg.run_id or None) if rank == 0 else None
     ckpt = Checkpointer(
         store.join(out, "checkpoint"), cfg.checkpoint_every, config_hash=config_hash(cfg), resume=cfg.resume
     )
-    result = run_calibration(
+    loop = run_calibration
+    if engine == "trl":
+        from dg_core.calibrate.trl_engine import run_calibration_trl as loop
+    result = loop(
         policy,
         tok,
         task,
@@ -259,9 +293,10 @@ def run(cfg: Config) -> dict:
     t_measure += time.perf_counter() - t1
     log.info("teacher after calibration: %s", after)
     verdict = gate(before["greedy_accuracy"], after["greedy_accuracy"], cfg.min_retention, result.stopped_reason)
-    metrics.set("calibrate_retention", verdict.retention or 0.0)
-    metrics.set("calibrate_passed", 1.0 if verdict.passed else 0.0)
-    metrics.flush()
+    if metrics is not None:
+        metrics.set("calibrate_retention", verdict.retention or 0.0)
+        metrics.set("calibrate_passed", 1.0 if verdict.passed else 0.0)
+        metrics.flush()
 
     outputs: dict[str, str | None] = {"adapter": None, "model": None}
     from dg_core.calibrate.card import artifact_digest
@@ -272,7 +307,9 @@ def run(cfg: Config) -> dict:
         "teacher": cfg.teacher,
         "teacher_sha256": artifact_digest(cfg.teacher),
     }
-    if verdict.passed:
+    if verdict.passed and rank > 0:  # only rank 0 writes to the store
+        outputs = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
+    elif verdict.passed:
         from dg_core.calibrate.card import model_readme
 
         planned = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
@@ -287,7 +324,7 @@ def run(cfg: Config) -> dict:
         )
     else:
         log.warning("calibration failed the gate, nothing published but the card: %s", verdict.reason)
-    return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs)
+    return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs, writer=rank == 0)
 
 
 def _publish_card(
@@ -301,13 +338,17 @@ def _publish_card(
     t_all: float,
     t_measure: float,
     outputs: dict | None = None,
+    *,
+    writer: bool = True,
 ) -> dict:
-    """Write the calibration card (always) and return the stage summary; ``result`` None: nothing was trained."""
+    """Write the calibration card (always, by the ``writer``: rank 0) and return the stage summary; ``result``
+    None: nothing was trained."""
     outputs = outputs or {"adapter": None, "model": None}
     card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, outputs)
-    with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
-        write_card(card, tmp)
-        store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
+    if writer:
+        with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
+            write_card(card, tmp)
+            store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
     training = card["training"]
     return {
         "status": card["status"],
