@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from dg_core import __version__
+from dg_core.store import content_sha, is_store_uri
 
 #: The CPU image (lightweight components run here; `kfp.local` runs the same code in-process).
 IMAGE = f"ghcr.io/distillation-guards/dguard:{__version__}"
@@ -49,16 +50,6 @@ def setup(store_root: str) -> None:
         os.environ["DG_STORE_ROOT"] = store_root
 
 
-def is_store_uri(ref: str) -> bool:
-    return ref.startswith(("s3://", "file://"))
-
-
-def content_sha(uri: str) -> str:
-    from dg_core.publish import content_sha as sha
-
-    return sha(uri)
-
-
 def pin(ref: str) -> str:
     """A pinned reference for ``ref``: ``zoo:<name>`` is built into the store first; store URIs get their sha.
 
@@ -73,10 +64,10 @@ def pin(ref: str) -> str:
 
             raise DGError(f"{uri}: content sha256 is {have[:16]}..., the reference pins {want[:16]}...")
         return ref
-    if ref.startswith("zoo:"):
-        from dg_core.models import zoo
+    from dg_core.models.resolve import is_zoo, to_uri
 
-        ref = zoo.ensure(ref[4:])
+    if is_zoo(ref):
+        ref = to_uri(ref)
     elif not is_store_uri(ref):
         if ref.startswith("/"):
             from pathlib import Path

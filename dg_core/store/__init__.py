@@ -80,7 +80,7 @@ from dg_core.store.plain import (
 )
 from dg_core.store.s3 import S3Store
 from dg_core.store.settings import S3Settings
-from dg_core.store.uri import default_root, join, parse_uri
+from dg_core.store.uri import default_root, is_store_uri, join, parse_uri
 
 __all__ = [
     "FORMAT",
@@ -108,6 +108,7 @@ __all__ = [
     "import_plain",
     "is_plain_folder",
     "is_published",
+    "is_store_uri",
     "join",
     "list_artifacts",
     "list_model_folders",

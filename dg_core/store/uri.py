@@ -9,6 +9,13 @@ from urllib.parse import unquote, urlsplit
 
 from dg_core.errors import DGError, redact_url
 
+SCHEMES = ("s3://", "file://")
+
+
+def is_store_uri(ref: str) -> bool:
+    """Whether ``ref`` is written as a store URI (as opposed to a local path, a hub id or ``zoo:<name>``)."""
+    return str(ref).startswith(SCHEMES)
+
 
 def default_root() -> str:
     """Where stages publish unless told otherwise: ``$DG_STORE_ROOT`` or ``file://$PWD/.dg/store``."""
