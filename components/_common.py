@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from dg_core import __version__
+from dg_core.stages import run_stage  # noqa: F401 (what every component calls)
 from dg_core.store import content_sha, is_store_uri
 
 #: The CPU image (lightweight components run here; `kfp.local` runs the same code in-process).
@@ -100,18 +101,6 @@ def output_uri(store_root: str, stage: str, inputs: dict[str, Any]) -> str:
 
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return store.join(store_root or store.default_root(), "runs", stage, key)
-
-
-def run_stage(name: str, params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build stage ``name``'s Config from ``params`` (+ free-form ``extra`` overrides) and run it."""
-    from dg_core.cli import _redact
-    from dg_core.config import from_dict
-    from dg_core.stages import get_stage
-
-    mod = get_stage(name).load()
-    cfg = from_dict(mod.Config, {**params, **(extra or {})})
-    log.info("%s config: %s", name, json.dumps(_redact(cfg.to_dict()), default=str, sort_keys=True))
-    return mod.run(cfg)
 
 
 def write_ref(artifact: Any, uri: str, **metadata: Any) -> str:

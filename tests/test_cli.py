@@ -55,9 +55,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
 
 def test_secrets_are_redacted_but_token_counts_are_not():
-    from dg_core.cli import _redact
+    from dg_core.errors import redact
 
-    out = _redact(
+    out = redact(
         {
             "max_new_tokens": 64,
             "auth_token": "abc",
