@@ -18,13 +18,13 @@ and by the pipeline definitions; it imports neither kfp nor torch at module leve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from typing import Any
 
 from dg_core import __version__
+from dg_core.stages import output_uri as _output_uri
 from dg_core.stages import run_stage  # noqa: F401 (what every component calls)
 from dg_core.store import content_sha, is_store_uri
 
@@ -96,11 +96,8 @@ def uri_of(ref: str) -> str:
 
 
 def output_uri(store_root: str, stage: str, inputs: dict[str, Any]) -> str:
-    """Where a stage publishes: addressed by its inputs, so a rerun with the same inputs lands in the same place."""
-    from dg_core import store
-
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return store.join(store_root or store.default_root(), "runs", stage, key)
+    """Where a component's stage publishes: ``<store_root>/runs/<stage>/<key>`` (:func:`dg_core.stages.output_uri`)."""
+    return _output_uri(f"runs/{stage}", inputs, root=store_root or None)
 
 
 def write_ref(artifact: Any, uri: str, **metadata: Any) -> str:

@@ -6,6 +6,7 @@ The returned dict is the stage's summary: the CLI prints it as JSON, components 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from dg_core import store
 from dg_core.config import from_dict, load_config, merge_overrides
 from dg_core.errors import DGError, redact
 
@@ -94,3 +96,16 @@ def run_stage(
         cfg = from_dict(mod.Config, merge_overrides(dict(values), overrides))
     log.info("%s config: %s", name, json.dumps(redact(cfg.to_dict()), default=str, sort_keys=True))
     return mod.run(cfg)
+
+
+def output_uri(kind: str, params: Mapping[str, Any], *, root: str | None = None, label: str = "") -> str:
+    """Where a stage publishes unless told: ``<root>/<kind>/[<label>-]<key>``, the one naming scheme.
+
+    ``key`` is a short hash of ``kind`` and ``params``, so the same inputs land in the same place (a restarted
+    stage finds its checkpoint, a finished one its result, KFP reruns overwrite nothing else) and different
+    inputs never collide. ``label`` is a readable prefix (calibrate: ``<teacher>-eta<eta>``); components name
+    their kind ``runs/<stage>``; ``root`` defaults to :func:`dg_core.store.default_root`.
+    """
+    body = json.dumps({"kind": kind, **params}, sort_keys=True, default=str)
+    key = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return store.join(root or store.default_root(), kind, f"{label}-{key}" if label else key)
