@@ -15,7 +15,8 @@ from servers import use_s3
 
 from dg_core import publish, store
 from dg_core.errors import DGError
-from dg_core.models.io import load_tokenizer, resolve_model_dir
+from dg_core.models.io import load_tokenizer
+from dg_core.models.resolve import resolve_model_dir
 
 
 @pytest.fixture(params=["file", "moto"])
