@@ -41,6 +41,7 @@ def calibrate(
 
     from components._common import (
         PIN,
+        content_sha,
         log_metrics,
         output_uri,
         run_stage,
@@ -51,7 +52,6 @@ def calibrate(
     )
     from dg_core import store
     from dg_core.errors import DGError
-    from dg_core.store import content_sha
 
     setup(store_root)
     out = namedtuple("Calibrated", ["Output", "calibration"])
