@@ -18,13 +18,15 @@ and by the pipeline definitions; it imports neither kfp nor torch at module leve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from typing import Any
 
 from dg_core import __version__
+from dg_core.stages import output_uri as _output_uri
+from dg_core.stages import run_stage  # noqa: F401 (what every component calls)
+from dg_core.store import content_sha, is_store_uri
 
 #: The CPU image (lightweight components run here; `kfp.local` runs the same code in-process).
 IMAGE = f"ghcr.io/distillation-guards/dguard:{__version__}"
@@ -49,16 +51,6 @@ def setup(store_root: str) -> None:
         os.environ["DG_STORE_ROOT"] = store_root
 
 
-def is_store_uri(ref: str) -> bool:
-    return ref.startswith(("s3://", "file://"))
-
-
-def content_sha(uri: str) -> str:
-    from dg_core.publish import content_sha as sha
-
-    return sha(uri)
-
-
 def pin(ref: str) -> str:
     """A pinned reference for ``ref``: ``zoo:<name>`` is built into the store first; store URIs get their sha.
 
@@ -73,10 +65,10 @@ def pin(ref: str) -> str:
 
             raise DGError(f"{uri}: content sha256 is {have[:16]}..., the reference pins {want[:16]}...")
         return ref
-    if ref.startswith("zoo:"):
-        from dg_core.models import zoo
+    from dg_core.models.resolve import is_zoo, to_uri
 
-        ref = zoo.ensure(ref[4:])
+    if is_zoo(ref):
+        ref = to_uri(ref)
     elif not is_store_uri(ref):
         if ref.startswith("/"):
             from pathlib import Path
@@ -104,23 +96,8 @@ def uri_of(ref: str) -> str:
 
 
 def output_uri(store_root: str, stage: str, inputs: dict[str, Any]) -> str:
-    """Where a stage publishes: addressed by its inputs, so a rerun with the same inputs lands in the same place."""
-    from dg_core import store
-
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return store.join(store_root or store.default_root(), "runs", stage, key)
-
-
-def run_stage(name: str, params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build stage ``name``'s Config from ``params`` (+ free-form ``extra`` overrides) and run it."""
-    from dg_core.cli import _redact
-    from dg_core.config import from_dict
-    from dg_core.stages import get_stage
-
-    mod = get_stage(name).load()
-    cfg = from_dict(mod.Config, {**params, **(extra or {})})
-    log.info("%s config: %s", name, json.dumps(_redact(cfg.to_dict()), default=str, sort_keys=True))
-    return mod.run(cfg)
+    """Where a component's stage publishes: ``<store_root>/runs/<stage>/<key>`` (:func:`dg_core.stages.output_uri`)."""
+    return _output_uri(f"runs/{stage}", inputs, root=store_root or None)
 
 
 def write_ref(artifact: Any, uri: str, **metadata: Any) -> str:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from dg_core.errors import DGError
-from dg_core.stages import STAGES, get_stage
+from dg_core.stages import STAGES, get_stage, run_stage
 
 log = logging.getLogger("dguard")
 
@@ -38,26 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-_SECRET_WORDS = {"secret", "password", "passwd", "token", "credential", "credentials", "apikey"}
-
-
-def _is_secret_key(key: str) -> bool:
-    """`auth_token`, `secret_key`, `api_key` are secrets; `max_new_tokens` is not (whole words only)."""
-    words = key.lower().replace("-", "_").split("_")
-    return bool(_SECRET_WORDS & set(words)) or ("key" in words and ({"access", "api", "private"} & set(words)))
-
-
-def _redact(d: dict) -> dict:
-    """Never log secrets, whatever field they arrive in."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out[k] = _redact(v)
-        else:
-            out[k] = "***" if v and _is_secret_key(k) else v
-    return out
-
-
 def _stage_help(name: str) -> str:
     from dg_core.config import StageConfig
 
@@ -69,17 +49,6 @@ def _stage_help(name: str) -> str:
         if help_:
             lines.append(f"      {help_}")
     return "\n".join(lines)
-
-
-def run_stage(name: str, config_path: str | None, overrides: Sequence[str]) -> dict:
-    """Resolve a stage's config and run it; what the CLI and the KFP components both call."""
-    from dg_core.config import load_config
-
-    stage = get_stage(name)
-    mod = stage.load()
-    cfg = load_config(mod.Config, config_path, overrides, section=name)
-    log.info("%s config: %s", name, json.dumps(_redact(cfg.to_dict()), default=str, sort_keys=True))
-    return mod.run(cfg)
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -179,7 +148,7 @@ def _main(argv: list[str]) -> int:
         if sargs.help:
             print(_stage_help(verb))
             return 0
-        summary = run_stage(verb, sargs.config, sargs.overrides)
+        summary = run_stage(verb, overrides=sargs.overrides, config_path=sargs.config)
         if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun, rank 0 speaks for the run
             print(json.dumps(summary, indent=2, default=str, sort_keys=True))
         return 0

@@ -7,6 +7,8 @@ without a traceback and exits non-zero. Anything else escaping a stage is a bug.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # scheme://user:password@host or scheme://token@host (any scheme, even a bad one the user mistyped)
 _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s'\"]*@)")  # up to the last @
@@ -29,6 +31,26 @@ def redact_url(text: str) -> str:
     text = _USERINFO_RE.sub(lambda m: m["scheme"] + "***@", text)
     text = _BARE_USERINFO_RE.sub("***@", text)
     return _QUERY_SECRET_RE.sub(lambda m: m["key"] + "***", text)
+
+
+_SECRET_WORDS = {"secret", "password", "passwd", "token", "credential", "credentials", "apikey"}
+
+
+def _is_secret_key(key: str) -> bool:
+    """`auth_token`, `secret_key`, `api_key` are secrets; `max_new_tokens` is not (whole words only)."""
+    words = key.lower().replace("-", "_").split("_")
+    return bool(_SECRET_WORDS & set(words)) or ("key" in words and ({"access", "api", "private"} & set(words)))
+
+
+def redact(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` with the value of every secret-named field masked: a config is logged only through this."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = redact(v)
+        else:
+            out[k] = "***" if v and _is_secret_key(k) else v
+    return out
 
 
 class DGError(Exception):

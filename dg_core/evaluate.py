@@ -212,11 +212,11 @@ def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[
 def run(cfg: Config) -> dict:
     """Evaluate and publish ``eval.json`` + ``samples.jsonl``; returns the headline figures and the URI."""
     set_threads_from_env()
-    from dg_core.distill.common import output_uris
+    from dg_core.stages import output_uri
 
     cfg = with_task_budget(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}
-    out, _ = output_uris("evals", cfg.output, params)
+    out = cfg.output or output_uri("evals", params)
     res = evaluate_ref(cfg)
     rows = res.pop("_rows")
     record = {**cfg.label, "accuracy": res["accuracy"], "n": res["n"], "uri": cfg.model}

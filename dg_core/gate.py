@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
 from dg_core.knob import DIRECTIONS, DISTILLABLE, UNDISTILLABLE, check_direction, worst_attack
@@ -218,25 +219,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_sha(uri: str) -> str:
-    """sha256 of a published artifact's manifest: identifies exactly which model the gate judged."""
-    from dg_core import store
-
-    manifest = store.read_manifest(uri)
-    return files_sha(manifest.get("files", manifest))
-
-
-def files_sha(files: dict[str, Any]) -> str:
-    """sha256 of a manifest's file list (path -> sha256, size): the identity the gate pins."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-
-
 def read_result(uri: str) -> dict[str, Any]:
     """A published gate decision (``gate.json`` of the artifact at ``uri``)."""
-    from dg_core import store
-
     path = Path(store.fetch(uri)) / GATE_FILE
     if not path.is_file():
         raise DGError(f"{uri}: no {GATE_FILE}, expected an artifact written by `dguard gate`")
@@ -261,10 +245,8 @@ def run(cfg: Config) -> dict[str, Any]:
         min_seeds=cfg.min_seeds,
     )
     if cfg.model:
-        result["model"] = {"uri": cfg.model, "sha256": model_sha(cfg.model)}
+        result["model"] = {"uri": cfg.model, "sha256": store.content_sha(cfg.model)}
     if cfg.output:
-        from dg_core import store
-
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / GATE_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
             (Path(tmp) / "gate.md").write_text(to_markdown(result))

@@ -32,7 +32,8 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
-from dg_core.gate import files_sha, model_sha, read_result
+from dg_core.gate import read_result
+from dg_core.store import PLAIN, content_sha
 
 log = logging.getLogger("dguard.publish")
 
@@ -81,17 +82,6 @@ def twin_uri(release_uri: str, releases_prefix: str, hardened_prefix: str) -> st
     if not rel:
         raise DGError(f"release {release_uri}: not under releases prefix {releases_prefix}")
     return store.join(_canon(hardened_prefix), rel)
-
-
-PLAIN = "listing:"  # prefix of a plain folder's identity (see store.listing_sha)
-
-
-def content_sha(uri: str) -> str:
-    """Identity of a release's content: the sha256 of its manifest's file list, or, for a plain Hugging Face
-    folder synced into the bucket without a manifest, ``listing:<sha256 of names, sizes and ETags>``."""
-    if store.is_plain_folder(uri):
-        return PLAIN + store.listing_sha(uri)
-    return model_sha(uri)
 
 
 def list_releases(releases_prefix: str, hardened_prefix: str) -> list[str]:
@@ -269,7 +259,7 @@ def run(cfg: Config) -> dict[str, Any]:
         raise DGError(f"gate {cfg.gate} did not pass, nothing published: {'; '.join(gate.get('reasons', []))}")
     manifest = store.read_manifest(cfg.model)
     pinned: dict[str, dict[str, Any]] = manifest["files"]
-    sha = files_sha(pinned)
+    sha = store.files_sha(pinned)
     judged = (gate.get("model") or {}).get("sha256")
     if not judged:
         raise DGError(f"gate {cfg.gate} does not name the model it judged: run `dguard gate` with model=<uri>")

@@ -377,9 +377,9 @@ def build(cfg: Config) -> dict[str, Any]:
 
 
 def run(cfg: Config) -> dict:
-    from dg_core.distill.common import output_uris
+    from dg_core.stages import output_uri
 
-    out, _ = output_uris("reports", cfg.output, asdict(cfg) | {"output": ""})
+    out = cfg.output or output_uri("reports", asdict(cfg) | {"output": ""})
     rep = build(cfg)
     with tempfile.TemporaryDirectory(prefix="dg-report-") as tmp:
         (Path(tmp) / "report.md").write_text(rep["markdown"])

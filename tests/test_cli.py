@@ -55,9 +55,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
 
 def test_secrets_are_redacted_but_token_counts_are_not():
-    from dg_core.cli import _redact
+    from dg_core.errors import redact
 
-    out = _redact(
+    out = redact(
         {
             "max_new_tokens": 64,
             "auth_token": "abc",
@@ -101,7 +101,7 @@ def test_non_finite_numbers_exit_2_with_one_line(capsys):
 def proxy_dir(tmp_path_factory):
     """A saved zoo model folder (the proxy: the smallest) to break in different ways."""
     from dg_core import store
-    from dg_core.models.io import resolve_model_dir
+    from dg_core.models.resolve import resolve_model_dir
 
     root = tmp_path_factory.mktemp("store")
     mp = pytest.MonkeyPatch()

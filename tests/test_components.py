@@ -14,7 +14,7 @@ from components.publish.component import publish
 from components.releases.component import list_releases
 from dg_core import store
 from dg_core.errors import DGError
-from dg_core.publish import content_sha
+from dg_core.store import content_sha
 
 # kfp.local warns about any image without "python" in its name; ours is a Python image.
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")

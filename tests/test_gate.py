@@ -136,7 +136,7 @@ def test_run_publishes_decision_bound_to_the_model(tmp_path):
     assert r["passed"] and r["uri"] == out
     back = gate.read_result(out)
     assert back["passed"] is True and back["model"]["uri"] == model
-    assert back["model"]["sha256"] == gate.model_sha(model)
+    assert back["model"]["sha256"] == store.content_sha(model)
     md = (store.fetch(out) / "gate.md").read_text()
     assert "Release gate: PASSED" in md and "| student-gpt2/sft |" in md
 

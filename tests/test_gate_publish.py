@@ -72,12 +72,12 @@ def test_publish_twin_with_card_after_passed_gate(tmp_path, root):
     assert (d / "model.safetensors").read_bytes() == b"calibrated"
     c = json.loads((d / publish.CARD_JSON).read_text())
     assert c["calibration"] == {"eta": -1.0, "beta": 0.05}
-    assert c["release"] == {"uri": release, "sha256": publish.content_sha(release)}
-    assert c["model"]["sha256"] == gate.model_sha(model) and c["gate"]["passed"] is True
+    assert c["release"] == {"uri": release, "sha256": store.content_sha(release)}
+    assert c["model"]["sha256"] == store.content_sha(model) and c["gate"]["passed"] is True
     md = (d / publish.CARD_MD).read_text()
     assert "eta = -1.0" in md and "Release gate: PASSED" in md
     meta = store.read_manifest(twin)["metadata"]
-    assert meta["release_sha256"] == publish.content_sha(release) and meta["kind"] == "hardened-model"
+    assert meta["release_sha256"] == store.content_sha(release) and meta["kind"] == "hardened-model"
     # the release itself is untouched
     assert (store.fetch(release) / "model.safetensors").read_bytes() == b"original"
 

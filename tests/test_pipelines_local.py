@@ -80,7 +80,7 @@ def test_calibrate_pipeline_end_to_end(trained, tmp_path, capsys, monkeypatch):
     assert any("teacher retention" in r and "< 2.0" in r for r in decision["reasons"])
     assert set(decision["attacks"]) == {"student-llama/sft"}
     (cal_model,) = [u for u in store.list_artifacts(store.join(root, "calibrate")) if u.endswith("/model")]
-    assert decision["model"] == {"uri": cal_model, "sha256": gate.model_sha(cal_model)}
+    assert decision["model"] == {"uri": cal_model, "sha256": store.content_sha(cal_model)}
     card = json.loads((store.fetch(cal_model.rsplit("/", 1)[0] + "/card") / "card.json").read_text())
     assert card["status"] == "passed" and card["settings"]["eta"] == -1.0
 
@@ -104,7 +104,7 @@ def test_reharden_twice_second_run_is_a_no_op(trained, tmp_path, capsys, monkeyp
     twin = store.join(root, "hardened", "team", "llm-a")
     assert f"hardened model: {twin}" in first
     meta = store.read_manifest(twin)["metadata"]
-    assert meta["kind"] == "hardened-model" and meta["release_sha256"] == gate.model_sha(release)
+    assert meta["kind"] == "hardened-model" and meta["release_sha256"] == store.content_sha(release)
     card = json.loads((store.fetch(twin) / "calibration_card.json").read_text())
     assert card["gate"]["passed"] is True and card["release"]["uri"] == release
     assert card["calibration"]["settings"]["eta"] == -1.0  # the calibration card travelled with the model

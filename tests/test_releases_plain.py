@@ -15,7 +15,8 @@ from servers import use_s3
 
 from dg_core import publish, store
 from dg_core.errors import DGError
-from dg_core.models.io import load_tokenizer, resolve_model_dir
+from dg_core.models.io import load_tokenizer
+from dg_core.models.resolve import resolve_model_dir
 
 
 @pytest.fixture(params=["file", "moto"])
@@ -58,7 +59,7 @@ def test_plain_release_is_pending_until_hardened_and_again_when_changed(root, mo
     pending = publish.pending_releases(rel, hard)
     assert [p["name"] for p in pending] == ["team/llm-a"]  # today: [] ("nothing new to harden" forever)
     sha = pending[0]["sha256"]
-    assert sha.startswith(publish.PLAIN) and sha == publish.content_sha(store.join(rel, "team/llm-a"))
+    assert sha.startswith(store.PLAIN) and sha == store.content_sha(store.join(rel, "team/llm-a"))
 
     # a twin that records this identity makes it up to date
     twin_src = tmp_path / "twin"
@@ -100,7 +101,7 @@ def test_plain_folder_is_read_by_loaders_and_pinned_by_import(root, model_files,
 
     pinned = pin(uri)
     imported, sha = pinned.split(PIN, 1)
-    assert imported != uri and store.is_published(imported) and sha == publish.content_sha(imported)
+    assert imported != uri and store.is_published(imported) and sha == store.content_sha(imported)
     files = store.read_manifest(imported)["files"]
     assert set(files) == set(model_files)
     assert pin(uri) == pinned  # unchanged folder: the same import is reused

@@ -195,12 +195,12 @@ _KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from dg_core import store
+    from dg_core.store import base, manifest
     point, src, uri = sys.argv[1:4]
     if point == "before-manifest":
-        real = store._manifest_bytes
         def die(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
-        store._manifest_bytes = die
+        manifest.manifest_bytes = die
     else:  # mid-payload: die once part of the payload has been written
         calls = []
         def wrap(fn):
@@ -210,7 +210,7 @@ _KILLER = textwrap.dedent(
                     os.kill(os.getpid(), signal.SIGKILL)
                 return fn(*a, **k)
             return inner
-        store._copy_hashed = wrap(store._copy_hashed)
+        base.copy_hashed = wrap(base.copy_hashed)
         store.S3Store.put_file = wrap(store.S3Store.put_file)
     store.publish(src, uri)
     print("publish finished", flush=True)
@@ -627,14 +627,15 @@ _PAUSED_WRITER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from dg_core import store
+    from dg_core.store import base
     src, uri, flag = sys.argv[1:4]
-    real = store._copy_hashed
+    real = base.copy_hashed
     def slow(a, b):
         out = real(a, b)
         Path(flag).touch()  # part of the payload is written: the test may look now
         time.sleep(60)
         return out
-    store._copy_hashed = slow
+    base.copy_hashed = slow
     store.publish(src, uri)
     """
 )
@@ -687,11 +688,13 @@ def test_local_publish_in_flight_killed_and_failed(clean_env, tmp_path, monkeypa
             raise OSError(28, "No space left on device")
         return real(a, b)
 
-    real = store._copy_hashed
-    monkeypatch.setattr(store, "_copy_hashed", failing)
+    from dg_core.store import base
+
+    real = base.copy_hashed
+    monkeypatch.setattr(base, "copy_hashed", failing)
     with pytest.raises(DGError, match="No space left on device"):
         store.publish(src2, old)
-    monkeypatch.setattr(store, "_copy_hashed", real)
+    monkeypatch.setattr(base, "copy_hashed", real)
 
     # The next publishes sweep what the killed writers left; nothing but the current versions remains.
     for uri in (old, fresh):

@@ -7,7 +7,6 @@ publish`` copies it next to a released model (it reads ``card.json`` / ``card.md
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -20,39 +19,24 @@ CARD_MD = "card.md"
 
 
 def artifact_digest(ref: str) -> str | None:
-    """A content digest of a model or dataset: sha256 over its files' sha256 digests. A published artifact's come
-    from its manifest, a ``zoo:`` member's from its store artifact, a local directory's are computed from its
-    files, so the same files give the same digest wherever they live (None for a hub id or unpublished URI)."""
+    """The content identity of a model or dataset (:func:`dg_core.store.files_sha`): a published artifact's
+    from its manifest, a ``zoo:`` member's from its store artifact, a local directory's from its files hashed
+    now, so the same files give the same digest wherever they live (None for a hub id or unpublished URI)."""
     from pathlib import Path
 
     from dg_core import store
+    from dg_core.models.resolve import to_uri
 
-    if ref.startswith("zoo:"):
-        from dg_core.models.zoo import ensure
-
-        ref = ensure(ref[4:])
     try:
-        if ref.startswith(("s3://", "file://")):
-            if not store.is_published(ref):
-                return None
-            files = store.read_manifest(ref).get("files", {})
-            digests = {k: v.get("sha256") for k, v in files.items()}
-        else:
-            d = Path(ref).expanduser()
-            if not d.is_dir():
-                return None
-            digests = {}
-            for p in sorted(d.rglob("*")):
-                if p.is_file() and not p.is_symlink() and p.name != store.MANIFEST:
-                    h = hashlib.sha256()
-                    with open(p, "rb") as f:
-                        for block in iter(lambda f=f: f.read(1 << 20), b""):
-                            h.update(block)
-                    digests[p.relative_to(d).as_posix()] = h.hexdigest()
+        ref = to_uri(ref)
+        d = Path(ref).expanduser()
+        if store.is_store_uri(ref) or (d / store.MANIFEST).is_file():
+            return store.content_sha(ref) if store.is_published(ref) else None
+        if not d.is_dir():
+            return None
+        return store.files_sha(store.build_manifest(d)["files"])
     except Exception:  # provenance is best effort: the reference alone is still recorded
         return None
-    body = json.dumps(dict(sorted(digests.items())), sort_keys=True).encode()
-    return hashlib.sha256(body).hexdigest()
 
 
 def _clean(x: Any) -> Any:

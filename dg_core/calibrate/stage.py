@@ -12,8 +12,6 @@ card.md), ``checkpoint/`` (resume state).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -37,6 +35,7 @@ from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.checkpoint import config_hash, resume_option
 from dg_core.config import option
 from dg_core.errors import DGError
+from dg_core.stages import output_uri
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +102,9 @@ def settings_of(cfg: Config) -> dict[str, Any]:
 
 
 def default_output(cfg: Config) -> str:
-    body = json.dumps({"teacher": cfg.teacher, "dataset": cfg.dataset, **settings_of(cfg)}, sort_keys=True)
-    h = hashlib.sha256(body.encode()).hexdigest()[:10]
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in cfg.teacher.split("/")[-1]) or "teacher"
-    return store.join(store.default_root(), "calibrate", f"{name}-eta{cfg.eta:+g}-{h}")
+    params = {"teacher": cfg.teacher, "dataset": cfg.dataset, **settings_of(cfg)}
+    return output_uri("calibrate", params, label=f"{name}-eta{cfg.eta:+g}")
 
 
 def measure_teacher(

@@ -112,7 +112,7 @@ class RewardModelScorer:
             return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from dg_core.models.io import resolve_model_dir
+        from dg_core.models.resolve import resolve_model_dir
 
         d = resolve_model_dir(self.model_ref)
         try:

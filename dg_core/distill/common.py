@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from dg_core import store
 from dg_core.distill.trainer import TrainSettings, prepare_model
 from dg_core.errors import DGError
-
-
-def run_key(kind: str, params: dict[str, Any]) -> str:
-    """A short content hash of a stage's parameters: same config -> same output and checkpoint URIs, so a
-    restarted stage finds its checkpoint and a finished one its result."""
-    body = json.dumps({"kind": kind, **params}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+from dg_core.stages import output_uri
 
 
 def clean(summary: dict[str, Any]) -> dict[str, Any]:
@@ -29,8 +20,7 @@ def clean(summary: dict[str, Any]) -> dict[str, Any]:
 
 def output_uris(kind: str, output: str, params: dict[str, Any]) -> tuple[str, str]:
     """(model URI, checkpoint URI): the given output (default ``<root>/<kind>/<key>``) and its sibling."""
-    key = run_key(kind, params)
-    out = output or store.join(store.default_root(), kind, key)
+    out = output or output_uri(kind, params)
     return out, out.rstrip("/") + ".ckpt"
 
 

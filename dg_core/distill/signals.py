@@ -31,6 +31,7 @@ from dg_core import store
 from dg_core.data import Example, load_split, task_of
 from dg_core.errors import DGError
 from dg_core.generate import generate_tokens, pack
+from dg_core.models.resolve import identity
 
 log = logging.getLogger(__name__)
 FORMAT = "dguard-signals/1"
@@ -90,38 +91,17 @@ class Signals:
         return bool(self.rows) and self.rows[0].topk_ids is not None
 
 
-def model_fingerprint(ref: str) -> str:
-    """A stable identity for a model reference: the sha256 of its published manifest's file list when it
-    lives in the store (so a re-published model gets new signals), else the reference itself."""
-    if ref.startswith("zoo:"):
-        from dg_core.models.zoo import ensure
-
-        ref = ensure(ref[4:])
-    if ref.startswith(("s3://", "file://")) or (Path(ref) / store.MANIFEST).is_file():
-        files = store.read_manifest(ref).get("files", {})
-        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-    p = Path(ref)
-    if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p.glob("*.safetensors")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:16]
-    return hashlib.sha256(ref.encode()).hexdigest()[:16]
-
-
 def signals_key(spec: SignalSpec) -> str:
     body = asdict(spec)  # batch_size included: sampling seeds are per generation batch
-    body["teacher"] = model_fingerprint(spec.teacher)
+    body["teacher"] = identity(spec.teacher)  # the content sha: agrees with the gate's pin
     body["dataset"] = _dataset_fingerprint(spec.dataset)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _dataset_fingerprint(uri: str) -> str:
     try:
-        if uri.startswith(("s3://", "file://")) and store.is_published(uri):
-            files = store.read_manifest(uri).get("files", {})
-            return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        if store.is_store_uri(uri) and store.is_published(uri):
+            return store.content_sha(uri)
     except DGError:
         pass
     from dg_core.data.artifact import local_dir

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,40 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from dg_core import store
 from dg_core.errors import DGError
+from dg_core.models.resolve import resolve_model_dir
 from dg_core.utils import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
-
-
-def _is_uri(ref: str) -> bool:
-    return ref.startswith(("s3://", "file://"))
-
-
-def resolve_model_dir(ref: str) -> Path:
-    """A verified local directory holding the model named by `ref` (building zoo members on first use)."""
-    if not ref:
-        raise DGError("model reference is empty: expected a store URI, a local directory, zoo:<name> or a hub id")
-    if ref.startswith("zoo:"):
-        from dg_core.models.zoo import ensure
-
-        ref = ensure(ref[4:])
-    if _is_uri(ref):
-        return store.fetch_folder(ref)  # a published artifact, or a plain HF folder synced into the bucket
-    p = Path(ref).expanduser()
-    if (p / store.MANIFEST).is_file():  # a published artifact named by its path: verified, current version
-        return store.fetch(str(p))
-    if p.is_dir():
-        return p
-    if p.exists() or ref.startswith((".", "/")) or os.sep in ref.strip("/").split("/", 1)[0]:
-        raise DGError(f"model path {ref!r} is not a directory: expected a saved model directory")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DGError(
-            f"model {ref!r} not found: expected a store URI (s3://, file://), a local directory or zoo:<name>; "
-            "hub downloads are disabled (HF_HUB_OFFLINE=1)"
-        )
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")

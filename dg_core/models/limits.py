@@ -133,7 +133,7 @@ def _parameters_in(d: Any) -> int:
 def is_real_model(model: Any) -> bool:
     """Whether ``model`` (a module, or a model reference) is a real checkpoint (≥ 20M parameters), not a zoo toy."""
     if isinstance(model, str):
-        from dg_core.models.io import resolve_model_dir
+        from dg_core.models.resolve import resolve_model_dir
 
         return _parameters_in(resolve_model_dir(model)) >= REAL_MODEL_MIN_PARAMS
     return sum(p.numel() for p in model.parameters()) >= REAL_MODEL_MIN_PARAMS

@@ -49,7 +49,6 @@ wrong-trace preference, and the number of flags.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -63,6 +62,7 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
+from dg_core.stages import output_uri
 
 log = logging.getLogger(__name__)
 SCHEMA = "dg.diagnose/v1"
@@ -156,11 +156,6 @@ def _clean(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
-
-
-def _key(cfg: Config) -> str:
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _flag(cond_why: list[str]) -> dict[str, Any]:
@@ -578,7 +573,8 @@ def run(cfg: Config) -> dict:
     cfg = with_task_budget(cfg)
     set_threads_from_env()
     seed_everything(cfg.seed)
-    out = cfg.output or store.join(store.default_root(), "diagnose", _key(cfg))
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}
+    out = cfg.output or output_uri("diagnose", params)
     task = task_of(cfg.dataset)
     examples = load_split(cfg.dataset, cfg.split)[: cfg.n_examples]
     if not examples:
