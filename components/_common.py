@@ -111,8 +111,18 @@ def output_uri(store_root: str, stage: str, inputs: dict[str, Any]) -> str:
     return store.join(store_root or store.default_root(), "runs", stage, key)
 
 
-def run_stage(name: str, params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build stage ``name``'s Config from ``params`` (+ free-form ``extra`` overrides) and run it."""
+def run_stage(
+    name: str,
+    params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    num_processes: int = 1,
+    strategy: str = "ddp",
+) -> dict[str, Any]:
+    """Build stage ``name``'s Config from ``params`` (+ free-form ``extra`` overrides) and run it.
+
+    With ``num_processes > 1`` (a task holding several GPUs) the stage runs in that many processes under
+    ``accelerate launch`` with the packaged ``strategy`` config (dg_core.launch); rank 0's summary is returned.
+    """
     from dg_core.cli import _redact
     from dg_core.config import from_dict
     from dg_core.stages import get_stage
@@ -120,6 +130,10 @@ def run_stage(name: str, params: dict[str, Any], extra: dict[str, Any] | None = 
     mod = get_stage(name).load()
     cfg = from_dict(mod.Config, {**params, **(extra or {})})
     log.info("%s config: %s", name, json.dumps(_redact(cfg.to_dict()), default=str, sort_keys=True))
+    if num_processes > 1:
+        from dg_core import launch
+
+        return launch.run_stage(name, cfg.to_dict(), num_processes, strategy=strategy)
     return mod.run(cfg)
 
 

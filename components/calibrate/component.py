@@ -23,6 +23,8 @@ def calibrate(
     model: Output[Model],
     card: Output[Markdown],
     metrics: Output[Metrics],
+    num_processes: int = 1,
+    launch_strategy: str = "ddp",
 ) -> NamedTuple("Calibrated", [("Output", str), ("calibration", str)]):
     """RFT calibration of the teacher: the distillability knob.
 
@@ -33,6 +35,9 @@ def calibrate(
     Outputs: `Output`, the pinned calibrated model, or "" when calibration refused the teacher (its pre-flight
     soundness check or its retention check; the pipeline then records why instead of attacking it), and
     `calibration`, the pinned calibration card. Other bad input fails the task with one line.
+
+    `num_processes` > 1 runs the stage in that many processes (one per GPU of the task) under `accelerate launch`
+    with the packaged `launch_strategy` config (ddp, fsdp or zero3); the pipelines pass `accelerator_count`.
     """
     import json
     import tempfile
@@ -68,7 +73,7 @@ def calibrate(
         "progress": False,
     }
     try:
-        summary = run_stage("calibrate", params, options)
+        summary = run_stage("calibrate", params, options, num_processes, launch_strategy)
     except DGError as e:
         if not str(e).startswith("pre-flight"):
             raise

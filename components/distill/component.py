@@ -23,12 +23,17 @@ def distill(
     store_root: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    num_processes: int = 1,
+    launch_strategy: str = "ddp",
 ) -> str:
     """Distill a probe student from a teacher (the attack): sft, kd, gkd or xtok, for `steps` optimizer steps.
 
     `reinit` re-initialises the student's weights from `seed` (independent random-init probe students). Teacher
     samples are generated once per teacher and shared by every student. `options` takes any further
     field of `dguard distill` (e.g. {"kind": "reverse", "lora": true}). Returns the pinned student reference.
+
+    `num_processes` > 1 runs the stage in that many processes (one per GPU of the task) under `accelerate launch`
+    with the packaged `launch_strategy` config (ddp, fsdp or zero3); the pipelines pass `accelerator_count`.
     """
     from components._common import log_metrics, run_stage, setup, unpin, write_ref
 
@@ -47,6 +52,6 @@ def distill(
         "lr": lr,
         "limit": limit,
     }
-    result = run_stage("distill", params, options)
+    result = run_stage("distill", params, options, num_processes, launch_strategy)
     log_metrics(metrics, {k: v for k, v in result.items() if k != "model"})
     return write_ref(model, result["model"], method=method, seed=seed, teacher=teacher, reused=result.get("reused"))
