@@ -550,7 +550,9 @@ def test_runs_service_account_is_created_with_irsa_or_workload_identity_annotati
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
     # off by default: the chart leaves an existing account (e.g. default-editor) alone
-    assert [d["metadata"]["name"] for d in by_kind(render(helm, *CREDS), "ServiceAccount")] == ["rel-distillation-guards"]
+    assert [d["metadata"]["name"] for d in by_kind(render(helm, *CREDS), "ServiceAccount")] == [
+        "rel-distillation-guards"
+    ]
 
 
 def test_runs_service_account_refuses_missing_name_identity_or_a_bad_arn(helm: Path) -> None:

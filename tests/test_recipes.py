@@ -27,4 +27,6 @@ def test_every_recipe_section_loads_into_its_stage_config(path):
         cfg = load_config(get_stage(stage).load().Config, path, section=stage)
         for k, v in fields.items():  # every field the recipe sets arrives (a renamed field is refused above)
             assert getattr(cfg, k) == v, (path.stem, stage, k)
-    assert data["calibrate"]["teacher"].endswith(meta["teacher"]) and data["distill"]["student"].endswith(meta["student"])
+    assert data["calibrate"]["teacher"].endswith(meta["teacher"]) and data["distill"]["student"].endswith(
+        meta["student"]
+    )
