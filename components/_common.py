@@ -117,11 +117,14 @@ def run_stage(
     extra: dict[str, Any] | None = None,
     num_processes: int = 1,
     strategy: str = "ddp",
+    trainjob: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build stage ``name``'s Config from ``params`` (+ free-form ``extra`` overrides) and run it.
 
     With ``num_processes > 1`` (a task holding several GPUs) the stage runs in that many processes under
     ``accelerate launch`` with the packaged ``strategy`` config (dg_core.launch); rank 0's summary is returned.
+    With ``trainjob`` (keyword arguments of dg_core.launch.trainjob.run_stage: num_nodes, gpus_per_node, runtime,
+    image, ...) it runs as a Kubeflow Trainer TrainJob instead, and this task only follows it.
     """
     from dg_core.cli import _redact
     from dg_core.config import from_dict
@@ -130,6 +133,10 @@ def run_stage(
     mod = get_stage(name).load()
     cfg = from_dict(mod.Config, {**params, **(extra or {})})
     log.info("%s config: %s", name, json.dumps(_redact(cfg.to_dict()), default=str, sort_keys=True))
+    if trainjob:
+        from dg_core.launch import trainjob as tj
+
+        return tj.run_stage(name, cfg.to_dict(), **trainjob)
     if num_processes > 1:
         from dg_core import launch
 

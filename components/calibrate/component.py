@@ -25,6 +25,9 @@ def calibrate(
     metrics: Output[Metrics],
     num_processes: int = 1,
     launch_strategy: str = "ddp",
+    num_nodes: int = 1,
+    trainer_runtime: str = "torch-distributed",
+    trainer_image: str = "",
 ) -> NamedTuple("Calibrated", [("Output", str), ("calibration", str)]):
     """RFT calibration of the teacher: the distillability knob.
 
@@ -38,6 +41,9 @@ def calibrate(
 
     `num_processes` > 1 runs the stage in that many processes (one per GPU of the task) under `accelerate launch`
     with the packaged `launch_strategy` config (ddp, fsdp or zero3); the pipelines pass `accelerator_count`.
+    `num_nodes` > 1 runs the stage as a Kubeflow Trainer TrainJob instead (`trainer_runtime`, default
+    torch-distributed; `num_processes` GPUs per node; `trainer_image`, default the runtime's): this task creates
+    it, streams its logs, waits, and reads rank 0's outputs back from the store.
     """
     import json
     import tempfile
@@ -73,7 +79,21 @@ def calibrate(
         "progress": False,
     }
     try:
-        summary = run_stage("calibrate", params, options, num_processes, launch_strategy)
+        summary = run_stage(
+            "calibrate",
+            params,
+            options,
+            num_processes,
+            launch_strategy,
+            trainjob={
+                "num_nodes": num_nodes,
+                "gpus_per_node": num_processes,
+                "runtime": trainer_runtime,
+                "image": trainer_image,
+            }
+            if num_nodes > 1
+            else None,
+        )
     except DGError as e:
         if not str(e).startswith("pre-flight"):
             raise

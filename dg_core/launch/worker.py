@@ -71,6 +71,26 @@ def _has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def node(stage: str, config: dict[str, Any]) -> int:
+    """One rank of a TrainJob node: no shared launch folder, so rank 0's summary and any rank's error go to the
+    log on marked lines (dg_core.launch.trainjob reads them back). Returns the exit code."""
+    from dg_core.launch.trainjob import ERROR_MARK, SUMMARY_MARK
+
+    logging.basicConfig(level=os.environ.get("DG_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    rank, world, _ = env_rank()
+    try:
+        summary = run(stage, config, None)
+    except Exception as e:  # noqa: BLE001 - every failure becomes this rank's one line
+        from dg_core.cli import _one_line
+
+        line = str(e) if isinstance(e, DGError) else _one_line(e)
+        print(f"{ERROR_MARK}rank {rank} of {world} failed: {line}", flush=True)
+        return 2 if isinstance(e, DGError) else 1
+    if rank == 0:
+        print(SUMMARY_MARK + json.dumps(summary, default=str, sort_keys=True), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("DG_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
