@@ -174,7 +174,7 @@ def launch(
     child_env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the pod's cores; the stage may raise it
     log.info("launching %d process(es): %s", world, " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, env=child_env, timeout=timeout, stdout=sys.stdout, stderr=sys.stderr)
+        proc = subprocess.run(cmd, env=child_env, timeout=timeout)  # the ranks log to this task's stdout/stderr
     except subprocess.TimeoutExpired:
         raise LaunchError(f"launch of {world} processes ran past its timeout of {timeout:.0f}s") from None
     if proc.returncode != 0:
