@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dg_core.errors import DGError
+from dg_core.errors import DGError, one_line
 from dg_core.stages import STAGES, get_stage, run_stage
 
 log = logging.getLogger("dguard")
@@ -80,11 +80,6 @@ def _log_level(verbose: bool) -> int:
     return getattr(logging, name)
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`dguard`'s entry point: an exit code, never a traceback unless -v asks for one."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -106,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"dguard: internal error: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        print(f"dguard: internal error: {one_line(e)} (run with -v for the traceback)", file=sys.stderr)
         return 1
 
 
@@ -156,7 +151,7 @@ def _main(argv: list[str]) -> int:
         print(f"dguard {verb}: error: {e}", file=sys.stderr)
         return e.exit_code
     except (RecursionError, UnicodeError) as e:  # input too deep or not text, wherever it was read
-        print(f"dguard {verb}: error: unreadable input ({_one_line(e)})", file=sys.stderr)
+        print(f"dguard {verb}: error: unreadable input ({one_line(e)})", file=sys.stderr)
         return 2
     except OSError as e:  # a path the user named: exists, missing, not a folder, no permission
         if isinstance(e, BrokenPipeError):
@@ -178,7 +173,7 @@ def _main(argv: list[str]) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"dguard {verb}: internal error: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        print(f"dguard {verb}: internal error: {one_line(e)} (run with -v for the traceback)", file=sys.stderr)
         return 1
 
 

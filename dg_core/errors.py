@@ -60,3 +60,9 @@ class DGError(Exception):
 
     def __init__(self, message: str):
         super().__init__(redact_url(" ".join(str(message).split())))
+
+
+def one_line(e: BaseException) -> str:
+    """An unexpected exception as one short line (its type and message), for a log or a failing rank's report."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__

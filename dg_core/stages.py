@@ -78,12 +78,19 @@ def run_stage(
     overrides: Sequence[str] | Mapping[str, Any] = (),
     *,
     config_path: str | None = None,
+    num_processes: int = 1,
+    strategy: str = "ddp",
+    trainjob: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build stage ``name``'s Config and run it: what the CLI, every component and the benchmarks call.
 
     The config comes from ``values`` (a mapping: how KFP parameters arrive) or else from the ``name`` section of
     the YAML file ``config_path``, then ``overrides`` apply (``key=value`` strings from a command line, or a
     mapping of free-form options); either way it is validated the same, and logged with its secrets masked.
+    With ``num_processes > 1`` (a task holding several GPUs) the stage runs in that many processes with the
+    packaged ``strategy`` config (:mod:`dg_core.launch`); with ``trainjob`` (keyword arguments of
+    :func:`dg_core.launch.trainjob.run_stage`: num_nodes, gpus_per_node, runtime, image, ...) it runs as a Kubeflow
+    Trainer TrainJob and this process only follows it. Either way rank 0's summary is the result.
     """
     mod = get_stage(name).load()
     if isinstance(overrides, Mapping):
@@ -95,6 +102,14 @@ def run_stage(
     else:
         cfg = from_dict(mod.Config, merge_overrides(dict(values), overrides))
     log.info("%s config: %s", name, json.dumps(redact(cfg.to_dict()), default=str, sort_keys=True))
+    if trainjob:
+        from dg_core.launch import trainjob as tj
+
+        return tj.run_stage(name, cfg.to_dict(), **trainjob)
+    if num_processes > 1:
+        from dg_core import launch
+
+        return launch.run_stage(name, cfg.to_dict(), num_processes, strategy=strategy)
     return mod.run(cfg)
 
 

@@ -72,7 +72,8 @@ def judge(
             d = distill(teacher=teacher, student=a.student, dataset=dataset, method=a.method, seed=a.seed,
                         reinit=a.reinit, steps=attack_steps, n_samples=attack_samples, max_new_tokens=attack_max_new_tokens,
                         batch_size=attack_batch_size, lr=attack_lr, limit=attack_limit, options=attack_options,
-                        store_root=store_root).set_display_name(f"distill from {side} teacher")
+                        store_root=store_root, num_processes=accelerator_count
+                        ).set_display_name(f"distill from {side} teacher")
             e = evaluate(model=d.outputs["Output"], dataset=dataset, split=eval_split, limit=eval_limit,
                          role="student", teacher=side, student=a.student_name, method=a.method, seed=a.seed,
                          options=eval_options, store_root=store_root).set_display_name(f"evaluate student of {side}")
@@ -171,13 +172,14 @@ def harden(
     # Optional bootstrap SFT of the teacher (0 steps: passes the teacher through; used for the zoo demo).
     boot = train(model=teacher, dataset=dataset, steps=teacher_sft_steps,
                  batch_size=stage_default("train", "batch_size"), lr=stage_default("train", "lr"),
-                 options=teacher_sft_options, store_root=store_root).set_display_name("bootstrap teacher")
+                 options=teacher_sft_options, store_root=store_root,
+                 num_processes=accelerator_count).set_display_name("bootstrap teacher")
     at.gpu(boot)
     teacher = boot.outputs["Output"]
     ev0 = teacher_eval(teacher, "original")
     cal = calibrate_op(teacher=teacher, proxies=proxies, dataset=dataset, eta=eta, beta=beta,
                        steps=calibrate_steps, group_size=group_size, lr=lr, seed=calibrate_seed,
-                       options=calibrate_options, store_root=store_root)
+                       options=calibrate_options, store_root=store_root, num_processes=accelerator_count)
     at.gpu(cal)
     calibrated = cal.outputs["Output"]  # "" when calibration refused the teacher
     with dsl.If(calibrated != "", name="calibrated"):

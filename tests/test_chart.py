@@ -527,3 +527,50 @@ def test_workload_identity_needs_no_static_keys(helm: Path) -> None:
     err = render_error(helm, "--set", "s3.workloadIdentity=true,s3.accessKeyId=a,s3.secretAccessKey=b")
     assert "workloadIdentity takes credentials from the runs' ServiceAccount" in err
     assert "s3.workloadIdentity=true" in render_error(helm)  # the error for no credentials names the option
+
+
+# ------------------------------------------------------------------ runs' ServiceAccount and Trainer RBAC
+
+
+WI = ["--set", "s3.workloadIdentity=true,reharden.runServiceAccount=dguard-runs,runServiceAccount.create=true"]
+
+
+def test_runs_service_account_is_created_with_irsa_or_workload_identity_annotations(helm: Path) -> None:
+    arn = "arn:aws:iam::123456789012:role/dguard-s3"
+    docs = render(helm, *WI, "--set", f"runServiceAccount.awsRoleArn={arn}")
+    (sa,) = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "dguard-runs"]
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": arn}
+    assert not by_kind(docs, "Secret"), "no static keys: no Secret is rendered"
+    schedule = " ".join(setup_job(docs)["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--service-account dguard-runs" in schedule  # the runs use the account the chart annotated
+    gsa = "dguard-s3@my-proj.iam.gserviceaccount.com"
+    docs = render(helm, *WI, "--set", f"runServiceAccount.gcpServiceAccount={gsa}")
+    (sa,) = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "dguard-runs"]
+    assert sa["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": gsa}
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+    # off by default: the chart leaves an existing account (e.g. default-editor) alone
+    assert [d["metadata"]["name"] for d in by_kind(render(helm, *CREDS), "ServiceAccount")] == [
+        "rel-distillation-guards"
+    ]
+
+
+def test_runs_service_account_refuses_missing_name_identity_or_a_bad_arn(helm: Path) -> None:
+    err = render_error(helm, "--set", "s3.workloadIdentity=true,runServiceAccount.create=true")
+    assert "set reharden.runServiceAccount" in err
+    assert "set runServiceAccount.awsRoleArn (IRSA)" in render_error(helm, *WI)
+    err = render_error(helm, *WI, "--set", "runServiceAccount.awsRoleArn=not-an-arn")
+    assert "awsRoleArn" in err and "not-an-arn" in err
+
+
+def test_trainer_rbac_grants_trainjobs_to_the_runs_account_only_when_enabled(helm: Path) -> None:
+    assert not [d for d in by_kind(render(helm, *CREDS), "Role") if d["metadata"]["name"].endswith("-trainjobs")]
+    docs = render(helm, *CREDS, "--set", "trainer.enabled=true,reharden.runServiceAccount=dguard-runs")
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"].endswith("-trainjobs")]
+    rule = next(r for r in role["rules"] if "trainjobs" in r["resources"])
+    assert rule["apiGroups"] == ["trainer.kubeflow.org"] and {"create", "get", "watch", "delete"} <= set(rule["verbs"])
+    assert any("pods/log" in r["resources"] for r in role["rules"])
+    (binding,) = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["name"].endswith("-trainjobs")]
+    assert binding["subjects"][0]["name"] == "dguard-runs" and binding["roleRef"]["name"] == role["metadata"]["name"]
+    for doc in (role, binding):
+        kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)

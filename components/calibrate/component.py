@@ -23,6 +23,11 @@ def calibrate(
     model: Output[Model],
     card: Output[Markdown],
     metrics: Output[Metrics],
+    num_processes: int = 1,
+    launch_strategy: str = "ddp",
+    num_nodes: int = 1,
+    trainer_runtime: str = "torch-distributed",
+    trainer_image: str = "",
 ) -> NamedTuple("Calibrated", [("Output", str), ("calibration", str)]):
     """RFT calibration of the teacher: the distillability knob.
 
@@ -33,6 +38,12 @@ def calibrate(
     Outputs: `Output`, the pinned calibrated model, or "" when calibration refused the teacher (its pre-flight
     soundness check or its retention check; the pipeline then records why instead of attacking it), and
     `calibration`, the pinned calibration card. Other bad input fails the task with one line.
+
+    `num_processes` > 1 runs the stage in that many processes (one per GPU of the task) under `accelerate launch`
+    with the packaged `launch_strategy` config (ddp, fsdp or zero3); the pipelines pass `accelerator_count`.
+    `num_nodes` > 1 runs the stage as a Kubeflow Trainer TrainJob instead (`trainer_runtime`, default
+    torch-distributed; `num_processes` GPUs per node; `trainer_image`, default the runtime's): this task creates
+    it, streams its logs, waits, and reads rank 0's outputs back from the store.
     """
     import json
     import tempfile
@@ -68,7 +79,21 @@ def calibrate(
         "progress": False,
     }
     try:
-        summary = run_stage("calibrate", params, options)
+        summary = run_stage(
+            "calibrate",
+            params,
+            options,
+            num_processes=num_processes,
+            strategy=launch_strategy,
+            trainjob={
+                "num_nodes": num_nodes,
+                "gpus_per_node": num_processes,
+                "runtime": trainer_runtime,
+                "image": trainer_image,
+            }
+            if num_nodes > 1
+            else None,
+        )
     except DGError as e:
         if not str(e).startswith("pre-flight"):
             raise

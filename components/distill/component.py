@@ -23,12 +23,23 @@ def distill(
     store_root: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    num_processes: int = 1,
+    launch_strategy: str = "ddp",
+    num_nodes: int = 1,
+    trainer_runtime: str = "torch-distributed",
+    trainer_image: str = "",
 ) -> str:
     """Distill a probe student from a teacher (the attack): sft, kd, gkd or xtok, for `steps` optimizer steps.
 
     `reinit` re-initialises the student's weights from `seed` (independent random-init probe students). Teacher
     samples are generated once per teacher and shared by every student. `options` takes any further
     field of `dguard distill` (e.g. {"kind": "reverse", "lora": true}). Returns the pinned student reference.
+
+    `num_processes` > 1 runs the stage in that many processes (one per GPU of the task) under `accelerate launch`
+    with the packaged `launch_strategy` config (ddp, fsdp or zero3); the pipelines pass `accelerator_count`.
+    `num_nodes` > 1 runs the stage as a Kubeflow Trainer TrainJob instead (`trainer_runtime`, default
+    torch-distributed; `num_processes` GPUs per node; `trainer_image`, default the runtime's): this task creates
+    it, streams its logs, waits, and reads rank 0's outputs back from the store.
     """
     from components._common import log_metrics, run_stage, setup, unpin, write_ref
 
@@ -47,6 +58,20 @@ def distill(
         "lr": lr,
         "limit": limit,
     }
-    result = run_stage("distill", params, options)
+    result = run_stage(
+        "distill",
+        params,
+        options,
+        num_processes=num_processes,
+        strategy=launch_strategy,
+        trainjob={
+            "num_nodes": num_nodes,
+            "gpus_per_node": num_processes,
+            "runtime": trainer_runtime,
+            "image": trainer_image,
+        }
+        if num_nodes > 1
+        else None,
+    )
     log_metrics(metrics, {k: v for k, v in result.items() if k != "model"})
     return write_ref(model, result["model"], method=method, seed=seed, teacher=teacher, reused=result.get("reused"))

@@ -111,6 +111,12 @@ app.kubernetes.io/part-of: distillation-guards
 {{- fail (printf "reharden: hardenedPrefix %q and releasesPrefix %q overlap; hardened models must land outside the releases prefix and vice versa" .Values.reharden.hardenedPrefix .Values.reharden.releasesPrefix) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.runServiceAccount.create (not .Values.reharden.runServiceAccount) }}
+{{- fail "runServiceAccount.create: set reharden.runServiceAccount to the name of the account to create for the runs" }}
+{{- end }}
+{{- if and .Values.runServiceAccount.create .Values.s3.workloadIdentity (not (or .Values.runServiceAccount.awsRoleArn .Values.runServiceAccount.gcpServiceAccount .Values.runServiceAccount.annotations)) }}
+{{- fail "runServiceAccount.create with s3.workloadIdentity: set runServiceAccount.awsRoleArn (IRSA) or runServiceAccount.gcpServiceAccount (GKE Workload Identity), else the runs have no S3 credentials" }}
+{{- end }}
 {{- if and (not .Values.serviceAccount.create) .Values.rbac.create (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create binds a Role to the Job's ServiceAccount: set serviceAccount.name when serviceAccount.create is false" }}
 {{- end }}

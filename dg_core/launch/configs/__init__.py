@@ -1,0 +1,1 @@
+"""accelerate config files for dg_core.launch (package data)."""

@@ -1,0 +1,1 @@
+"""The paper settings as stage configs (YAML files here; see README.md)."""
