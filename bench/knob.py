@@ -86,7 +86,7 @@ def job_teacher(root: str, threads: int, params: dict[str, Any], distills: list[
     _init(root, threads)
     from dg_core.config import from_dict
     from dg_core.distill import stage as distill_stage
-    from dg_core.distill.signals import build_signals
+    from dg_core.distill.signals import build_signals, default_signals_uri
     from dg_core.evaluate import Config, evaluate_ref
     from dg_core.models import load_model
 
@@ -96,12 +96,12 @@ def job_teacher(root: str, threads: int, params: dict[str, Any], distills: list[
     keep = {k: res[k] for k in ("greedy_accuracy", "sampled_accuracy", "accuracy", "n", "groups") if k in res}
     styles = _style_mix([r.get("greedy", {}).get("response", "") for r in res.get("_rows", [])])
     t1 = time.perf_counter()
-    specs = {}
+    wanted = {}
     for d in distills:
-        spec = distill_stage.signal_spec(from_dict(distill_stage.Config, {**d, "device": "cpu"}))
-        specs[repr(spec)] = spec
-    for spec in specs.values():
-        build_signals(spec, teacher=loaded)
+        dcfg = from_dict(distill_stage.Config, {**d, "device": "cpu"})
+        wanted[default_signals_uri(dcfg, dcfg.signals_topk())] = dcfg
+    for uri, dcfg in wanted.items():
+        build_signals(dcfg, topk=dcfg.signals_topk(), uri=uri, teacher=loaded)
     return {**keep, "styles": styles, "eval_seconds": t1 - t0, "signals_seconds": time.perf_counter() - t1}
 
 

@@ -11,7 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dg_core import store
-from dg_core.distill.trainer import TrainSettings, prepare_model
+from dg_core.checkpoint import config_hash
+from dg_core.distill.trainer import prepare_model
+from dg_core.distill.training import TrainingConfig, training_part
 from dg_core.errors import DGError
 
 
@@ -39,7 +41,7 @@ def load_trainable(
     *,
     seed: int,
     reinit: bool,
-    settings: TrainSettings,
+    settings: TrainingConfig,
     device: str = "auto",
     keep_dropout: bool = True,
 ) -> tuple[torch.nn.Module, Any]:
@@ -79,17 +81,20 @@ def train_and_publish(
     tok: Any,
     make_batch: Any,
     loss_fn: Any,
-    settings: TrainSettings,
+    cfg: TrainingConfig,
     *,
     stage: str,
     accelerator: Any,
     out_uri: str,
+    checkpoint_uri: str,
     params: dict[str, Any],
     head: dict[str, Any],
     on_step: Any = None,
     with_stats: bool = False,
 ) -> dict[str, Any]:
     """Run the training loop, publish the model with its config and summary, close the stage's metrics.
+
+    ``cfg``: the stage's config (its :class:`TrainingConfig` fields drive the loop, its hash guards resumes).
 
     ``head``: the summary's leading fields (what was trained on what); the loop's figures follow, and with
     ``with_stats`` the loss function's mean extra statistics as ``mean_<name>``.
@@ -99,7 +104,16 @@ def train_and_publish(
     metrics = stage_metrics(stage)
     try:
         result = train(
-            model, make_batch, loss_fn, settings, stage=stage, metrics=metrics, on_step=on_step, accelerator=accelerator
+            model,
+            make_batch,
+            loss_fn,
+            training_part(cfg),
+            stage=stage,
+            checkpoint_uri=checkpoint_uri,
+            config_hash=config_hash(cfg),
+            metrics=metrics,
+            on_step=on_step,
+            accelerator=accelerator,
         )
         summary = clean(
             {
@@ -113,7 +127,7 @@ def train_and_publish(
             }
         )
         if accelerator.is_main_process:
-            save_trained(model, tok, out_uri, lora=settings.lora, metadata={"config": params, "summary": summary})
+            save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
         accelerator.wait_for_everyone()
     except BaseException:
         metrics.close(success=False)

@@ -114,11 +114,11 @@ def _eval(cfg: Config, model: Any, loaded: Any = None) -> dict[str, Any]:
 def _floor(cfg: Config, a: dict[str, Any], seed: int) -> dict[str, Any]:
     """The undistilled student: the start model, re-initialised by ``seed`` when the attack does so."""
     from dg_core.distill.common import load_trainable
-    from dg_core.distill.trainer import TrainSettings
+    from dg_core.distill.training import TrainingConfig
 
     student = a.get("student", "zoo:student-llama")
     reinit = bool(a.get("reinit", cfg.distill.get("reinit", str(student).startswith("zoo:"))))
-    model, tok = load_trainable(student, seed=seed, reinit=reinit, settings=TrainSettings(), device=cfg.device)
+    model, tok = load_trainable(student, seed=seed, reinit=reinit, settings=TrainingConfig(), device=cfg.device)
     return _eval(cfg, student, loaded=(model.eval(), tok))
 
 
