@@ -265,8 +265,26 @@ class ShardedCheckpointer:
             log.info("checkpoint at step %d (%d processes) -> %s", step, acc.num_processes, self.uri)
         acc.wait_for_everyone()
 
+    def refuse_other_world(self) -> None:
+        """A checkpoint written by another number of processes is refused, not silently restarted over."""
+        if not self.enabled or self.resume_mode == "never":
+            return
+        n = self.acc.num_processes
+        if n > 1 and store.is_published(self.uri):
+            written = 1
+        elif n == 1 and store.is_published(self._index()):
+            written = int(store.read_manifest(self._index()).get("metadata", {}).get("world", 0))
+        else:
+            return
+        raise DGError(
+            f"checkpoint {self.uri} was written by {written} process{'es' if written > 1 else ''}, this run has {n}: "
+            "expected the same number of processes, or rerun with resume=never to start from step 0, "
+            "or give another output="
+        )
+
     def resume(self) -> tuple[int, dict[str, Any]]:
         """Load the last complete checkpoint into the accelerator's objects; (step, extra), or (0, {})."""
+        self.refuse_other_world()
         if not self.enabled or not store.is_published(self._index()):
             return 0, {}
         fresh = "rerun with resume=never to start from step 0 (it is overwritten), or give another output="

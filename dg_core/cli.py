@@ -180,7 +180,8 @@ def _main(argv: list[str]) -> int:
             print(_stage_help(verb))
             return 0
         summary = run_stage(verb, sargs.config, sargs.overrides)
-        print(json.dumps(summary, indent=2, default=str, sort_keys=True))
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch/torchrun only rank 0 reports
+            print(json.dumps(summary, indent=2, default=str, sort_keys=True))
         return 0
     except DGError as e:
         print(f"dguard {verb}: error: {e}", file=sys.stderr)

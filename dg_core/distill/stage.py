@@ -20,7 +20,7 @@ from dg_core.distill import methods
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
 from dg_core.distill.methods import gkd, xtok
 from dg_core.distill.signals import SignalsConfig, build_signals, default_signals_uri, load_signals
-from dg_core.distill.trainer import make_accelerator
+from dg_core.distill.trainer import device_of, make_accelerator
 from dg_core.distill.training import TrainingConfig
 from dg_core.errors import DGError
 from dg_core.utils import seed_everything, set_threads_from_env
@@ -74,13 +74,15 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     method = methods.get(cfg.method).METHOD
     # Created first so every process loads its models onto its own device under `accelerate launch`.
     accelerator = make_accelerator(None if cfg.device == "auto" else cfg.device)
-    device = str(accelerator.device)
+    device = device_of(accelerator)
     teacher = None
-    if method.needs_teacher or not store.is_published(default_signals_uri(cfg, cfg.signals_topk())):
-        from dg_core.models import load_model
+    # Rank 0 first: a zoo member is built, and a store model fetched into the cache, once (not raced).
+    with accelerator.main_process_first():
+        if method.needs_teacher or not store.is_published(default_signals_uri(cfg, cfg.signals_topk())):
+            from dg_core.models import load_model
 
-        teacher = load_model(cfg.teacher, device=device)
-    check_before_sampling(cfg, teacher)
+            teacher = load_model(cfg.teacher, device=device)
+        check_before_sampling(cfg, teacher)
     sig_uri = build_signals(cfg, topk=cfg.signals_topk(), teacher=teacher, accelerator=accelerator)
     signals = load_signals(sig_uri)
     teacher_tok = teacher[1] if teacher is not None else _teacher_tokenizer(cfg)
@@ -89,9 +91,10 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     seed_everything(cfg.seed)
-    student, stok = load_trainable(
-        cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=cfg, device=device, keep_dropout=cfg.dropout
-    )
+    with accelerator.main_process_first():
+        student, stok = load_trainable(
+            cfg.student, seed=cfg.seed, reinit=cfg.reinit, settings=cfg, device=device, keep_dropout=cfg.dropout
+        )
     ctx = methods.Context(
         student=student,
         tok=stok,

@@ -14,7 +14,7 @@ from dg_core import store
 from dg_core.config import option
 from dg_core.data import Example, load_split, task_of
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
-from dg_core.distill.trainer import make_accelerator, response_ce, row_indices
+from dg_core.distill.trainer import device_of, make_accelerator, response_ce, row_indices
 from dg_core.distill.training import TrainingConfig, default
 from dg_core.errors import DGError
 from dg_core.generate import encode_prompt, encode_response, pack
@@ -78,9 +78,10 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     rows, targets = [ex for ex, _ in pairs], [t for _, t in pairs]
     seed_everything(cfg.seed)
     accelerator = make_accelerator(None if cfg.device == "auto" else cfg.device)
-    model, tok = load_trainable(
-        cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=cfg, device=str(accelerator.device)
-    )
+    with accelerator.main_process_first():  # rank 0 builds a zoo member or fills the cache, once
+        model, tok = load_trainable(
+            cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=cfg, device=device_of(accelerator)
+        )
     rank, world = accelerator.process_index, accelerator.num_processes
     prompt_ids = [encode_prompt(tok, task.prompt(ex, tok)) for ex in rows]
     resp_ids = [encode_response(tok, t) for t in targets]

@@ -150,6 +150,25 @@ def make_accelerator(device: torch.device | str | None = None) -> Any:
     return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
 
 
+def device_of(accelerator: Any) -> str:
+    """The accelerator's device as a model-loading argument ("cpu", "cuda:N"; multi-CPU runs say "cpu:0")."""
+    d = torch.device(accelerator.device)
+    return "cpu" if d.type == "cpu" else str(d)
+
+
+def _all_sum(accelerator: Any, values: list[float], stage: str, step: int) -> list[float]:
+    """Sum ``values`` over the processes; a peer that died (killed, out of memory) becomes one clear line."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    try:
+        return accelerator.reduce(t, reduction="sum").tolist()
+    except RuntimeError as e:  # gloo/NCCL: "Connection closed by peer", DistBackendError, ...
+        raise DGError(
+            f"{stage}: rank {accelerator.process_index} of {accelerator.num_processes} lost a peer process at step "
+            f"{step} (another rank died: the launcher's report names it); rerun to resume from the last checkpoint "
+            f"[{str(e).splitlines()[0][:120]}]"
+        ) from None
+
+
 def train(
     model: torch.nn.Module,
     make_batch: Callable[[int, int], Any],
@@ -194,6 +213,7 @@ def train(
         )
         start, extra = ckpt.resume()
     else:
+        ShardedCheckpointer(accelerator, checkpoint_uri, cfg.checkpoint_every, resume=cfg.resume).refuse_other_world()
         ckpt = Checkpointer(checkpoint_uri, cfg.checkpoint_every, config_hash=config_hash, resume=cfg.resume)
         start, extra = ckpt.resume(raw, opt, sched)
     if start >= cfg.steps:
@@ -222,16 +242,17 @@ def train(
             with accelerator.autocast(), contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = loss_fn(model, batch)
                 loss, value = out.loss, float(out.loss.detach())
+                n_tok = out.n_tokens
                 if world > 1:  # the local mean's share of the global one (DDP then averages over ranks)
-                    both = torch.tensor([value * out.count, float(out.count)], device=accelerator.device)
-                    total, n_all = accelerator.reduce(both, reduction="sum").tolist()
+                    local = [value * out.count, float(out.count), float(n_tok)]
+                    total, n_all, n_tok = _all_sum(accelerator, local, stage, step)
                     loss = loss * (out.count * world / max(n_all, 1.0))
                     value = total / max(n_all, 1.0)
             if not math.isfinite(value):
                 raise DGError(f"{stage}: loss became {value} at step {step}: lower lr or check the data")
             accelerator.backward(loss / cfg.grad_accum)
             step_loss += value / cfg.grad_accum
-            step_tokens += out.n_tokens
+            step_tokens += int(n_tok)
             for k, v in out.stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v / cfg.grad_accum
         if cfg.max_grad_norm > 0:
@@ -259,6 +280,10 @@ def train(
     bar.close()
     metrics.flush()
     model.eval()
+    if world > 1 and stats_sum:  # the statistics of the whole run, not of rank 0's rows
+        keys = sorted(stats_sum)
+        sums = _all_sum(accelerator, [stats_sum[k] for k in keys], stage, cfg.steps)
+        stats_sum = {k: v / world for k, v in zip(keys, sums)}
     bad = first_nonfinite(trainable_state(raw))
     if bad is not None:
         raise DGError(f"{stage}: weight {bad} became NaN or infinite by step {cfg.steps}: lower lr")
