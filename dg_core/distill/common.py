@@ -67,6 +67,20 @@ def load_trainable(
     return prepare_model(model, settings), tok
 
 
+def _unsharded(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg: TrainingConfig) -> torch.nn.Module:
+    """A whole CPU copy of a model FSDP/DeepSpeed sharded, from the state dict gathered on rank 0 (only GPU
+    runs use these engines; CI covers DDP)."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    fresh = AutoModelForCausalLM.from_config(base.config, dtype=torch.float32)
+    fresh.generation_config = base.generation_config
+    if cfg.lora:
+        from dg_core.models import attach_lora
+
+        fresh = attach_lora(fresh, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    fresh.load_state_dict(state)
+    return fresh
+
+
 def save_trained(model: torch.nn.Module, tok: Any, uri: str, *, lora: bool, metadata: dict[str, Any]) -> str:
     """Publish the trained model as plain safetensors weights (a LoRA adapter is merged first)."""
     from dg_core.models import merge_lora, save_model
@@ -127,6 +141,8 @@ def train_and_publish(
             }
         )
         if accelerator.is_main_process:
+            if result.full_state is not None:
+                model = _unsharded(model, result.full_state, cfg)
             save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
         accelerator.wait_for_everyone()
     except BaseException:

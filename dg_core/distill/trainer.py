@@ -29,6 +29,9 @@ from dg_core.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
+# accelerate engines that shard the weights across processes (the model object then holds only a shard)
+SHARDING_ENGINES = ("FSDP", "DEEPSPEED")
+
 
 @dataclass
 class LossOut:
@@ -55,6 +58,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     stats: dict[str, float] = field(default_factory=dict)
+    full_state: dict[str, torch.Tensor] | None = None  # rank 0's gathered weights when the engine shards them
 
     @property
     def tokens_per_s(self) -> float:
@@ -288,7 +292,11 @@ def train(
     if bad is not None:
         raise DGError(f"{stage}: weight {bad} became NaN or infinite by step {cfg.steps}: lower lr")
     n_run = max(1, cfg.steps - start)
+    full_state = None
+    if accelerator.distributed_type in SHARDING_ENGINES:  # a collective: every rank joins, rank 0 gets it
+        full_state = accelerator.get_state_dict(model)
     return TrainResult(
+        full_state=full_state,
         steps=cfg.steps,
         start_step=start,
         losses=losses,
