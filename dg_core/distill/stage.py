@@ -48,8 +48,9 @@ class Config(xtok.Config, gkd.Config, TrainingConfig, SignalsConfig):
         if not self.dataset:
             raise DGError("config field 'dataset' is required: expected a prepared dataset URI")
 
-    def divergence(self) -> str:
-        return self.kind or methods.get(self.method).METHOD.default_kind
+    def divergence(self) -> str | None:
+        """The divergence the method matches (None for sft, which matches text)."""
+        return methods.get(self.method).METHOD.divergence(self)
 
     def signals_topk(self) -> int:
         """Top-k log-probs the method needs stored with the teacher samples (0: text only)."""
@@ -111,7 +112,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     m = methods.build(cfg.method, cfg, ctx)
     head = {
         "method": cfg.method,
-        "divergence": cfg.divergence() if cfg.method != "sft" else None,
+        "divergence": cfg.divergence(),
         "student": cfg.student,
         "teacher": cfg.teacher,
         "signals": sig_uri,
@@ -162,13 +163,13 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
         prompts = [task.prompt(e, teacher[1]) for e in examples]
         check_generation_fits(teacher[0], teacher[1], prompts, cfg.max_new_tokens, name=cfg.teacher, role="teacher")
     limit = context_limit(AutoConfig.from_pretrained(resolve_model_dir(cfg.student)))
-    if limit is not None and cfg.method == "gkd" and cfg.lmbda > 0:  # the student samples too, on its own budget
+    budget = methods.get(cfg.method).METHOD.student_new_tokens(cfg)
+    if limit is not None and budget:  # the student samples too (gkd), on its own budget
         from dg_core.generate import encode_prompt
 
         task = task_of(cfg.dataset)
         examples = load_split(cfg.dataset, cfg.split)
         examples = examples[: cfg.limit] if cfg.limit else examples
-        budget = cfg.student_max_new_tokens or cfg.max_new_tokens
         longest = max((len(encode_prompt(s_tok, task.prompt(e, s_tok))) for e in examples), default=0)
         if longest + budget > limit:
             raise DGError(

@@ -90,7 +90,7 @@ class Method:
     """Base of the four methods: picks each micro-batch's signal rows; subclasses build the batch and the loss."""
 
     name: ClassVar[str] = ""
-    default_kind: ClassVar[str] = "forward"
+    default_kind: ClassVar[str | None] = None  # the divergence when `kind` is empty; None: matches only text
     needs_topk: ClassVar[bool] = False  # the signals must hold teacher log-probs
     needs_teacher: ClassVar[bool] = False  # the teacher scores batches while training (on-policy)
     same_vocab: ClassVar[bool] = False  # token-level: the student must share the teacher's tokenizer
@@ -116,9 +116,19 @@ class Method:
         if self.needs_teacher and ctx.teacher is None:
             raise DGError(f"method {self.name!r} scores student samples online: expected the teacher model loaded")
 
+    @classmethod
+    def student_new_tokens(cls, options: Any) -> int:
+        """Tokens the student itself samples per sequence while training (0: it never samples)."""
+        return 0
+
+    @classmethod
+    def divergence(cls, options: Any) -> str | None:
+        """The divergence this method matches (None: it matches no distribution, only text)."""
+        return None if cls.default_kind is None else (getattr(options, "kind", "") or cls.default_kind)
+
     @property
     def kind(self) -> str:
-        return getattr(self.cfg, "kind", "") or self.default_kind
+        return self.divergence(self.cfg) or ""
 
     def prompt_ids(self, example_id: str) -> list[int]:
         if example_id not in self._prompt_ids:

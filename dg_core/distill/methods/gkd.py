@@ -9,6 +9,7 @@ samples; the teacher, in memory, scores all of them with full distributions
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,6 +39,10 @@ class GKD(Method):
     default_kind = "reverse"
     needs_teacher = True
     same_vocab = True
+
+    @classmethod
+    def student_new_tokens(cls, options: Any) -> int:
+        return (options.student_max_new_tokens or options.max_new_tokens) if options.lmbda > 0 else 0
 
     def batch(self, rows: list[SignalRow], step: int, micro: int) -> DistillBatch:
         n_on = int(round(self.cfg.lmbda * len(rows)))

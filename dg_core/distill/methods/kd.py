@@ -25,6 +25,7 @@ class Config(DivergenceConfig):
 
 class KD(Method):
     name = "kd"
+    default_kind = "forward"
     needs_topk = True
     same_vocab = True
 

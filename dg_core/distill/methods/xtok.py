@@ -34,6 +34,7 @@ class Config(kd.Config):
 
 class XTok(Method):
     name = "xtok"
+    default_kind = "forward"
     needs_topk = True
 
     def batch(self, rows: list[SignalRow], step: int, micro: int) -> DistillBatch:
