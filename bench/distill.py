@@ -162,10 +162,9 @@ def run_pair(world: dict, args, method: str, lmbda: float) -> dict:
     """Interleave our `method` (at λ) with TRL GKD (at λ): one of ours, then one of theirs, per step."""
     from dg_core.config import from_dict
     from dg_core.data import task_of
-    from dg_core.distill import stage
-    from dg_core.distill.methods import MethodSettings, build_objective
+    from dg_core.distill import methods, stage
     from dg_core.distill.signals import build_signals, load_signals
-    from dg_core.distill.trainer import TrainSettings, train
+    from dg_core.distill.trainer import train
     from dg_core.models import load_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,31 +182,37 @@ def run_pair(world: dict, args, method: str, lmbda: float) -> dict:
             "topk": args.topk,
             "n_samples": 1,
             "max_new_tokens": args.new_tokens,
+            "kind": "jsd",
+            "beta": 0.5,
+            "lmbda": lmbda,
+            "batch_size": args.batch,
+            "max_length": 512,
+            "steps": args.steps,
+            "lr": args.lr,
+            "warmup_steps": 0,
+            "max_grad_norm": 1.0,
+            "seed": 0,
         },
     )
-    sig = load_signals(build_signals(stage.signal_spec(dcfg), teacher=(teacher, ttok)))
-    ms = MethodSettings(
-        method=method,
-        kind="jsd",
-        beta=0.5,
-        lmbda=lmbda,
-        gen_max_new_tokens=args.new_tokens,
-        batch_size=args.batch,
-        max_length=512,
-    )
-    make_batch, loss_fn = build_objective(
-        ms,
-        ours,
-        stok,
-        sig,
-        task_of(world["dataset"]),
-        teacher=(teacher, ttok) if method == "gkd" else None,
-        teacher_tok=ttok,
-        seed=0,
-    )
+    sig = load_signals(build_signals(dcfg, topk=dcfg.signals_topk(), teacher=(teacher, ttok)))
+    task = task_of(world["dataset"])
+
+    def ctx(model: torch.nn.Module, with_teacher: bool) -> methods.Context:
+        return methods.Context(
+            student=model,
+            tok=stok,
+            signals=sig,
+            task=task,
+            train=dcfg,
+            teacher=(teacher, ttok) if with_teacher else None,
+            teacher_tok=ttok,
+            max_new_tokens=args.new_tokens,
+        )
+
+    m = methods.build(method, dcfg, ctx(ours, method == "gkd"))
+    make_batch, loss_fn = m.make_batch, m.loss
     # TRL sees the same rows: the teacher samples of our (off-policy) batch for the same step.
-    text_ms = MethodSettings(method="kd" if sig.has_topk else "sft", batch_size=args.batch, max_length=512)
-    same_rows, _ = build_objective(text_ms, ours, stok, sig, task_of(world["dataset"]), teacher_tok=ttok, seed=0)
+    same_rows = methods.build("kd" if sig.has_topk else "sft", dcfg, ctx(ours, False)).make_batch
     trainer = make_trl(theirs, theirs_teacher, stok, args, lmbda)
     pad = stok.pad_token_id
 
@@ -240,11 +245,8 @@ def run_pair(world: dict, args, method: str, lmbda: float) -> dict:
         rec["trl_mem"].append(pm.peak)
         start_ours()
 
-    settings = TrainSettings(
-        steps=args.steps, lr=args.lr, warmup_steps=0, max_grad_norm=1.0, progress=False, min_lr_ratio=1.0
-    )
     start_ours()
-    train(ours, make_batch, counting_loss, settings, stage="bench", on_step=after_ours)
+    train(ours, make_batch, counting_loss, dcfg, stage="bench", progress=False, on_step=after_ours)
 
     def summary(side: str) -> dict:
         s, tok, mem = rec[f"{side}_s"][1:], rec[f"{side}_tok"][1:], rec[f"{side}_mem"][1:]

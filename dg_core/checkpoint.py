@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import tempfile
 from collections.abc import Mapping
@@ -210,3 +211,109 @@ class Checkpointer:
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", self.uri, state["step"])
         return int(state["step"]), state["extra"]
+
+
+class ShardedCheckpointer:
+    """Checkpoints of a multi-process run: accelerate's ``save_state``/``load_state`` per rank, in the store.
+
+    Layout under the run's checkpoint URI: ``slot-<s>/rank-<r>`` (what ``save_state`` wrote on rank ``r``: the
+    model and optimizer from rank 0 under DDP, each rank's shard under FSDP, every rank's RNG streams) and
+    ``index`` (published by rank 0 once every rank has published its part). Saves alternate between two slots
+    and ``index`` names the last complete one, so a rank killed mid-save leaves the previous checkpoint whole;
+    a rerun resumes from what ``index`` names, refusing another config or another number of processes.
+    """
+
+    def __init__(
+        self, accelerator: Any, uri: str | None, every: int, *, config_hash: str = "", resume: str = "auto"
+    ) -> None:
+        if resume not in RESUME_MODES:
+            raise DGError(f"resume={resume!r}: expected one of {list(RESUME_MODES)}")
+        self.acc, self.uri, self.every = accelerator, uri or None, every
+        self.config_hash, self.resume_mode = config_hash, resume
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.uri) and self.every > 0
+
+    def due(self, step: int) -> bool:
+        return self.enabled and step > 0 and step % self.every == 0
+
+    def _index(self) -> str:
+        return store.join(self.uri, "index")
+
+    def _part(self, slot: int, rank: int) -> str:
+        return store.join(self.uri, f"slot-{slot}", f"rank-{rank}")
+
+    def save(self, step: int, extra: dict[str, Any] | None = None) -> None:
+        """Every rank calls this at the same step (it holds barriers)."""
+        if not self.enabled:
+            return
+        acc, slot = self.acc, (step // self.every) % 2
+        with tempfile.TemporaryDirectory(prefix="dg-ckpt-") as tmp:
+            acc.save_state(tmp, safe_serialization=False)
+            if acc.is_main_process:
+                (Path(tmp) / "extra.json").write_text(json.dumps(extra or {}))
+            store.publish(tmp, self._part(slot, acc.process_index), metadata={"kind": "checkpoint-part", "step": step})
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            meta = {"kind": "checkpoint", "step": step, "slot": slot, "world": acc.num_processes}
+            if self.config_hash:
+                meta["config_sha256"] = self.config_hash
+            with tempfile.TemporaryDirectory(prefix="dg-ckpt-") as tmp:
+                (Path(tmp) / "index.json").write_text(json.dumps(meta))
+                store.publish(tmp, self._index(), metadata=meta)
+            log.info("checkpoint at step %d (%d processes) -> %s", step, acc.num_processes, self.uri)
+        acc.wait_for_everyone()
+
+    def refuse_other_world(self) -> None:
+        """A checkpoint written by another number of processes is refused, not silently restarted over."""
+        if not self.enabled or self.resume_mode == "never":
+            return
+        n = self.acc.num_processes
+        if n > 1 and store.is_published(self.uri):
+            written = 1
+        elif n == 1 and store.is_published(self._index()):
+            written = int(store.read_manifest(self._index()).get("metadata", {}).get("world", 0))
+        else:
+            return
+        raise DGError(
+            f"checkpoint {self.uri} was written by {written} process{'es' if written > 1 else ''}, this run has {n}: "
+            "expected the same number of processes, or rerun with resume=never to start from step 0, "
+            "or give another output="
+        )
+
+    def resume(self) -> tuple[int, dict[str, Any]]:
+        """Load the last complete checkpoint into the accelerator's objects; (step, extra), or (0, {})."""
+        self.refuse_other_world()
+        if not self.enabled or not store.is_published(self._index()):
+            return 0, {}
+        fresh = "rerun with resume=never to start from step 0 (it is overwritten), or give another output="
+        if self.resume_mode == "never":
+            log.info("resume=never: ignoring the checkpoint at %s, starting from step 0", self.uri)
+            return 0, {}
+        meta = store.read_manifest(self._index()).get("metadata", {})
+        if self.config_hash and meta.get("config_sha256") != self.config_hash:
+            why = "a different config" if meta.get("config_sha256") else "a run that recorded no config"
+            raise DGError(f"checkpoint {self.uri} (step {meta.get('step')}) was written by {why}: {fresh}")
+        world, acc = int(meta["world"]), self.acc
+        if world != acc.num_processes:
+            raise DGError(
+                f"checkpoint {self.uri} (step {meta['step']}) was written by {world} processes, this run has "
+                f"{acc.num_processes}: expected the same number of processes, or {fresh}"
+            )
+        step, slot = int(meta["step"]), int(meta["slot"])
+        with tempfile.TemporaryDirectory(prefix="dg-resume-") as tmp:
+            for r in range(world):
+                part = self._part(slot, r)
+                got = store.read_manifest(part).get("metadata", {}).get("step") if store.is_published(part) else None
+                if got != step:
+                    raise DGError(f"checkpoint {self.uri}: rank {r}'s part is at step {got}, expected {step}: {fresh}")
+                src = store.fetch(part)
+                for f in src.iterdir():
+                    if f.name != store.MANIFEST and not (Path(tmp) / f.name).exists():
+                        os.symlink(f, Path(tmp) / f.name)
+            acc.load_state(tmp)
+            extra = json.loads((Path(tmp) / "extra.json").read_text())
+        acc.wait_for_everyone()
+        log.info("resumed from %s at step %d (%d processes)", self.uri, step, world)
+        return step, extra

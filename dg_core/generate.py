@@ -148,6 +148,7 @@ class Rollouts:
     texts: list[str]
     finished: list[bool]
     n: int
+    index: list[int] | None = None  # flat position of each row when only a shard was generated (``shard=``)
 
     def nested_texts(self) -> list[list[str]]:
         return [self.texts[i : i + self.n] for i in range(0, len(self.texts), self.n)]
@@ -212,6 +213,7 @@ def generate_tokens(
     seed: int = 0,
     stop_at_eos: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Rollouts:
     """Sample ``n`` responses per prompt with KV cache and left padding; token ids plus decoded text.
 
@@ -219,8 +221,14 @@ def generate_tokens(
     little padding, and results come back in input order. Deterministic for a given ``seed`` and
     ``batch_size``; greedy decoding (``do_sample=False``) ignores the seed. ``on_batch(n)`` is called after each
     batch of ``n`` sequences (progress).
+
+    ``shard=(rank, world)`` generates only the batches ``b`` with ``b % world == rank`` (data-parallel
+    processes splitting one job): each batch keeps its seed, so the shards together are exactly the
+    single-process result; the rows come back in flat order with their positions in ``index``.
     """
     _check_args(n, max_new_tokens, temperature, top_p, batch_size)
+    if not 0 <= shard[0] < shard[1]:
+        raise DGError(f"generate shard={shard}: expected (rank, world) with 0 <= rank < world")
     prompts = list(prompts)
     if not prompts:
         return Rollouts([], [], [], [], [], n)
@@ -275,6 +283,8 @@ def generate_tokens(
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), _eval_mode(model), _left_padding(tokenizer):
         for b, start in enumerate(range(0, len(order), batch_size)):
+            if b % shard[1] != shard[0]:
+                continue
             rows = order[start : start + batch_size]
             torch.manual_seed((seed * 1_000_003 + b) % (2**63 - 1))
             ids = [encoded[flat[j]] for j in rows]
@@ -297,16 +307,18 @@ def generate_tokens(
                 finished[j] = done
             if on_batch is not None:
                 on_batch(len(rows))
-    resp = [responses[j] for j in range(len(flat))]
-    done = [finished[j] for j in range(len(flat))]
+    mine = sorted(responses)  # every flat position unless sharded
+    resp = [responses[j] for j in mine]
+    done = [finished[j] for j in mine]
     texts = [tokenizer.decode(r[:-1] if f else r, skip_special_tokens=True) for r, f in zip(resp, done)]
     return Rollouts(
-        prompt_index=flat,
-        prompt_ids=[list(encoded[i]) for i in flat],
+        prompt_index=[flat[j] for j in mine],
+        prompt_ids=[list(encoded[flat[j]]) for j in mine],
         response_ids=resp,
         texts=texts,
         finished=done,
         n=n,
+        index=None if shard[1] == 1 else mine,
     )
 
 

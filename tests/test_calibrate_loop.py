@@ -48,7 +48,8 @@ def proxy(zoo_root):
 def bootstrapped(zoo_root, task, examples):
     """A zoo teacher SFT'd briefly on two answer styles of different length (~15 s): enough to speak the format
     and to mix the styles, which is what the knob moves between."""
-    from dg_core.distill.trainer import TrainSettings, response_ce, row_indices, train
+    from dg_core.distill.trainer import response_ce, row_indices, train
+    from dg_core.distill.training import TrainingConfig
 
     torch.set_num_threads(1)
     model, tok = load_model("zoo:teacher", device="cpu")
@@ -60,7 +61,7 @@ def bootstrapped(zoo_root, task, examples):
 
     for p in model.parameters():
         p.requires_grad_(True)
-    train(model, make_batch, response_ce, TrainSettings(steps=150, lr=3e-3, warmup_steps=10, progress=False))
+    train(model, make_batch, response_ce, TrainingConfig(steps=150, lr=3e-3, warmup_steps=10), progress=False)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), tok

@@ -103,7 +103,8 @@ def test_a_poisoned_checkpoint_is_refused_on_resume(tmp_path):
 def test_trainer_stops_at_the_first_non_finite_loss_and_never_checkpoints_it(tmp_path):
     import pytest
 
-    from dg_core.distill.trainer import LossOut, TrainSettings, train
+    from dg_core.distill.trainer import LossOut, train
+    from dg_core.distill.training import TrainingConfig
     from dg_core.errors import DGError
 
     m, _ = _lin()
@@ -120,13 +121,14 @@ def test_trainer_stops_at_the_first_non_finite_loss_and_never_checkpoints_it(tmp
         return hook
 
     uri = f"file://{tmp_path}/ckpt"
-    settings = TrainSettings(steps=6, lr=0.01, checkpoint_uri=uri, checkpoint_every=2, progress=False)
+    settings = TrainingConfig(steps=6, lr=0.01, checkpoint_every=2)
+    kw = {"checkpoint_uri": uri, "progress": False}
     with pytest.raises(DGError, match="train: loss became nan at step 3"):
-        train(m, lambda step, micro: torch.randn(8, 4), loss_fn, settings, on_step=poison_after(3))
+        train(m, lambda step, micro: torch.randn(8, 4), loss_fn, settings, on_step=poison_after(3), **kw)
     assert store.read_manifest(uri)["metadata"]["step"] == 2  # the last good one
     m, _ = _lin()
     with pytest.raises(DGError, match="weight weight became NaN or infinite by step 6"):
-        train(m, lambda step, micro: torch.randn(8, 4), loss_fn, settings, on_step=poison_after(6))
+        train(m, lambda step, micro: torch.randn(8, 4), loss_fn, settings, on_step=poison_after(6), **kw)
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):

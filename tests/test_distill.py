@@ -81,10 +81,10 @@ def test_teacher_knows_the_task(world):
 def test_method_beats_undistilled_floor(world, student, method, extra):
     from dg_core.data import load_split, task_of
     from dg_core.distill.common import load_trainable
-    from dg_core.distill.trainer import TrainSettings
+    from dg_core.distill.training import TrainingConfig
     from dg_core.evaluate import evaluate_model
 
-    floor_model, tok = load_trainable(student, seed=1, reinit=True, settings=TrainSettings())
+    floor_model, tok = load_trainable(student, seed=1, reinit=True, settings=TrainingConfig())
     floor = evaluate_model(
         floor_model.eval(),
         tok,
@@ -110,13 +110,12 @@ def test_gkd_improves_an_sft_started_student(world):
 
 
 def test_signals_are_generated_once_and_consistent(world):
-    from dg_core.distill.stage import signal_spec
     from dg_core.models import load_tokenizer
 
     cfg = from_dict(stage.Config, {"teacher": world["teacher"], "dataset": world["dataset"], "method": "kd", "topk": 5})
-    uri = build_signals(signal_spec(cfg))
+    uri = build_signals(cfg, topk=cfg.signals_topk())
     before = store.read_manifest(uri)["created"]
-    assert build_signals(signal_spec(cfg)) == uri
+    assert build_signals(cfg, topk=cfg.signals_topk()) == uri
     assert store.read_manifest(uri)["created"] == before
     sig = load_signals(uri)
     tok = load_tokenizer(world["teacher"])

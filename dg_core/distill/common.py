@@ -8,7 +8,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from dg_core.distill.trainer import TrainSettings, prepare_model
+from dg_core import store
+from dg_core.checkpoint import config_hash
+from dg_core.distill.trainer import prepare_model
+from dg_core.distill.training import TrainingConfig, training_part
 from dg_core.errors import DGError
 from dg_core.stages import output_uri
 
@@ -29,7 +32,7 @@ def load_trainable(
     *,
     seed: int,
     reinit: bool,
-    settings: TrainSettings,
+    settings: TrainingConfig,
     device: str = "auto",
     keep_dropout: bool = True,
 ) -> tuple[torch.nn.Module, Any]:
@@ -55,6 +58,20 @@ def load_trainable(
     return prepare_model(model, settings), tok
 
 
+def _unsharded(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg: TrainingConfig) -> torch.nn.Module:
+    """A whole CPU copy of a model FSDP/DeepSpeed sharded, from the state dict gathered on rank 0 (only GPU
+    runs use these engines; CI covers DDP)."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    fresh = AutoModelForCausalLM.from_config(base.config, dtype=torch.float32)
+    fresh.generation_config = base.generation_config
+    if cfg.lora:
+        from dg_core.models import attach_lora
+
+        fresh = attach_lora(fresh, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    fresh.load_state_dict(state)
+    return fresh
+
+
 def save_trained(model: torch.nn.Module, tok: Any, uri: str, *, lora: bool, metadata: dict[str, Any]) -> str:
     """Publish the trained model as plain safetensors weights (a LoRA adapter is merged first)."""
     from dg_core.models import merge_lora, save_model
@@ -69,17 +86,20 @@ def train_and_publish(
     tok: Any,
     make_batch: Any,
     loss_fn: Any,
-    settings: TrainSettings,
+    cfg: TrainingConfig,
     *,
     stage: str,
     accelerator: Any,
     out_uri: str,
+    checkpoint_uri: str,
     params: dict[str, Any],
     head: dict[str, Any],
     on_step: Any = None,
     with_stats: bool = False,
 ) -> dict[str, Any]:
     """Run the training loop, publish the model with its config and summary, close the stage's metrics.
+
+    ``cfg``: the stage's config (its :class:`TrainingConfig` fields drive the loop, its hash guards resumes).
 
     ``head``: the summary's leading fields (what was trained on what); the loop's figures follow, and with
     ``with_stats`` the loss function's mean extra statistics as ``mean_<name>``.
@@ -89,7 +109,16 @@ def train_and_publish(
     metrics = stage_metrics(stage)
     try:
         result = train(
-            model, make_batch, loss_fn, settings, stage=stage, metrics=metrics, on_step=on_step, accelerator=accelerator
+            model,
+            make_batch,
+            loss_fn,
+            training_part(cfg),
+            stage=stage,
+            checkpoint_uri=checkpoint_uri,
+            config_hash=config_hash(cfg),
+            metrics=metrics,
+            on_step=on_step,
+            accelerator=accelerator,
         )
         summary = clean(
             {
@@ -103,7 +132,9 @@ def train_and_publish(
             }
         )
         if accelerator.is_main_process:
-            save_trained(model, tok, out_uri, lora=settings.lora, metadata={"config": params, "summary": summary})
+            if result.full_state is not None:
+                model = _unsharded(model, result.full_state, cfg)
+            save_trained(model, tok, out_uri, lora=cfg.lora, metadata={"config": params, "summary": summary})
         accelerator.wait_for_everyone()
     except BaseException:
         metrics.close(success=False)

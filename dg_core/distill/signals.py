@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dg_core import store
-from dg_core.data import Example, load_split, task_of
+from dg_core.config import StageConfig, option
+from dg_core.data import Example, load_split, task_of, with_task_budget
 from dg_core.errors import DGError
 from dg_core.generate import generate_tokens, pack
 from dg_core.models.resolve import identity
@@ -37,30 +38,48 @@ log = logging.getLogger(__name__)
 FORMAT = "dguard-signals/1"
 
 
-@dataclass(frozen=True)
-class SignalSpec:
-    """What to sample from the teacher; every field enters the content address of the signals."""
+TOP_P = 1.0  # nucleus sampling is not an attack option; recorded in the content address all the same
+SHARD_ROWS = 2048  # samples per published shard
 
-    teacher: str
-    dataset: str
-    split: str = "train"
-    n_samples: int = 2
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    topk: int = 0  # 0: no log-probs stored (text-only signals)
-    limit: int = 0  # 0: every prompt of the split
-    seed: int = 0
-    batch_size: int = 64
-    shard_rows: int = 2048
 
-    def check(self) -> None:
-        if self.n_samples < 1:
-            raise DGError(f"signals n_samples={self.n_samples}: expected >= 1")
-        if self.topk < 0:
-            raise DGError(f"signals topk={self.topk}: expected >= 0 (0 stores no log-probs)")
-        if self.shard_rows < 1:
-            raise DGError(f"signals shard_rows={self.shard_rows}: expected >= 1")
+@dataclass
+class SignalsConfig(StageConfig):
+    """What to sample from the teacher; every field (and the method's ``topk``) enters the signals' address."""
+
+    teacher: str = option("", "Teacher model reference (store URI, local dir, zoo:<name>).")
+    dataset: str = option("", "Prepared dataset URI (from `dguard prep`).")
+    split: str = option("train", "Split whose prompts the teacher answers.")
+    n_samples: int = option(2, "Teacher samples per training prompt.", ge=1)
+    max_new_tokens: int = option(
+        0,
+        "Token budget of teacher samples, and of gkd students by default (0: the task's own budget, e.g. 512 for "
+        "math, 64 for the zoo's arithmetic).",
+        ge=0,
+    )
+    sample_temperature: float = option(1.0, "Teacher (and gkd student) sampling temperature.", gt=0)
+    signals_seed: int = option(0, "Seed of the teacher samples (shared by every student).")
+    limit: int = option(0, "Use only the first N prompts of the split (0 = all).", ge=0)
+    teacher_batch_size: int = option(
+        64, "Teacher sequences per generation and top-k scoring batch when building the signals.", ge=1
+    )
+
+
+def signal_spec(cfg: SignalsConfig, topk: int = 0) -> dict[str, Any]:
+    """The recorded sampling settings (``topk`` 0: text only); batch_size is in it because seeds are per batch."""
+    return {
+        "teacher": cfg.teacher,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "n_samples": cfg.n_samples,
+        "max_new_tokens": with_task_budget(cfg).max_new_tokens,
+        "temperature": cfg.sample_temperature,
+        "top_p": TOP_P,
+        "topk": topk,
+        "limit": cfg.limit,
+        "seed": cfg.signals_seed,
+        "batch_size": cfg.teacher_batch_size,
+        "shard_rows": SHARD_ROWS,
+    }
 
 
 @dataclass
@@ -91,10 +110,10 @@ class Signals:
         return bool(self.rows) and self.rows[0].topk_ids is not None
 
 
-def signals_key(spec: SignalSpec) -> str:
-    body = asdict(spec)  # batch_size included: sampling seeds are per generation batch
-    body["teacher"] = identity(spec.teacher)  # the content sha: agrees with the gate's pin
-    body["dataset"] = _dataset_fingerprint(spec.dataset)
+def signals_key(cfg: SignalsConfig, topk: int = 0) -> str:
+    body = signal_spec(cfg, topk)  # batch_size included: sampling seeds are per generation batch
+    body["teacher"] = identity(cfg.teacher)  # the content sha: agrees with the gate's pin
+    body["dataset"] = _dataset_fingerprint(cfg.dataset)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -114,8 +133,8 @@ def _dataset_fingerprint(uri: str) -> str:
     return h.hexdigest()[:16]
 
 
-def default_signals_uri(spec: SignalSpec, root: str | None = None) -> str:
-    return store.join(root or store.default_root(), "signals", signals_key(spec))
+def default_signals_uri(cfg: SignalsConfig, topk: int = 0, root: str | None = None) -> str:
+    return store.join(root or store.default_root(), "signals", signals_key(cfg, topk))
 
 
 def _char_offsets(tokenizer: Any, ids: list[int], text: str) -> list[tuple[int, int]]:
@@ -158,97 +177,143 @@ def _teacher_logprobs(
     return out
 
 
+def _sample(
+    cfg: SignalsConfig, topk: int, model: Any, tok: Any, prompts: list[str], rank: int, world: int
+) -> list[dict[str, Any]]:
+    """This process's share of the samples (generation batches ``b % world == rank``), scored for top-k."""
+    rolls = generate_tokens(
+        model,
+        tok,
+        prompts,
+        n=cfg.n_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.sample_temperature,
+        top_p=TOP_P,
+        batch_size=cfg.teacher_batch_size,
+        seed=cfg.signals_seed,
+        shard=(rank, world),
+    )
+    index = rolls.index if rolls.index is not None else list(range(len(rolls.texts)))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    lps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(index)
+    if topk > 0:
+        bs = cfg.teacher_batch_size
+        for b in range(0, len(index), bs):
+            sub = range(b, min(len(index), b + bs))
+            scored = _teacher_logprobs(
+                model, [rolls.prompt_ids[i] for i in sub], [rolls.response_ids[i] for i in sub], pad, topk
+            )
+            for i, x in zip(sub, scored):
+                lps[i] = x
+    out = []
+    for i, j in enumerate(index):
+        resp, text, done = rolls.response_ids[i], rolls.texts[i], rolls.finished[i]
+        offsets = _char_offsets(tok, resp[:-1] if done else resp, text)
+        if done:
+            offsets.append((len(text), len(text)))  # EOS: zero width at the end
+        out.append(
+            {"j": j, "p": rolls.prompt_index[i], "ids": resp, "text": text, "done": done, "off": offsets, "lp": lps[i]}
+        )
+    return out
+
+
 def build_signals(
-    spec: SignalSpec,
+    cfg: SignalsConfig,
     *,
+    topk: int = 0,
     uri: str | None = None,
     teacher: tuple[Any, Any] | None = None,
     force: bool = False,
+    accelerator: Any = None,
 ) -> str:
-    """Sample the teacher on the split and publish the signals (skipped when already published); the URI."""
-    spec.check()
-    uri = uri or default_signals_uri(spec)
+    """Sample the teacher on the split and publish the signals (skipped when already published); the URI.
+
+    Under several processes (``accelerator`` with ``num_processes > 1``) every process samples and scores its
+    share of the generation batches, rank 0 gathers and publishes, and the others wait for it: the signals are
+    the single-process ones (same seeds per batch), produced ``num_processes`` times faster.
+    """
+    cfg = with_task_budget(cfg)
+    if topk < 0:
+        raise DGError(f"signals topk={topk}: expected >= 0 (0 stores no log-probs)")
+    uri = uri or default_signals_uri(cfg, topk)
     if not force and store.is_published(uri):
         log.info("teacher signals already at %s: reusing", uri)
         return uri
     from dg_core.models import load_model
 
-    model, tok = teacher if teacher is not None else load_model(spec.teacher)
-    task = task_of(spec.dataset)
-    examples = load_split(spec.dataset, spec.split)
-    if spec.limit:
-        examples = examples[: spec.limit]
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    model, tok = teacher if teacher is not None else load_model(cfg.teacher)
+    task = task_of(cfg.dataset)
+    examples = load_split(cfg.dataset, cfg.split)
+    if cfg.limit:
+        examples = examples[: cfg.limit]
     if not examples:
-        raise DGError(f"{spec.dataset}: split {spec.split!r} is empty, expected prompts to sample the teacher on")
+        raise DGError(f"{cfg.dataset}: split {cfg.split!r} is empty, expected prompts to sample the teacher on")
     prompts = [task.prompt(ex, tok) for ex in examples]
-    rolls = generate_tokens(
-        model,
-        tok,
-        prompts,
-        n=spec.n_samples,
-        max_new_tokens=spec.max_new_tokens,
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-    )
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    samples = _sample(cfg, topk, model, tok, prompts, rank, world)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        samples = sorted(gather_object(samples), key=lambda r: r["j"])
+    if rank == 0:
+        _publish(cfg, topk, uri, samples, examples, prompts, task, len(tok))
+    if world > 1:
+        accelerator.wait_for_everyone()
+    log.info("teacher signals: %d samples -> %s", len(samples), uri)
+    return uri
+
+
+def _publish(
+    cfg: SignalsConfig,
+    topk: int,
+    uri: str,
+    samples: list[dict[str, Any]],
+    examples: list[Example],
+    prompts: list[str],
+    task: Any,
+    vocab_size: int,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="dg-signals-") as tmp:
-        n_rows = len(rolls.texts)
+        n_rows = len(samples)
         shards = []
-        for s, a in enumerate(range(0, n_rows, spec.shard_rows)):
-            idx = list(range(a, min(n_rows, a + spec.shard_rows)))
-            lps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-            if spec.topk > 0:
-                for b in range(0, len(idx), spec.batch_size):
-                    sub = idx[b : b + spec.batch_size]
-                    lps += _teacher_logprobs(
-                        model, [rolls.prompt_ids[i] for i in sub], [rolls.response_ids[i] for i in sub], pad, spec.topk
-                    )
+        for s, a in enumerate(range(0, n_rows, SHARD_ROWS)):
+            part = samples[a : a + SHARD_ROWS]
             name = f"shard-{s:05d}"
             ptr = [0]
             with open(Path(tmp) / f"{name}.jsonl", "w", encoding="utf-8") as f:
-                for i in idx:
-                    resp = rolls.response_ids[i]
-                    text = rolls.texts[i]
-                    body = resp[:-1] if rolls.finished[i] else resp
-                    offsets = _char_offsets(tok, body, text)
-                    if rolls.finished[i]:
-                        offsets.append((len(text), len(text)))  # EOS: zero width at the end
+                for r in part:
                     row = {
-                        "example_id": examples[rolls.prompt_index[i]].id,
-                        "prompt": prompts[rolls.prompt_index[i]],
-                        "response": text,
-                        "finished": rolls.finished[i],
-                        "token_ids": resp,
-                        "offsets": offsets,
+                        "example_id": examples[r["p"]].id,
+                        "prompt": prompts[r["p"]],
+                        "response": r["text"],
+                        "finished": r["done"],
+                        "token_ids": r["ids"],
+                        "offsets": r["off"],
                     }
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    ptr.append(ptr[-1] + len(resp))
-            if spec.topk > 0:
+                    ptr.append(ptr[-1] + len(r["ids"]))
+            if topk > 0:
                 save_file(
                     {
                         "row_ptr": torch.tensor(ptr, dtype=torch.int64),
-                        "token_logprobs": torch.cat([x[0] for x in lps]).contiguous(),
-                        "topk_ids": torch.cat([x[1] for x in lps]).contiguous(),
-                        "topk_logprobs": torch.cat([x[2] for x in lps]).contiguous(),
+                        "token_logprobs": torch.cat([r["lp"][0] for r in part]).contiguous(),
+                        "topk_ids": torch.cat([r["lp"][1] for r in part]).contiguous(),
+                        "topk_logprobs": torch.cat([r["lp"][2] for r in part]).contiguous(),
                     },
                     str(Path(tmp) / f"{name}.safetensors"),
                 )
             shards.append(name)
         meta = {
             "format": FORMAT,
-            "spec": asdict(spec),
+            "spec": signal_spec(cfg, topk),
             "task": task.spec(),
             "shards": shards,
             "rows": n_rows,
-            "vocab_size": len(tok),
-            "finished_rate": sum(rolls.finished) / max(1, n_rows),
+            "vocab_size": vocab_size,
+            "finished_rate": sum(r["done"] for r in samples) / max(1, n_rows),
         }
         (Path(tmp) / "signals.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        store.publish(tmp, uri, metadata={"kind": "signals", "rows": n_rows, "teacher": spec.teacher})
-    log.info("teacher signals: %d samples -> %s", n_rows, uri)
-    return uri
+        store.publish(tmp, uri, metadata={"kind": "signals", "rows": n_rows, "teacher": cfg.teacher})
 
 
 def load_signals(uri: str) -> Signals:

@@ -150,10 +150,10 @@ def _eval(cfg: Config, model: Any, loaded: Any = None) -> dict[str, Any]:
 def _floor(cfg: Config, job: AttackJob) -> dict[str, Any]:
     """The undistilled student: the start model, re-initialised by the job's seed when the attack does so."""
     from dg_core.distill.common import load_trainable
-    from dg_core.distill.trainer import TrainSettings
+    from dg_core.distill.training import TrainingConfig
 
     reinit = bool(job.settings["reinit"])
-    model, tok = load_trainable(job.student, seed=job.seed, reinit=reinit, settings=TrainSettings(), device=cfg.device)
+    model, tok = load_trainable(job.student, seed=job.seed, reinit=reinit, settings=TrainingConfig(), device=cfg.device)
     return _eval(cfg, job.student, loaded=(model.eval(), tok))
 
 

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dg_core import store
-from dg_core.checkpoint import config_hash, resume_option
-from dg_core.config import StageConfig, option
+from dg_core.config import option
 from dg_core.data import Example, load_split, task_of
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
-from dg_core.distill.trainer import TrainSettings, make_accelerator, response_ce, row_indices
+from dg_core.distill.trainer import device_of, make_accelerator, response_ce, row_indices
+from dg_core.distill.training import TrainingConfig, default
 from dg_core.errors import DGError
 from dg_core.generate import encode_prompt, encode_response, pack
 from dg_core.utils import seed_everything, set_threads_from_env
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Config(StageConfig):
+class Config(TrainingConfig):
+    """The train stage: the shared training options (its own defaults: a bootstrap runs longer) and these."""
+
     model: str = option("zoo:teacher", "Model to fine-tune (zoo member or any model reference).")
     dataset: str = option("", "Prepared dataset URI (from `dguard prep`).")
     split: str = option("train", "Split to train on.")
@@ -34,21 +36,11 @@ class Config(StageConfig):
         "trains on every listed style of each row, so the model keeps a per-prompt choice of style instead of "
         "memorising the one each row happened to draw (calibration needs that choice to reshape).",
     )
-    steps: int = option(1000, "Optimizer steps.", ge=1)
-    batch_size: int = option(64, "Sequences per micro-batch.", ge=1)
-    grad_accum: int = option(1, "Micro-batches per optimizer step.", ge=1)
-    lr: float = option(2e-3, "Peak learning rate (AdamW).", gt=0)
-    warmup_steps: int = option(50, "Linear warmup steps before cosine decay.", ge=0)
-    max_grad_norm: float = option(1.0, "Gradient clipping (0 disables).", ge=0)
-    max_length: int = option(256, "Longest prompt+response in tokens (responses are truncated).", ge=2)
-    lora: bool = option(False, "Train a LoRA adapter (merged on save) instead of every weight.")
-    lora_r: int = option(8, "LoRA rank.", ge=1)
-    reinit: bool = option(False, "Re-initialise the weights from `seed` before training.")
-    seed: int = option(0, "Seed: data order, dropout, re-initialisation.")
-    checkpoint_every: int = option(200, "Checkpoint every N steps (0 disables).", ge=0)
-    resume: str = resume_option()
+    steps: int = default("steps", 1000)
+    batch_size: int = default("batch_size", 64)
+    warmup_steps: int = default("warmup_steps", 50)
+    checkpoint_every: int = default("checkpoint_every", 200)
     output: str = option("", "Where to publish the model (default: <store root>/trained/<config hash>).")
-    device: str = option("auto", "auto, cpu or cuda.")
 
     def check(self) -> None:
         if not self.dataset:
@@ -84,26 +76,12 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         raise DGError(f"{cfg.dataset}: split {cfg.split!r} is empty, expected examples to train on")
     pairs = [(ex, t) for ex in rows for t in _targets(ex, cfg.style)]
     rows, targets = [ex for ex, _ in pairs], [t for _, t in pairs]
-    settings = TrainSettings(
-        steps=cfg.steps,
-        lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        grad_accum=cfg.grad_accum,
-        max_grad_norm=cfg.max_grad_norm,
-        lora=cfg.lora,
-        lora_r=cfg.lora_r,
-        lora_alpha=2 * cfg.lora_r,
-        seed=cfg.seed,
-        checkpoint_uri=ckpt_uri,
-        checkpoint_every=cfg.checkpoint_every,
-        config_hash=config_hash(cfg),
-        resume=cfg.resume,
-    )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(None if cfg.device == "auto" else cfg.device)
-    model, tok = load_trainable(
-        cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=settings, device=str(accelerator.device)
-    )
+    with accelerator.main_process_first():  # rank 0 builds a zoo member or fills the cache, once
+        model, tok = load_trainable(
+            cfg.model, seed=cfg.seed, reinit=cfg.reinit, settings=cfg, device=device_of(accelerator)
+        )
     rank, world = accelerator.process_index, accelerator.num_processes
     prompt_ids = [encode_prompt(tok, task.prompt(ex, tok)) for ex in rows]
     resp_ids = [encode_response(tok, t) for t in targets]
@@ -120,10 +98,11 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         tok,
         make_batch,
         response_ce,
-        settings,
+        cfg,
         stage="train",
         accelerator=accelerator,
         out_uri=out_uri,
+        checkpoint_uri=ckpt_uri,
         params=params,
         head={"base": cfg.model, "dataset": cfg.dataset},
         on_step=on_step,

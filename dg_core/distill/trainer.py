@@ -10,6 +10,7 @@ with exact resume (weights, optimizer, schedule, RNG streams), a tqdm bar and Pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -19,7 +20,8 @@ from typing import Any
 
 import torch
 
-from dg_core.checkpoint import Checkpointer, first_nonfinite, trainable_state
+from dg_core.checkpoint import Checkpointer, ShardedCheckpointer, first_nonfinite, trainable_state
+from dg_core.distill.training import LOG_EVERY, MIN_LR_RATIO, WEIGHT_DECAY, TrainingConfig
 from dg_core.errors import DGError
 from dg_core.generate import TokenBatch
 from dg_core.progress import Progress
@@ -27,39 +29,8 @@ from dg_core.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings shared by every trainer user (stage configs map their fields onto this)."""
-
-    steps: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    seed: int = 0
-    checkpoint_uri: str | None = None
-    checkpoint_every: int = 0
-    config_hash: str = ""  # of the stage config: a checkpoint another config wrote is not resumed
-    resume: str = "auto"
-    log_every: int = 10
-    progress: bool = True
-    gradient_checkpointing: str = "auto"  # on, off, or auto: on for real (20M+ parameter) models
-
-    def check(self) -> None:
-        if self.steps < 1:
-            raise DGError(f"training steps={self.steps}: expected >= 1")
-        if self.grad_accum < 1:
-            raise DGError(f"grad_accum={self.grad_accum}: expected >= 1")
-        if not self.lr > 0:
-            raise DGError(f"lr={self.lr}: expected > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise DGError(f"min_lr_ratio={self.min_lr_ratio}: expected a value in [0, 1]")
+# accelerate engines that shard the weights across processes (the model object then holds only a shard)
+SHARDING_ENGINES = ("FSDP", "DEEPSPEED")
 
 
 @dataclass
@@ -69,6 +40,11 @@ class LossOut:
     loss: torch.Tensor
     n_tokens: int
     stats: dict[str, float] = field(default_factory=dict)
+    denom: int | None = None  # what ``loss`` is a mean over, when not the tokens (spans, sequences)
+
+    @property
+    def count(self) -> int:
+        return self.n_tokens if self.denom is None else self.denom
 
 
 @dataclass
@@ -82,6 +58,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     stats: dict[str, float] = field(default_factory=dict)
+    full_state: dict[str, torch.Tensor] | None = None  # rank 0's gathered weights when the engine shards them
 
     @property
     def tokens_per_s(self) -> float:
@@ -118,16 +95,16 @@ def row_indices(
     return out
 
 
-def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
-    """Linear warmup then cosine decay to ``min_lr_ratio`` of the peak (a multiplier of ``lr``)."""
-    warm = max(0, settings.warmup_steps)
-    total = settings.steps
+def lr_lambda(cfg: TrainingConfig) -> Callable[[int], float]:
+    """Linear warmup then cosine decay to ``MIN_LR_RATIO`` of the peak (a multiplier of ``lr``)."""
+    warm = max(0, cfg.warmup_steps)
+    total = cfg.steps
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         progress = min(1.0, (step - warm) / max(1, total - warm))
-        return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
 
@@ -152,7 +129,7 @@ def stage_metrics(stage: str, run_id: str | None = None) -> Any:
     return StageMetrics(stage, run_id=run_id)
 
 
-def prepare_model(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, settings: TrainingConfig) -> torch.nn.Module:
     """Attach a LoRA adapter (LoRA mode) or make every weight trainable (full fine-tuning); turn on gradient
     checkpointing when the settings (or, for ``auto``, the model's size) ask for it."""
     from dg_core.models.logprobs import enable_checkpointing, wants_checkpointing
@@ -177,70 +154,113 @@ def make_accelerator(device: torch.device | str | None = None) -> Any:
     return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
 
 
+def device_of(accelerator: Any) -> str:
+    """The accelerator's device as a model-loading argument ("cpu", "cuda:N"; multi-CPU runs say "cpu:0")."""
+    d = torch.device(accelerator.device)
+    return "cpu" if d.type == "cpu" else str(d)
+
+
+def _all_sum(accelerator: Any, values: list[float], stage: str, step: int) -> list[float]:
+    """Sum ``values`` over the processes; a peer that died (killed, out of memory) becomes one clear line."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    try:
+        return accelerator.reduce(t, reduction="sum").tolist()
+    except RuntimeError as e:  # gloo/NCCL: "Connection closed by peer", DistBackendError, ...
+        raise DGError(
+            f"{stage}: rank {accelerator.process_index} of {accelerator.num_processes} lost a peer process at step "
+            f"{step} (another rank died: the launcher's report names it); rerun to resume from the last checkpoint "
+            f"[{str(e).splitlines()[0][:120]}]"
+        ) from None
+
+
 def train(
     model: torch.nn.Module,
     make_batch: Callable[[int, int], Any],
     loss_fn: Callable[[torch.nn.Module, Any], LossOut],
-    settings: TrainSettings,
+    cfg: TrainingConfig,
     *,
     stage: str = "train",
+    checkpoint_uri: str | None = None,
+    config_hash: str = "",
+    progress: bool = True,
     metrics: Any = None,
     on_step: Callable[[int, float], None] | None = None,
     accelerator: Any = None,
 ) -> TrainResult:
-    """Run ``settings.steps`` optimizer steps on ``model`` (already LoRA-wrapped if wanted), resuming if a
-    checkpoint exists. ``on_step(step, loss)`` runs after every step (tests use it to inject failures)."""
-    settings.check()
+    """Run ``cfg.steps`` optimizer steps on ``model`` (already LoRA-wrapped if wanted), resuming if a checkpoint
+    exists. ``on_step(step, loss)`` runs after every step (tests use it to inject failures).
+
+    Under several processes (``accelerate launch``/torchrun) the model is data-parallel (DDP, or FSDP/DeepSpeed
+    from the launch config); each micro-batch loss is weighted by its share of the global token count, so the
+    gradient is the one a single process computes on the union of the ranks' rows, and the reported loss is
+    that global mean. Checkpoints then go through :class:`~dg_core.checkpoint.ShardedCheckpointer`.
+    """
     if accelerator is None:
         accelerator = make_accelerator(next(model.parameters()).device)
     metrics = metrics or stage_metrics(stage)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DGError("model has no trainable parameters: expected LoRA or full fine-tuning to enable some")
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     model, opt = accelerator.prepare(model, opt)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP flattens them
     raw = accelerator.unwrap_model(model)
-    ckpt = Checkpointer(
-        settings.checkpoint_uri, settings.checkpoint_every, config_hash=settings.config_hash, resume=settings.resume
-    )
+    world = accelerator.num_processes
     # Seed here, not earlier: loading a model may build a zoo member (which reseeds), and the RNG streams
     # (dropout) must depend on the seed alone. A checkpoint then replaces them with its own.
-    seed_everything(settings.seed)
-    start, extra = ckpt.resume(raw, opt, sched)
-    if start >= settings.steps:
-        log.info("checkpoint already at step %d of %d: nothing to train", start, settings.steps)
+    seed_everything(cfg.seed)
+    if world > 1:
+        accelerator.register_for_checkpointing(sched)
+        ckpt: Any = ShardedCheckpointer(
+            accelerator, checkpoint_uri, cfg.checkpoint_every, config_hash=config_hash, resume=cfg.resume
+        )
+        start, extra = ckpt.resume()
+    else:
+        ShardedCheckpointer(accelerator, checkpoint_uri, cfg.checkpoint_every, resume=cfg.resume).refuse_other_world()
+        ckpt = Checkpointer(checkpoint_uri, cfg.checkpoint_every, config_hash=config_hash, resume=cfg.resume)
+        start, extra = ckpt.resume(raw, opt, sched)
+    if start >= cfg.steps:
+        log.info("checkpoint already at step %d of %d: nothing to train", start, cfg.steps)
     losses: list[float] = []
     tokens = 0
     t0 = time.perf_counter()
     model.train()
     bar = Progress(
-        settings.steps,
+        cfg.steps,
         stage,
-        enabled=settings.progress and accelerator.is_main_process,
-        log_every=settings.log_every,
+        enabled=progress and accelerator.is_main_process,
+        log_every=LOG_EVERY,
         logger=log,
         initial=start,
     )
     last = float(extra.get("last_loss", float("nan")))
     stats_sum: dict[str, float] = {}
-    for step in range(start, settings.steps):
+    for step in range(start, cfg.steps):
         step_loss, step_tokens, ts = 0.0, 0, time.perf_counter()
-        for micro in range(settings.grad_accum):
+        for micro in range(cfg.grad_accum):
             batch = make_batch(step, micro)
             if hasattr(batch, "to"):
                 batch = batch.to(accelerator.device)
-            with accelerator.autocast():
+            sync = micro == cfg.grad_accum - 1 or world == 1
+            with accelerator.autocast(), contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = loss_fn(model, batch)
-            if not torch.isfinite(out.loss):
-                raise DGError(f"{stage}: loss became {float(out.loss)} at step {step}: lower lr or check the data")
-            accelerator.backward(out.loss / settings.grad_accum)
-            step_loss += float(out.loss.detach()) / settings.grad_accum
-            step_tokens += out.n_tokens
+                loss, value = out.loss, float(out.loss.detach())
+                n_tok = out.n_tokens
+                if world > 1:  # the local mean's share of the global one (DDP then averages over ranks)
+                    local = [value * out.count, float(out.count), float(n_tok)]
+                    total, n_all, n_tok = _all_sum(accelerator, local, stage, step)
+                    loss = loss * (out.count * world / max(n_all, 1.0))
+                    value = total / max(n_all, 1.0)
+            if not math.isfinite(value):
+                raise DGError(f"{stage}: loss became {value} at step {step}: lower lr or check the data")
+            accelerator.backward(loss / cfg.grad_accum)
+            step_loss += value / cfg.grad_accum
+            step_tokens += int(n_tok)
             for k, v in out.stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v / settings.grad_accum
-        if settings.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                stats_sum[k] = stats_sum.get(k, 0.0) + v / cfg.grad_accum
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -254,19 +274,30 @@ def train(
         metrics.set("step", step + 1)
         bar.update(1, loss=step_loss, tok_s=step_tokens / dt if dt > 0 else 0.0)
         metrics.maybe_flush()
-        if ckpt.due(step + 1) and accelerator.is_main_process:
-            ckpt.save(step + 1, raw, opt, sched, extra={"last_loss": step_loss})
+        if ckpt.due(step + 1):
+            if world > 1:
+                ckpt.save(step + 1, extra={"last_loss": step_loss})
+            elif accelerator.is_main_process:
+                ckpt.save(step + 1, raw, opt, sched, extra={"last_loss": step_loss})
         if on_step is not None:
             on_step(step + 1, step_loss)
     bar.close()
     metrics.flush()
     model.eval()
+    if world > 1 and stats_sum:  # the statistics of the whole run, not of rank 0's rows
+        keys = sorted(stats_sum)
+        sums = _all_sum(accelerator, [stats_sum[k] for k in keys], stage, cfg.steps)
+        stats_sum = {k: v / world for k, v in zip(keys, sums)}
     bad = first_nonfinite(trainable_state(raw))
     if bad is not None:
-        raise DGError(f"{stage}: weight {bad} became NaN or infinite by step {settings.steps}: lower lr")
-    n_run = max(1, settings.steps - start)
+        raise DGError(f"{stage}: weight {bad} became NaN or infinite by step {cfg.steps}: lower lr")
+    n_run = max(1, cfg.steps - start)
+    full_state = None
+    if accelerator.distributed_type in SHARDING_ENGINES:  # a collective: every rank joins, rank 0 gets it
+        full_state = accelerator.get_state_dict(model)
     return TrainResult(
-        steps=settings.steps,
+        full_state=full_state,
+        steps=cfg.steps,
         start_step=start,
         losses=losses,
         tokens=tokens,

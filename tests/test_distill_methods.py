@@ -1,0 +1,89 @@
+"""The per-method layout: training options declared once, each method's config adding only its own fields, and
+the gkd student's own token budget (issue 12 item 5). Zoo models, untrained: seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dg_core.config import from_dict
+from dg_core.data import get_task
+from dg_core.data.artifact import write_manifest
+from dg_core.data.example import write_jsonl
+from dg_core.distill import methods, stage, train_stage
+from dg_core.distill.methods import gkd, kd, sft, xtok
+from dg_core.distill.methods.base import DivergenceConfig
+from dg_core.distill.signals import SignalsConfig, build_signals, load_signals
+from dg_core.distill.training import TrainingConfig
+from dg_core.errors import DGError
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_training_options_are_declared_once_and_stages_only_change_defaults():
+    shared = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    for cfg in (stage.Config, train_stage.Config):
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        for name, f in shared.items():
+            assert fields[name].metadata == f.metadata, f"{cfg.__module__}.{name} restates its help or bounds"
+    assert train_stage.Config(dataset="d").steps == 1000 and stage.Config(teacher="t", dataset="d").steps == 300
+
+
+def test_each_method_config_adds_only_its_own_fields():
+    div = _names(DivergenceConfig)
+    assert _names(sft.Config) == set()
+    assert _names(kd.Config) - div == {"topk"}
+    assert _names(gkd.Config) - div == {"lmbda", "reduction", "student_max_new_tokens"}
+    assert _names(xtok.Config) - _names(kd.Config) == {"xtok_loss"}
+    # and the stage config is exactly the union of the parts plus its own few fields
+    parts = _names(TrainingConfig) | _names(SignalsConfig) | _names(gkd.Config) | _names(xtok.Config)
+    assert _names(stage.Config) - parts == {"student", "method", "dropout", "output", "allow_zoo"}
+
+
+@pytest.fixture()
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("DG_STORE_ROOT", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d = tmp_path / "ds"
+    d.mkdir()
+    task = get_task("synthetic_math", a_digits=1, b_digits=1, terms=0)
+    ex = task.generate(8, seed=0)
+    write_jsonl(d / "train.jsonl", ex)
+    write_manifest(d, {"task": task.spec(), "splits": {"train": {"file": "train.jsonl"}}})
+    return str(d)
+
+
+def _cfg(ds: str, **kw) -> stage.Config:
+    base = {"teacher": "zoo:student-llama", "student": "zoo:student-llama", "dataset": ds, "method": "gkd"}
+    return from_dict(stage.Config, {**base, "max_new_tokens": 4, "batch_size": 4, "lmbda": 1.0, **kw})
+
+
+def test_gkd_student_samples_on_its_own_budget(tiny):
+    from dg_core.data import task_of
+    from dg_core.models import load_model
+
+    torch.manual_seed(0)
+    teacher = load_model("zoo:student-llama", device="cpu")
+    student, tok = load_model("zoo:student-llama", device="cpu")
+    for budget, longest in ((0, 4), (12, 12)):  # 0: the teacher's max_new_tokens
+        cfg = _cfg(tiny, student_max_new_tokens=budget, sample_temperature=3.0)
+        sig = load_signals(build_signals(cfg, teacher=teacher))
+        ctx = methods.Context(student, tok, sig, task_of(tiny), cfg, teacher=teacher, max_new_tokens=4)
+        batch = methods.build("gkd", cfg, ctx).make_batch(0, 0)
+        resp = batch.tokens.targets_mask().sum(-1)
+        assert int(resp.max()) == longest  # an untrained student at T=3 does not stop early
+        assert batch.info["on_policy_fraction"] == 1.0
+
+
+def test_gkd_student_budget_past_its_context_is_refused_before_sampling(tiny):
+    from dg_core import store
+    from dg_core.distill.signals import default_signals_uri
+
+    cfg = _cfg(tiny, student_max_new_tokens=400)
+    with pytest.raises(DGError, match=r"student zoo:student-llama: context of 256 .*student_max_new_tokens=400"):
+        stage.run(cfg)
+    assert not store.is_published(default_signals_uri(cfg, cfg.signals_topk()))
