@@ -1,5 +1,6 @@
 """Multi-node tasks as Kubeflow Trainer TrainJobs: end to end through the kubeflow SDK's local process backend,
-and the manifest its KubernetesBackend would send validated against the TrainJob CRD (tests/fixtures/trainer)."""
+and the manifest its KubernetesBackend would send validated against the TrainJob schema of the Trainer API
+models (kubeflow_trainer_api, installed with the SDK)."""
 
 import base64
 import hashlib
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import yaml
 
 from components import _common
 from dg_core import store
@@ -20,13 +20,18 @@ from dg_core.errors import DGError
 from dg_core.launch import LaunchError, trainjob
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT / "tests" / "fixtures" / "trainer" / "trainer.kubeflow.org_trainjobs.yaml"
 
 
 def crd_schema() -> dict:
-    crd = yaml.safe_load(CRD.read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-    return version["schema"]["openAPIV3Schema"]
+    """The TrainJob schema as the Kubeflow Trainer's API models (``kubeflow_trainer_api``, generated from the
+    Trainer's OpenAPI spec and installed with the SDK) define it."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    schema = TrainerV1alpha1TrainJob.model_json_schema()
+    # The generated models type a resource Quantity as an object; on the wire (and in the CRD) it is
+    # int-or-string ("8", 8, "16Gi"), which is what the API server checks.
+    schema["$defs"]["IoK8sApimachineryPkgApiResourceQuantity"] = {"anyOf": [{"type": "string"}, {"type": "number"}]}
+    return schema
 
 
 def _strict(schema: dict) -> dict:
@@ -45,7 +50,7 @@ def test_manifest_for_the_cluster_is_a_valid_trainjob():
     params = {"teacher": "s3://models/t", "proxies": ["s3://models/q"], "dataset": "s3://data/d", "steps": 3}
     m = trainjob.manifest("calibrate", params, num_nodes=4, gpus_per_node=8, image="ghcr.io/x/dguard:1-cuda",
                           env={"DG_STORE_ROOT": "s3://dg", "AWS_REGION": "eu-west-1"})  # fmt: skip
-    jsonschema.Draft7Validator(_strict(crd_schema())).validate(m)
+    jsonschema.Draft202012Validator(_strict(crd_schema())).validate(m)
     assert m["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and m["kind"] == "TrainJob"
     spec = m["spec"]
     assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime",
@@ -63,11 +68,11 @@ def test_the_crd_check_is_live():
     m = trainjob.manifest("train", {"model": "s3://m", "dataset": "s3://d"}, num_nodes=2, gpus_per_node=1)
     m["spec"]["trainer"]["numNode"] = 2
     with pytest.raises(jsonschema.ValidationError, match="numNode"):
-        jsonschema.Draft7Validator(_strict(crd_schema())).validate(m)
+        jsonschema.Draft202012Validator(_strict(crd_schema())).validate(m)
     m = trainjob.manifest("train", {"model": "s3://m", "dataset": "s3://d"}, num_nodes=2, gpus_per_node=1)
     m["spec"]["trainer"]["numNodes"] = "two"
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft7Validator(_strict(crd_schema())).validate(m)
+        jsonschema.Draft202012Validator(_strict(crd_schema())).validate(m)
 
 
 def test_no_credentials_are_forwarded_into_a_trainjob(monkeypatch):

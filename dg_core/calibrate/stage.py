@@ -38,6 +38,8 @@ from dg_core.errors import DGError
 from dg_core.stages import output_uri
 
 log = logging.getLogger(__name__)
+#: Runs on every rank under `accelerate launch`/torchrun (dg_core.launch): data-parallel, rank 0 publishes.
+MULTI_PROCESS = True
 
 
 @dataclass

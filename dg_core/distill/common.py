@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from dg_core import store
 from dg_core.checkpoint import config_hash
 from dg_core.distill.trainer import prepare_model
 from dg_core.distill.training import TrainingConfig, training_part

@@ -21,6 +21,8 @@ from dg_core.generate import encode_prompt, encode_response, pack
 from dg_core.utils import seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)
+#: Runs on every rank under `accelerate launch`/torchrun (dg_core.launch): data-parallel, rank 0 publishes.
+MULTI_PROCESS = True
 
 
 @dataclass
