@@ -1,10 +1,10 @@
-"""Benchmark: chunked vs naive full-vocabulary token KL (dg_core.traps.kl), throughput and peak memory.
+"""Benchmark: chunked vs naive full-vocabulary token KL (dg_core.base.kl), throughput and peak memory.
 
 Both compute the same per-position divergence between teacher and student logits ``[N, V]``:
 
 - naive:   ``log_softmax`` of both full tensors, the elementwise term, a sum: several ``[N, V]`` float32
            temporaries live at once (what a loss written in three lines does);
-- chunked: :func:`dg_core.traps.kl.token_divergence`, ``chunk_rows`` positions at a time (auto-sized to
+- chunked: :func:`dg_core.base.kl.token_divergence`, ``chunk_rows`` positions at a time (auto-sized to
            ``--max-chunk-elems``), optionally ``--vocab-chunk`` columns at a time; with ``--backward`` each chunk
            is recomputed in the backward pass (checkpointing), as when the function is a KD loss.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from dg_core.traps import kl  # noqa: E402
+from dg_core.base import kl  # noqa: E402
 
 VARIANTS = ("naive", "chunked", "chunked_vocab")
 

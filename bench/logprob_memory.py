@@ -59,7 +59,7 @@ def build(lora_r: int, full: bool, checkpointing: bool) -> torch.nn.Module:
             p.requires_grad_(False)
         model = attach_lora(model, r=lora_r, alpha=2 * lora_r)
     if checkpointing:
-        from dg_core.models.logprobs import enable_checkpointing
+        from dg_core.base.logprobs import enable_checkpointing
 
         enable_checkpointing(model)
     return model.train()
@@ -68,8 +68,8 @@ def build(lora_r: int, full: bool, checkpointing: bool) -> torch.nn.Module:
 def measure(model: torch.nn.Module, batch: int, length: int) -> tuple[float, float]:
     from distill import PeakMem
 
+    from dg_core.base.generate import TokenBatch
     from dg_core.calibrate.grpo import token_logprobs
-    from dg_core.generate import TokenBatch
 
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, SMOLLM2_135M["vocab_size"], (batch, length), generator=g)

@@ -40,9 +40,9 @@ from dataclasses import replace
 
 import torch
 
+from dg_core.base.generate import generate, pack_texts
 from dg_core.data import get_task
 from dg_core.data.synthetic.math import STYLES
-from dg_core.generate import generate, pack_texts
 from dg_core.models.zoo import ZOO, build_model, build_tokenizer
 
 

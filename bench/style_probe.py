@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from dg_core.base.align import sequence_logprob
+    from dg_core.base.generate import generate
     from dg_core.data import load_split, task_of
-    from dg_core.generate import generate
     from dg_core.models import load_model
-    from dg_core.traps.align import sequence_logprob
 
     torch.set_num_threads(int(os.environ.get("DG_THREADS", "1")))
     task = task_of(args.dataset)

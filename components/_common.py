@@ -24,9 +24,9 @@ import os
 from typing import Any
 
 from dg_core import __version__
-from dg_core.stages import output_uri as _output_uri
-from dg_core.stages import run_stage  # noqa: F401 (what every component calls)
+from dg_core.runner import run_stage  # noqa: F401 (what every component calls)
 from dg_core.store import content_sha, is_store_uri
+from dg_core.store import output_uri as _output_uri
 
 #: The CPU image (lightweight components run here; `kfp.local` runs the same code in-process).
 IMAGE = f"ghcr.io/distillation-guards/dguard:{__version__}"
@@ -96,7 +96,7 @@ def uri_of(ref: str) -> str:
 
 
 def output_uri(store_root: str, stage: str, inputs: dict[str, Any]) -> str:
-    """Where a component's stage publishes: ``<store_root>/runs/<stage>/<key>`` (:func:`dg_core.stages.output_uri`)."""
+    """Where a component's stage publishes: ``<store_root>/runs/<stage>/<key>`` (:func:`dg_core.store.output_uri`)."""
     return _output_uri(f"runs/{stage}", inputs, root=store_root or None)
 
 

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Sequence
 
 from dg_core.errors import DGError, one_line
-from dg_core.stages import STAGES, get_stage, run_stage
+from dg_core.runner import run_stage
+from dg_core.stages import STAGES, get_stage
 
 log = logging.getLogger("dguard")
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from dg_core import store
+from dg_core.base.generate import generate_tokens
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of, with_task_budget
 from dg_core.errors import DGError
-from dg_core.generate import generate_tokens
 from dg_core.utils import set_threads_from_env
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[
 def run(cfg: Config) -> dict:
     """Evaluate and publish ``eval.json`` + ``samples.jsonl``; returns the headline figures and the URI."""
     set_threads_from_env()
-    from dg_core.stages import output_uri
+    from dg_core.store import output_uri
 
     cfg = with_task_budget(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}

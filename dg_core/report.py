@@ -377,7 +377,7 @@ def build(cfg: Config) -> dict[str, Any]:
 
 
 def run(cfg: Config) -> dict:
-    from dg_core.stages import output_uri
+    from dg_core.store import output_uri
 
     out = cfg.output or output_uri("reports", asdict(cfg) | {"output": ""})
     rep = build(cfg)

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
+from dg_core.base.generate import generate_tokens
 from dg_core.calibrate.grpo import (
     CalibrationSettings,
     Learner,
@@ -23,7 +24,6 @@ from dg_core.calibrate.rewards import CalibrationReward, RewardInputs, TaskRewar
 from dg_core.calibrate.trl_engine import run_calibration_trl
 from dg_core.checkpoint import Checkpointer
 from dg_core.data import get_task
-from dg_core.generate import generate_tokens
 from dg_core.models import load_model
 
 TASK_OPTS = dict(a_digits=1, b_digits=1, terms=1, term_digits=1)

@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
+from dg_core.base.generate import generate_tokens, pack_texts
 from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibration, token_logprobs
 from dg_core.calibrate.rewards import CalibrationReward, TaskReward, score_text
 from dg_core.checkpoint import Checkpointer
 from dg_core.data import get_task
-from dg_core.generate import generate_tokens, pack_texts
 from dg_core.models import adapter_disabled, attach_lora, load_model
 
 TASK_OPTS = dict(a_digits=1, b_digits=1, terms=1, term_digits=1, style_mix={"decomposed": 1.0, "compressed": 1.0})
@@ -81,7 +81,7 @@ def test_r_cal_scores_the_same_text_with_two_tokenizers(zoo_root, proxy):
     assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
 
     # brute force: the proxy's log p(y|x) as a product of its own next-token probabilities (+ EOS)
-    from dg_core.generate import encode_prompt, encode_response
+    from dg_core.base.generate import encode_prompt, encode_response
 
     p_ids = encode_prompt(ptok, prompts[0])
     r_ids = encode_response(ptok, responses[0], add_eos=True)

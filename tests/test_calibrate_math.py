@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from dg_core.calibrate.grpo import aggregate, clipped_pg_loss, combine_advantages, group_standardize, k3_kl
-from dg_core.calibrate.guards import early_stop_reason, gate, gated_cal_advantage, preflight
+from dg_core.base.advantages import combine_advantages, gated_cal_advantage, group_standardize
+from dg_core.calibrate.grpo import aggregate, clipped_pg_loss, k3_kl
+from dg_core.calibrate.guards import early_stop_reason, gate, preflight
 from dg_core.errors import DGError
 
 

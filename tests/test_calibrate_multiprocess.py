@@ -84,8 +84,8 @@ def dataset(tmp_path_factory, task) -> str:
 def teacher(env, task, tmp_path_factory) -> str:
     """The zoo teacher after a few seconds of SFT on the training prompts: greedy accuracy above 0, so the stage
     trains (at 0, retention is undefined and it stops before training)."""
+    from dg_core.base.generate import pack_texts
     from dg_core.distill.trainer import TrainSettings, response_ce, row_indices, train
-    from dg_core.generate import pack_texts
     from dg_core.models import load_model, save_model
 
     torch.set_num_threads(1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from dg_core.base.kl import token_divergence
 from dg_core.distill.losses import span_likelihood_divergence, topk_kd, uld_distance
-from dg_core.traps.kl import token_divergence
 
 
 def test_topk_kd_with_full_vocabulary_is_the_exact_divergence():

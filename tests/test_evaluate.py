@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dg_core import store
+from dg_core.base.generate import generate
 from dg_core.config import from_dict
 from dg_core.data import get_task, load_split
 from dg_core.data.artifact import write_manifest
@@ -16,7 +17,6 @@ from dg_core.data.example import write_jsonl
 from dg_core.distill import train_stage
 from dg_core.errors import DGError
 from dg_core.evaluate import Config, bootstrap_ci, read_eval, run
-from dg_core.generate import generate
 from dg_core.models import load_model
 
 

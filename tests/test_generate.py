@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dg_core.base.generate import encode_prompt, generate, generate_tokens, pack, pack_texts
 from dg_core.errors import DGError
-from dg_core.generate import encode_prompt, generate, generate_tokens, pack, pack_texts
 from dg_core.models.zoo import ZOO, build_model, build_tokenizer
 
 PROMPTS = ["12*3+4\n", "5*6\n", "123*4+56\n"]
@@ -146,9 +146,9 @@ def _llama3_style_tokenizer():
 
 
 def test_chat_prompt_ids_equal_apply_chat_template_with_one_bos():
+    from dg_core.base.align import encode_pair
+    from dg_core.base.generate import encode_prompt
     from dg_core.data import get_task
-    from dg_core.generate import encode_prompt
-    from dg_core.traps.align import encode_pair
 
     tok = _llama3_style_tokenizer()
     assert tok("x")["input_ids"][0] == tok.bos_token_id  # the tokenizer adds BOS on its own

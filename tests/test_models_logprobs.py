@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from dg_core.generate import pack_texts
+from dg_core.base.generate import pack_texts
+from dg_core.base.logprobs import enable_checkpointing, token_logprobs
 from dg_core.models import attach_lora, load_model
-from dg_core.models.logprobs import enable_checkpointing, token_logprobs
 
 
 @pytest.fixture(scope="module", autouse=True)

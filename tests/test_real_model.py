@@ -62,8 +62,8 @@ def test_smollm2_through_every_stage(smollm2, store_root, clean_env, tmp_path, c
     from transformers import AutoModelForCausalLM
 
     from dg_core import store
+    from dg_core.base.generate import encode_prompt
     from dg_core.data import load_split, task_of
-    from dg_core.generate import encode_prompt
     from dg_core.models import load_model
 
     clean_env.setenv("DG_THREADS", "1")  # 2 shared cores: one thread each is several times faster than two
@@ -226,8 +226,8 @@ def test_smollm2_calibrates_on_the_trl_engine_and_publishes_a_loadable_adapter(s
     from transformers import AutoModelForCausalLM
 
     from dg_core import store
+    from dg_core.base.generate import encode_prompt
     from dg_core.data import load_split, task_of
-    from dg_core.generate import encode_prompt
     from dg_core.models import load_model
 
     clean_env.setenv("DG_THREADS", "1")

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from components import _common
-from dg_core import cli, stages
+from dg_core import cli, runner, store
 from dg_core.errors import DGError
 
 
@@ -21,17 +21,17 @@ def _records() -> list[dict]:
 
 
 def test_cli_and_components_share_one_run_stage(tmp_path, caplog):
-    assert _common.run_stage is stages.run_stage is cli.run_stage
+    assert _common.run_stage is runner.run_stage is cli.run_stage
     caplog.set_level(logging.INFO, logger="dguard")
-    from_values = stages.run_stage("gate", {"evaluations": _records()}, {"min_retention": 0.99})
+    from_values = runner.run_stage("gate", {"evaluations": _records()}, {"min_retention": 0.99})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"gate": {"evaluations": _records()}}))
-    from_file = stages.run_stage("gate", overrides=["min_retention=0.99"], config_path=str(cfg))
-    from_strings = stages.run_stage("gate", {"evaluations": _records()}, ["min_retention=0.99"])
+    from_file = runner.run_stage("gate", overrides=["min_retention=0.99"], config_path=str(cfg))
+    from_strings = runner.run_stage("gate", {"evaluations": _records()}, ["min_retention=0.99"])
     assert from_values == from_file == from_strings and from_values["passed"] is False  # retention 0.98 < 0.99
     assert caplog.text.count("gate config:") == 3 and '"min_retention": 0.99' in caplog.text
     with pytest.raises(DGError, match="both config values and a config file"):
-        stages.run_stage("gate", {"evaluations": _records()}, config_path=str(cfg))
+        runner.run_stage("gate", {"evaluations": _records()}, config_path=str(cfg))
 
 
 def test_default_outputs_share_one_naming_scheme(tmp_path, monkeypatch):
@@ -44,15 +44,15 @@ def test_default_outputs_share_one_naming_scheme(tmp_path, monkeypatch):
 
     root = (tmp_path / "store").as_uri()
     monkeypatch.setenv("DG_STORE_ROOT", root)
-    a = stages.output_uri("evals", {"x": 1, "y": [1, 2]})
+    a = store.output_uri("evals", {"x": 1, "y": [1, 2]})
     assert re.fullmatch(re.escape(root) + r"/evals/[0-9a-f]{16}", a)
-    assert a == stages.output_uri("evals", {"y": [1, 2], "x": 1})
-    assert a.rsplit("/", 1)[1] != stages.output_uri("reports", {"x": 1, "y": [1, 2]}).rsplit("/", 1)[1]
-    assert stages.output_uri("evals", {"x": 1}, root="s3://bkt/p").startswith("s3://bkt/p/evals/")
+    assert a == store.output_uri("evals", {"y": [1, 2], "x": 1})
+    assert a.rsplit("/", 1)[1] != store.output_uri("reports", {"x": 1, "y": [1, 2]}).rsplit("/", 1)[1]
+    assert store.output_uri("evals", {"x": 1}, root="s3://bkt/p").startswith("s3://bkt/p/evals/")
 
     cal = from_dict(CalConfig, {"teacher": "zoo:teacher", "dataset": "file:///d", "eta": -1.0})
     assert re.fullmatch(re.escape(root) + r"/calibrate/zoo-teacher-eta-1-[0-9a-f]{16}", default_output(cal))
     other = from_dict(CalConfig, {"teacher": "zoo:teacher", "dataset": "file:///d", "eta": -1.0, "lr": 1e-3})
     assert default_output(other) != default_output(cal)
     gate_uri = _common.output_uri(root, "gate", {"x": 1})
-    assert gate_uri == stages.output_uri("runs/gate", {"x": 1}) and gate_uri.startswith(root + "/runs/gate/")
+    assert gate_uri == store.output_uri("runs/gate", {"x": 1}) and gate_uri.startswith(root + "/runs/gate/")

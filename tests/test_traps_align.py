@@ -7,9 +7,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from dg_core import generate
+from dg_core.base import align, generate
 from dg_core.errors import DGError
-from dg_core.traps import align
 
 CORPUS = ["the cat sat on the mat", "12+34=46", "Q: what is 7*6? A: 42", "a dog and a cat"] * 20
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -76,7 +75,7 @@ def _brute_joint(model, tok, prompt, response):
 
 
 def _brute_separate(model, tok, prompt, response, eos=False):
-    """The training layout of dg_core.generate (pack_texts), scored on the response targets."""
+    """The training layout of dg_core.base.generate (pack_texts), scored on the response targets."""
     if not prompt:
         prompt_ids = [tok.bos_token_id]
         batch = generate.pack([prompt_ids], [generate.encode_response(tok, response, add_eos=eos)], tok.pad_token_id)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from dg_core.base import kl
 from dg_core.errors import DGError
-from dg_core.traps import kl
 
 
 def _softmax(x: np.ndarray, temp: float = 1.0) -> np.ndarray:

@@ -26,38 +26,15 @@ from typing import Any
 
 import torch
 
+from dg_core.base.advantages import combine_advantages, gated_cal_advantage, group_standardize
+from dg_core.base.generate import TokenBatch, generate_tokens
 from dg_core.calibrate.rewards import CalibrationReward, PromptSource, Reward, RewardInputs, TaskReward
 from dg_core.config import StageConfig, option
 from dg_core.data.example import Example
 from dg_core.data.tasks import Task
 from dg_core.errors import DGError
-from dg_core.generate import TokenBatch, generate_tokens
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------- math
-
-
-def group_standardize(rewards: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """``(r − mean_group) / (std_group + eps)`` per row of a ``[groups, G]`` tensor.
-
-    With ``mask``, statistics use the masked-in entries only and masked-out entries get 0; a group with fewer
-    than two entries (or no spread) carries no signal and gets 0. Population std (ddof=0).
-    """
-    r = rewards.float()
-    m = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.bool()
-    mf = m.float()
-    n = mf.sum(-1, keepdim=True)
-    mean = (r * mf).sum(-1, keepdim=True) / n.clamp(min=1)
-    var = (((r - mean) ** 2) * mf).sum(-1, keepdim=True) / n.clamp(min=1)
-    std = var.sqrt()
-    out = (r - mean) / (std + eps) * mf
-    return torch.where((n >= 2) & (std > 0), out, torch.zeros_like(out))
-
-
-def combine_advantages(a_task: torch.Tensor, a_cal: torch.Tensor, eta: float) -> torch.Tensor:
-    """``A = Â_task + η·Â_cal`` — η is the knob: > 0 distillable, < 0 undistillable, 0 plain RFT."""
-    return a_task + eta * a_cal
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -196,8 +173,8 @@ def token_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token | prefix) at every position of a right-padded batch ``[B, T-1]`` (aligned with
     ``batch.targets_mask()``), and the policy entropy there; chunked over positions, never a ``[B, T, V]``
-    tensor (:func:`dg_core.models.logprobs.token_logprobs`)."""
-    from dg_core.models.logprobs import token_logprobs as chunked
+    tensor (:func:`dg_core.base.logprobs.token_logprobs`)."""
+    from dg_core.base.logprobs import token_logprobs as chunked
 
     out = chunked(model, batch.input_ids, batch.attention_mask, temperature=temperature, with_entropy=with_entropy)
     return out.logprobs, out.entropy
@@ -245,7 +222,7 @@ def sample_and_score(
     batch_size: int = 256,
     seed: int = 0,
 ) -> tuple[float, Any]:
-    """:func:`sampled_accuracy` with the whole :class:`~dg_core.generate.Rollouts` (which samples finished)."""
+    """:func:`sampled_accuracy` with the whole :class:`~dg_core.base.generate.Rollouts` (which samples finished)."""
     if not examples:
         raise DGError("sampled_accuracy: no examples to evaluate")
     prompts = [task.prompt(e, tokenizer) for e in examples]
@@ -289,9 +266,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 def step_advantages(r_task: torch.Tensor, r_cal: torch.Tensor, cfg: CalibrationSettings) -> torch.Tensor:
     """``A = Â_task + η·Â_cal`` per sample of a prompt-major batch: each reward standardised within its group,
-    r_cal gated by correctness (:func:`~dg_core.calibrate.guards.gated_cal_advantage`). Both engines use this."""
-    from dg_core.calibrate.guards import gated_cal_advantage
-
+    r_cal gated by correctness (:func:`~dg_core.base.advantages.gated_cal_advantage`). Both engines use this."""
     G = cfg.group_size
     a_task = group_standardize(r_task.view(-1, G))
     a_cal = gated_cal_advantage(r_cal.view(-1, G), r_task.view(-1, G), cfg.cal_gate)
@@ -609,7 +584,7 @@ def run_calibration(
         cfg = dataclasses.replace(cfg, max_new_tokens=task.max_new_tokens)
     from accelerate import Accelerator
 
-    from dg_core.models.logprobs import enable_checkpointing, wants_checkpointing
+    from dg_core.base.logprobs import enable_checkpointing, wants_checkpointing
 
     if not train:
         raise DGError("calibrate: the training split is empty, expected prompts to calibrate on")
@@ -691,7 +666,7 @@ def _reference_from_anchor(
     stopped, as the proxies score it). A row whose sampled ids are not what its text encodes to (a non-canonical
     tokenisation, a special token dropped from the text) is scored again from the text, so that both sides of
     the log-ratio score the very same token sequence and r_cal is exactly 0 for a proxy equal to π₀."""
-    from dg_core.generate import encode_response
+    from dg_core.base.generate import encode_response
 
     B = packed.input_ids.shape[0]
     tmask = packed.targets_mask().float()

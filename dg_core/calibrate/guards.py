@@ -1,10 +1,10 @@
 """Guards against reward hacking during calibration, and the release gate.
 
-The toy study (DESIGN.md §2) saw the knob hacked both ways: with η < 0 the teacher appended junk after its
+The toy study  saw the knob hacked both ways: with η < 0 the teacher appended junk after its
 answer that the proxy finds unlikely; with η > 0 a weak teacher drifted towards answers the proxy likes — the
 proxy's own mistakes. The defences, each an option of the ``calibrate`` stage:
 
-- **gate r_cal by correctness** (:func:`gated_cal_advantage`): the calibration advantage is computed among the
+- **gate r_cal by correctness** (:func:`dg_core.base.advantages.gated_cal_advantage`): the calibration advantage is computed among the
   *correct* samples of a group only, so η can choose between correct answers but never pays for a wrong one;
 - **strict scorers**: the task scorer is ``r_task`` (a junk suffix after the answer scores 0, see
   :class:`dg_core.data.tasks.SyntheticMathTask`);
@@ -19,35 +19,6 @@ proxy's own mistakes. The defences, each an option of the ``calibrate`` stage:
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-
-from dg_core.errors import DGError
-
-CAL_GATES = ("correct", "multiply", "none")
-
-
-def gated_cal_advantage(
-    r_cal: torch.Tensor, r_task: torch.Tensor, how: str = "correct", eps: float = 1e-6
-) -> torch.Tensor:
-    """Group-standardised calibration advantage ``[groups, G]``, gated by task correctness.
-
-    - ``correct``: standardise r_cal among the correct samples of each group only (``r_task >= 1``); incorrect
-      samples get 0, and a group with fewer than two correct samples gets 0 throughout.
-    - ``multiply``: standardise over the whole group, then multiply by ``r_task`` (partial credit scales it).
-    - ``none``: plain group standardisation (the paper's objective; open to hacking).
-    """
-    from dg_core.calibrate.grpo import group_standardize
-
-    if r_cal.shape != r_task.shape or r_cal.dim() != 2:
-        raise DGError(f"gated_cal_advantage: r_cal {tuple(r_cal.shape)} and r_task {tuple(r_task.shape)}")
-    if how == "none":
-        return group_standardize(r_cal, eps=eps)
-    if how == "multiply":
-        return group_standardize(r_cal, eps=eps) * r_task
-    if how != "correct":
-        raise DGError(f"cal_gate {how!r}: expected one of {list(CAL_GATES)}")
-    return group_standardize(r_cal, mask=r_task >= 1.0, eps=eps)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``r_cal(x, y) = sg[log q(y|x) − log π_ref(y|x)]``: how much more (or less) likely a small proxy ``q`` finds a
 response than the teacher's reference ``π_ref`` (the original teacher π₀, or the current π_θ as an option).
 Each model tokenizes the *same text* with its own tokenizer and scores it
-(:func:`dg_core.traps.align.sequence_logprob`), so proxy and teacher need not share a vocabulary. A response that
+(:func:`dg_core.base.align.sequence_logprob`), so proxy and teacher need not share a vocabulary. A response that
 small models find likely (r_cal high) is easy to distil; one that surprises them is hard.
 
 Both implement :class:`Reward`: one typed call, ``score(RewardInputs) -> Tensor`` (one reward per sample), which
@@ -132,9 +132,9 @@ def score_text(
     ``sum``: the sequence log-probability; ``token``: divided by the model's own token count;
     ``char``: divided by the response's character count (the same divisor for every tokenizer).
     ``append_eos`` also scores the end of the response, so a proxy's view of where an answer stops (and of a
-    junk suffix after it) counts; one flag per pair scores the end only where the sample ended. ``add_bos=None`` follows the training layout of :mod:`dg_core.generate` (prompt encoded on its own).
+    junk suffix after it) counts; one flag per pair scores the end only where the sample ended. ``add_bos=None`` follows the training layout of :mod:`dg_core.base.generate` (prompt encoded on its own).
     """
-    from dg_core.traps.align import sequence_logprob
+    from dg_core.base.align import sequence_logprob
 
     mode = {"sum": "none", "token": "token", "char": "char"}[_normalizer(normalize)]
     with torch.no_grad():
@@ -167,7 +167,7 @@ class CalibrationReward:
         append_eos: score the end of each response too (see :func:`score_text`); only of responses that ended
             when the caller passes ``finished`` (a sample cut off at its token budget has no end to score, on
             either side of the log-ratio).
-        add_bos: passed to :func:`dg_core.traps.align.sequence_logprob` (None: the training layout).
+        add_bos: passed to :func:`dg_core.base.align.sequence_logprob` (None: the training layout).
         batch_size: sequences per scoring forward pass.
     """
 

@@ -35,7 +35,7 @@ from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.checkpoint import config_hash, resume_option
 from dg_core.config import option
 from dg_core.errors import DGError
-from dg_core.stages import output_uri
+from dg_core.store import output_uri
 
 log = logging.getLogger(__name__)
 #: Runs on every rank under `accelerate launch`/torchrun (dg_core.launch): data-parallel, rank 0 publishes.

@@ -8,7 +8,7 @@ generation engine (HF generate on CPU, vLLM colocated on GPU); the objective and
   ``normalize_then_sum`` differs in three details we do not want: sample std (ddof 1), ε = 1e-4, and a second
   standardisation over the whole batch; the native engine and this one therefore compute the same advantages
   and the same loss on the same rollouts (``tests/test_calibrate_engines.py``).
-- **Rollouts**: without vLLM, each prompt's group is sampled by :func:`~dg_core.generate.generate_tokens` with a
+- **Rollouts**: without vLLM, each prompt's group is sampled by :func:`~dg_core.base.generate.generate_tokens` with a
   seed of ``(seed, step, group index in the global batch)``: a step's samples depend on nothing else, so a
   resumed run and a run on any number of processes draw the same rollouts.
 - **KL anchor**: β·k3 KL to π₀, the same module with its LoRA adapter switched off (TRL's PEFT reference).
@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from dg_core.base.generate import generate_tokens
 from dg_core.calibrate.grpo import (
     CalibrationResult,
     CalibrationSettings,
@@ -43,7 +44,6 @@ from dg_core.calibrate.rewards import CalibrationReward, Reward, RewardInputs, T
 from dg_core.data.example import Example
 from dg_core.data.tasks import Task
 from dg_core.errors import DGError
-from dg_core.generate import generate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def run_calibration_trl(
     """
     from datasets import Dataset
 
-    from dg_core.models.logprobs import wants_checkpointing
+    from dg_core.base.logprobs import wants_checkpointing
 
     if not train:
         raise DGError("calibrate: the training split is empty, expected prompts to calibrate on")

@@ -12,7 +12,7 @@ from dg_core.checkpoint import config_hash
 from dg_core.distill.trainer import prepare_model
 from dg_core.distill.training import TrainingConfig, training_part
 from dg_core.errors import DGError
-from dg_core.stages import output_uri
+from dg_core.store import output_uri
 
 
 def clean(summary: dict[str, Any]) -> dict[str, Any]:

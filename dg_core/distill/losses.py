@@ -1,4 +1,4 @@
-"""Distillation losses on top of the KL toolkit (``dg_core.traps.kl``): the divergences themselves live there.
+"""Distillation losses on top of the KL toolkit (``dg_core.base.kl``): the divergences themselves live there.
 
 What is here is only what the toolkit cannot see: teacher distributions that arrive as stored top-k
 log-probabilities (a k+1-category view with a tail bucket), span-level likelihood matching across tokenizers
@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from dg_core.base.kl import elementwise_terms, token_divergence
 from dg_core.errors import DGError
-from dg_core.traps.kl import elementwise_terms, token_divergence
 
 _MIN_LOG = math.log(1e-10)
 
@@ -78,7 +78,7 @@ def span_likelihood_divergence(
 ) -> torch.Tensor:
     """Per-span divergence of the binary events "the model produces this span next" (ALM-style).
 
-    Spans are character ranges on which two tokenizations agree (``dg_core.traps.align.align_tokens``), so
+    Spans are character ranges on which two tokenizations agree (``dg_core.base.align.align_tokens``), so
     ``log p(span | prefix)`` is comparable across tokenizers; matching each as a Bernoulli with the toolkit's
     divergences is a cross-tokenizer KD signal that needs no shared vocabulary. Temperature scales log p.
     """

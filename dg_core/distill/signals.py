@@ -28,10 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dg_core import store
+from dg_core.base.generate import generate_tokens, pack
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of, with_task_budget
 from dg_core.errors import DGError
-from dg_core.generate import generate_tokens, pack
 from dg_core.models.resolve import identity
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _teacher_logprobs(
     model: torch.nn.Module, batch_prompts: list[list[int]], batch_resp: list[list[int]], pad: int, topk: int
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(chosen logprob [n], top-k ids [n, k], top-k logprobs [n, k]) for each response, one forward pass."""
-    from dg_core.models.logprobs import token_logprobs
+    from dg_core.base.logprobs import token_logprobs
 
     tb = pack(batch_prompts, batch_resp, pad)
     # chunked over positions: top-k per chunk of rows, never a [B, T, V] log-softmax

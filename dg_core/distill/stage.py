@@ -145,10 +145,11 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
     a teacher budget past its context, a student context shorter than ``max_length``."""
     from transformers import AutoConfig
 
+    from dg_core.base.modelinfo import context_limit
     from dg_core.data import load_split, task_of
     from dg_core.distill.methods import same_vocabulary
     from dg_core.models import load_tokenizer, resolve_model_dir
-    from dg_core.models.limits import check_generation_fits, check_zoo_refs, context_limit
+    from dg_core.models.limits import check_generation_fits, check_zoo_refs
 
     if cfg.student.startswith("zoo:") and not cfg.allow_zoo:
         check_zoo_refs(
@@ -170,7 +171,7 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
     limit = context_limit(AutoConfig.from_pretrained(resolve_model_dir(cfg.student)))
     budget = methods.get(cfg.method).METHOD.student_new_tokens(cfg)
     if limit is not None and budget:  # the student samples too (gkd), on its own budget
-        from dg_core.generate import encode_prompt
+        from dg_core.base.generate import encode_prompt
 
         task = task_of(cfg.dataset)
         examples = load_split(cfg.dataset, cfg.split)

@@ -1,7 +1,7 @@
 """Stage `train`: supervised fine-tuning on a dataset's references (bootstraps zoo teachers, proxies, students).
 
 The loss covers response tokens only (EOS appended, prompt masked), with the same tokenisation rule as
-generation (:mod:`dg_core.generate`), so a model trained here answers in exactly the form it was shown.
+generation (:mod:`dg_core.base.generate`), so a model trained here answers in exactly the form it was shown.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dg_core import store
+from dg_core.base.generate import encode_prompt, encode_response, pack
 from dg_core.config import option
 from dg_core.data import Example, load_split, task_of
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
 from dg_core.distill.trainer import device_of, make_accelerator, response_ce, row_indices
 from dg_core.distill.training import TrainingConfig, default
 from dg_core.errors import DGError
-from dg_core.generate import encode_prompt, encode_response, pack
 from dg_core.utils import seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)

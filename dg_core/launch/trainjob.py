@@ -26,12 +26,11 @@ from typing import Any
 
 from dg_core.errors import DGError
 from dg_core.launch import LaunchError
+from dg_core.launch.worker import ERROR_MARK, SUMMARY_MARK
 
 log = logging.getLogger("dguard.launch.trainjob")
 
 DEFAULT_RUNTIME = "torch-distributed"
-SUMMARY_MARK = "DGUARD_SUMMARY "
-ERROR_MARK = "DGUARD_ERROR "
 #: Settings a TrainJob node needs to reach the same store and metrics as the task (never credentials).
 FORWARD_ENV = (
     "DG_STORE_ROOT",

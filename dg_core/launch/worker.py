@@ -19,6 +19,10 @@ from typing import Any
 
 from dg_core.errors import DGError, one_line
 
+#: Marked lines of a TrainJob node's log that dg_core.launch.trainjob reads back: rank 0's summary, a rank's error.
+SUMMARY_MARK = "DGUARD_SUMMARY "
+ERROR_MARK = "DGUARD_ERROR "
+
 #: What a launcher sets that makes accelerate/torch think they are one of several processes.
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
              "ROLE_WORLD_SIZE", "ACCELERATE_USE_CPU")  # fmt: skip
@@ -74,8 +78,6 @@ def _has_cuda() -> bool:
 def node(stage: str, config: dict[str, Any]) -> int:
     """One rank of a TrainJob node: no shared launch folder, so rank 0's summary and any rank's error go to the
     log on marked lines (dg_core.launch.trainjob reads them back). Returns the exit code."""
-    from dg_core.launch.trainjob import ERROR_MARK, SUMMARY_MARK
-
     logging.basicConfig(level=os.environ.get("DG_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     rank, world, _ = env_rank()
     try:

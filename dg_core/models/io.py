@@ -1,4 +1,4 @@
-"""Load and save causal LMs and tokenizers by reference: store URI, local dir, `zoo:<name>` or hub id.
+"""Load causal LMs and tokenizers by reference (saving: ``dg_core.models.save``): store URI, local dir, `zoo:<name>` or hub id.
 
 Safetensors only, and `trust_remote_code` stays off unless the caller turns it on: a model release is
 untrusted input.
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from dg_core import store
 from dg_core.errors import DGError
 from dg_core.models.resolve import resolve_model_dir
 from dg_core.utils import pick_device, pick_dtype
@@ -126,30 +124,6 @@ def load_model(
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:200]
-
-
-def save_model(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    uri: str,
-    *,
-    metadata: dict[str, Any] | None = None,
-    files: dict[str, str] | None = None,
-) -> str:
-    """Save as safetensors and publish atomically to `uri` (merged weights; adapters are saved separately);
-    ``files``: extra text files (name -> content) published with it, e.g. an HF ``README.md`` model card."""
-    if hasattr(model, "peft_config"):
-        raise DGError("save_model got a PEFT model: merge it (dg_core.models.merge_lora) or use save_adapter")
-    with tempfile.TemporaryDirectory(prefix="dg-model-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name, text in (files or {}).items():
-            (Path(tmp) / name).write_text(text, encoding="utf-8")
-        if metadata:
-            (Path(tmp) / "dg_model.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-        store.publish(tmp, uri, metadata={"kind": "model", **(metadata or {})})
-    log.info("saved model to %s", uri)
-    return uri
 
 
 def model_info(model: torch.nn.Module) -> dict[str, Any]:

@@ -15,49 +15,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from dg_core.base.modelinfo import REAL_MODEL_MIN_PARAMS, context_limit, model_name
 from dg_core.errors import DGError
 
 __all__ = [
-    "REAL_MODEL_MIN_PARAMS",
     "check_generation_fits",
     "check_models_text",
     "check_scoring_fits",
     "check_zoo_refs",
-    "context_limit",
     "is_real_model",
-    "model_name",
     "text_nll_ratio",
 ]
 
-#: Models this large are real pretrained checkpoints; the offline zoo's members are below 1M parameters.
-REAL_MODEL_MIN_PARAMS = 20_000_000
-
-
-def context_limit(model: Any) -> int | None:
-    """Positions the model (or a model config) can attend over (``max_position_embeddings`` / ``n_positions``),
-    or None if unknown."""
-    cfg = getattr(model, "config", model)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def model_name(model: Any, tokenizer: Any = None) -> str:
-    """A name for messages: the checkpoint path/id the model was loaded from, never a tokenizer class name."""
-    for obj in (tokenizer, getattr(model, "config", None)):
-        for attr in ("name_or_path", "_name_or_path"):
-            v = getattr(obj, attr, None)
-            if isinstance(v, str) and v:
-                return v
-    cfg = getattr(model, "config", None)
-    return f"a {getattr(cfg, 'model_type', type(model).__name__)} model"
-
 
 def _longest_prompt(tokenizer: Any, prompts: Sequence[str]) -> int:
-    from dg_core.generate import encode_prompt
+    from dg_core.base.generate import encode_prompt
 
     return max((len(encode_prompt(tokenizer, p)) for p in prompts), default=0)
 
@@ -158,7 +130,7 @@ def text_nll_ratio(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[fl
     vocabulary), over the same tokens: how far the model is from knowing nothing about this text."""
     import torch
 
-    from dg_core.models.logprobs import token_logprobs
+    from dg_core.base.logprobs import token_logprobs
 
     texts = [t for t in texts if t]
     if not texts:

@@ -30,8 +30,8 @@ from transformers import (
 )
 
 from dg_core import store
-from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
+from dg_core.models.save import save_model
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,6 @@ def ensure(name: str, root: str | None = None) -> str:
         raise DGError(f"unknown zoo model {name!r}: expected one of {', '.join(ZOO)}")
     uri = zoo_uri(name, root)
     if not store.is_published(uri):
-        from dg_core.models.io import save_model
-
         spec = ZOO[name]
         tok = build_tokenizer(spec.tokenizer)
         model = build_model(spec, tok)
@@ -240,25 +238,3 @@ def ensure(name: str, root: str | None = None) -> str:
         else:
             log.info("built zoo model %s -> %s", name, uri)
     return uri
-
-
-@dataclass
-class Config(StageConfig):
-    names: list[str] = option(list(ZOO), "Zoo members to build (default: all).")
-    root: str = option("", "Store root to build into (default: $DG_STORE_ROOT or the embedded file store).")
-
-    def check(self) -> None:
-        for n in self.names:
-            if n not in ZOO:
-                raise DGError(f"config field 'names': got {n!r}, expected members of {list(ZOO)}")
-
-
-def run(cfg: Config) -> dict:
-    from dg_core.models.io import load_model, model_info
-
-    out = {}
-    for name in cfg.names:
-        uri = ensure(name, cfg.root or None)
-        model, tok = load_model(uri, device="cpu")
-        out[name] = {"uri": uri, **model_info(model), "vocab": len(tok), "tokenizer": ZOO[name].tokenizer}
-    return {"models": out}

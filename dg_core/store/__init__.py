@@ -80,7 +80,7 @@ from dg_core.store.plain import (
 )
 from dg_core.store.s3 import S3Store
 from dg_core.store.settings import S3Settings
-from dg_core.store.uri import default_root, is_store_uri, join, parse_uri
+from dg_core.store.uri import default_root, is_store_uri, join, output_uri, parse_uri
 
 __all__ = [
     "FORMAT",
@@ -110,6 +110,7 @@ __all__ = [
     "is_published",
     "is_store_uri",
     "join",
+    "output_uri",
     "list_artifacts",
     "list_model_folders",
     "listing_sha",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dg_core.errors import DGError, redact_url
@@ -99,3 +103,16 @@ def join(uri: str, *parts: str) -> str:
 
 def key_join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def output_uri(kind: str, params: Mapping[str, Any], *, root: str | None = None, label: str = "") -> str:
+    """Where a stage publishes unless told: ``<root>/<kind>/[<label>-]<key>``, the one naming scheme.
+
+    ``key`` is a short hash of ``kind`` and ``params``, so the same inputs land in the same place (a restarted
+    stage finds its checkpoint, a finished one its result, KFP reruns overwrite nothing else) and different
+    inputs never collide. ``label`` is a readable prefix (calibrate: ``<teacher>-eta<eta>``); components name
+    their kind ``runs/<stage>``; ``root`` defaults to :func:`default_root`.
+    """
+    body = json.dumps({"kind": kind, **params}, sort_keys=True, default=str)
+    key = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return join(root or default_root(), kind, f"{label}-{key}" if label else key)

@@ -62,7 +62,7 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
-from dg_core.stages import output_uri
+from dg_core.store import output_uri
 
 log = logging.getLogger(__name__)
 SCHEMA = "dg.diagnose/v1"
@@ -193,7 +193,7 @@ def diagnose(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> dic
     if cfg.max_new_tokens == 0:  # 0: the task's own budget
         cfg = dataclasses.replace(cfg, max_new_tokens=task.max_new_tokens)
 
-    from dg_core.generate import generate_tokens
+    from dg_core.base.generate import generate_tokens
     from dg_core.traps import measures, symptoms
 
     th = cfg.thresholds

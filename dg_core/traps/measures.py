@@ -4,7 +4,7 @@ Comparing next-token distributions of two models needs positions where both pred
 same characters", over a common set of outcomes:
 
 - **positions**: both models score the same ``prompt + response`` with their own tokenizers (the layout of
-  :mod:`dg_core.generate`); a response character offset where *both* tokenizations start a token is a matched
+  :mod:`dg_core.base.generate`); a response character offset where *both* tokenizations start a token is a matched
   position, and each model's distribution there is read at its preceding token.
 - **outcomes**: tokens whose surface string exists in both vocabularies (:func:`shared_vocab`), plus one
   "other" bucket holding each model's mass on everything else. With one tokenizer the shared vocabulary is the
@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
+from dg_core.base import kl
+from dg_core.base.align import _model_device, aligned_span_logprobs, encode_pair, sequence_logprob
 from dg_core.errors import DGError
-from dg_core.traps import kl
-from dg_core.traps.align import _model_device, aligned_span_logprobs, encode_pair, sequence_logprob
 
 # ----------------------------------------------------------------------------------------------- vocabularies
 
@@ -478,7 +478,7 @@ def gap(
     - ``seq_loglik_gap_per_char``: mean of [log p_T(y|x) − log p_S(y|x)] / |y| over teacher samples y (each
       model with its own tokenizer): a per-character estimate of sequence-level KL(teacher ‖ student).
     - ``aligned_reverse_kl_per_span``/``_per_seq``: on student samples, log p_S − log p_T summed over spans where
-      both tokenizations agree (:func:`dg_core.traps.align.aligned_span_logprobs`): estimates of reverse KL.
+      both tokenizations agree (:func:`dg_core.base.align.aligned_span_logprobs`): estimates of reverse KL.
     - ``accuracy_gap``: teacher minus student accuracy.
 
     ``teacher_samples``/``student_samples`` are (prompts, responses) pairs with prompts in the teacher's format;

@@ -2,7 +2,7 @@
 
 A method module (``sft``, ``kd``, ``gkd``, ``xtok``) declares its ``Config`` (only its own fields, on top of
 :class:`DivergenceConfig` where it matches distributions) and a :class:`Method` subclass with its batch
-construction (``batch``) and its loss (``loss``). The losses themselves come from ``dg_core.traps.kl`` and
+construction (``batch``) and its loss (``loss``). The losses themselves come from ``dg_core.base.kl`` and
 ``dg_core.distill.losses``; nothing here re-derives them.
 """
 
@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from dg_core.base.generate import TokenBatch, encode_prompt
+from dg_core.base.kl import KINDS
 from dg_core.config import StageConfig, option
 from dg_core.distill.signals import SignalRow, Signals
 from dg_core.distill.trainer import LossOut, row_indices
 from dg_core.distill.training import TrainingConfig
 from dg_core.errors import DGError
-from dg_core.generate import TokenBatch, encode_prompt
-from dg_core.traps.kl import KINDS
 
 
 @dataclass

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
+from dg_core.base.generate import pack
 from dg_core.config import option
 from dg_core.distill.losses import topk_kd
 from dg_core.distill.methods.base import DistillBatch, DivergenceConfig, Method
 from dg_core.distill.signals import SignalRow
 from dg_core.distill.trainer import LossOut
-from dg_core.generate import pack
 
 
 @dataclass

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dg_core.base.generate import encode_response, pack
 from dg_core.config import StageConfig
 from dg_core.distill.methods.base import DistillBatch, Method
 from dg_core.distill.signals import SignalRow
 from dg_core.distill.trainer import LossOut, response_ce
-from dg_core.generate import encode_response, pack
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``xtok``: cross-tokenizer KD for a student with another vocabulary.
 
 Teacher and student tokens of each teacher sample are aligned on character offsets
-(:func:`dg_core.traps.align.align_tokens`); either the span likelihoods are matched (``align``: ALM-style
+(:func:`dg_core.base.align.align_tokens`); either the span likelihoods are matched (``align``: ALM-style
 binarised divergence, :func:`dg_core.distill.losses.span_likelihood_divergence`) or the sorted distributions at
 the start of each aligned span (``uld``, :func:`dg_core.distill.losses.uld_distance`).
 """
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dg_core.base.align import align_tokens
+from dg_core.base.generate import pack
 from dg_core.config import option
 from dg_core.distill.losses import span_likelihood_divergence, uld_distance
 from dg_core.distill.methods import kd
@@ -19,8 +21,6 @@ from dg_core.distill.methods.base import DistillBatch, Method
 from dg_core.distill.signals import SignalRow
 from dg_core.distill.trainer import LossOut
 from dg_core.errors import DGError
-from dg_core.generate import pack
-from dg_core.traps.align import align_tokens
 
 XTOK_LOSSES = ("align", "uld")
 

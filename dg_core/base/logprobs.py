@@ -4,7 +4,7 @@ A model's logits are ``batch × length × vocabulary`` floats: 8 × 180 × 49k i
 its gradient and an fp32 upcast each add another copy; at 8B with a 128k vocabulary one copy of a modest batch
 is tens of GB. Everything here runs the model body once to its last hidden states (``[B, T, H]``, small), then
 applies the output head to a chunk of positions at a time and keeps only what is asked for (the log-prob of the
-realised token, the entropy, the top-k): :func:`dg_core.traps.kl.chunked_rows`, the project's one chunked,
+realised token, the entropy, the top-k): :func:`dg_core.base.kl.chunked_rows`, the project's one chunked,
 recomputing implementation, bounds the backward pass the same way.
 
 How the hidden states are obtained: the model's output embedding is swapped for an identity for the duration of
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dg_core.models.limits import REAL_MODEL_MIN_PARAMS
+from dg_core.base.modelinfo import REAL_MODEL_MIN_PARAMS
 
 __all__ = ["TokenLogprobs", "enable_checkpointing", "token_logprobs", "wants_checkpointing"]
 
@@ -99,7 +99,7 @@ def _rows_fn(head, softcap, temperature, with_entropy: bool):
 
 
 def _chunk_rows(vocab: int, device: torch.device, chunk_positions: int | None) -> int:
-    from dg_core.traps.kl import auto_chunk_rows
+    from dg_core.base.kl import auto_chunk_rows
 
     return chunk_positions or auto_chunk_rows(vocab, None, device)
 
@@ -120,7 +120,7 @@ def token_logprobs(
     never carry gradients. ``chunk_positions``: positions per head application (default: what keeps one
     ``[rows, V]`` float32 temporary at 16 MB on CPU, 256 MB on a GPU).
     """
-    from dg_core.traps.kl import _chunks, chunked_rows
+    from dg_core.base.kl import _chunks, chunked_rows
 
     device = next(model.parameters()).device
     ids = input_ids.to(device)

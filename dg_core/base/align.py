@@ -3,7 +3,7 @@
 Two tools, both working on *text* and character offsets rather than token ids:
 
 - :func:`sequence_logprob` — log p(response | prompt) under one model with its **own** tokenizer. By default
-  the pair is tokenized the way :mod:`dg_core.generate` samples and trains (prompt and response encoded
+  the pair is tokenized the way :mod:`dg_core.base.generate` samples and trains (prompt and response encoded
   separately), so the score is the probability the model gives its own sample; ``layout="joint"`` instead
   tokenizes ``prompt + response`` once and finds the response tokens by character offsets. Every model scores
   the same characters, so scores of different models are comparable without any token alignment; this is what
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dg_core.base.logprobs import token_logprobs
 from dg_core.errors import DGError
-from dg_core.models.logprobs import token_logprobs
 
 
 @dataclass
@@ -94,7 +94,7 @@ def encode_pair(
 ) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
     """Token ids, character offsets (into ``prompt + response``) and response flags for one pair.
 
-    ``separate`` (default) follows :mod:`dg_core.generate`: the prompt is encoded on its own with the
+    ``separate`` (default) follows :mod:`dg_core.base.generate`: the prompt is encoded on its own with the
     tokenizer's special-token convention and the response on its own without special tokens, which is how
     models are sampled and trained here, so the score is the probability the model actually assigns to its
     own sample. ``joint`` encodes ``prompt + response`` as one text and marks the tokens overlapping the response
@@ -104,7 +104,7 @@ def encode_pair(
     """
     if layout not in LAYOUTS:
         raise DGError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
-    from dg_core.generate import prompt_adds_special_tokens
+    from dg_core.base.generate import prompt_adds_special_tokens
 
     cut = len(prompt)
     special = prompt_adds_special_tokens(tokenizer)
@@ -183,7 +183,7 @@ def score_pairs(
     ]
     for i, (ids, _, _) in enumerate(encoded):
         if limit is not None and len(ids) > limit:
-            from dg_core.models.limits import model_name
+            from dg_core.base.modelinfo import model_name
 
             raise DGError(
                 f"text {i} is {len(ids)} tokens under model {model_name(model, tokenizer)}'s tokenizer: expected at "

@@ -112,7 +112,7 @@ def _check(
     if teacher.shape != student.shape:
         raise DGError(
             f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)}: expected the same "
-            "shape [..., V] (align vocabularies first, e.g. with dg_core.traps.align)"
+            "shape [..., V] (align vocabularies first, e.g. with dg_core.base.align)"
         )
     if teacher.dim() < 1 or teacher.shape[-1] < 1:
         raise DGError(f"logits of shape {tuple(teacher.shape)}: expected [..., V] with V >= 1")
@@ -299,7 +299,7 @@ def chunked_rows(
     With gradients on (any input, or a ``shared`` tensor ``fn`` uses, requiring them), backward recomputes one
     chunk at a time (see :class:`_ChunkedRows`), so neither pass holds more than one chunk's temporaries. This
     is the single chunked implementation behind the divergences here and the model log-probabilities of
-    :mod:`dg_core.models.logprobs`.
+    :mod:`dg_core.base.logprobs`.
     """
     grad = torch.is_grad_enabled() and (any(x.requires_grad for x in rows) or any(s.requires_grad for s in shared))
     if not grad:
