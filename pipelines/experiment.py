@@ -95,11 +95,13 @@ def component_kwargs(name: str, values: dict[str, Any], **fixed: Any) -> dict[st
     given = {**values, **fixed}
     options = dict(given.pop("options", None) or {})
     kwargs: dict[str, Any] = {}
-    for param in _component(name).component_spec.inputs:
+    for param, spec in _component(name).component_spec.inputs.items():
         if param in ("options", "store_root"):
             continue
         if param in given:
             kwargs[param] = given.pop(param)
+        elif spec.optional:  # the component's own setting (placement: processes, nodes); its default stands
+            continue
         elif param in stage_fields:
             f = stage_fields[param]
             kwargs[param] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -11,7 +11,7 @@ from components import _common
 from dg_core import gate, store
 from dg_core.calibrate.card import artifact_digest
 from dg_core.config import from_dict
-from dg_core.distill.signals import SignalSpec, signals_key
+from dg_core.distill.signals import SignalsConfig, signals_key
 from dg_core.models.resolve import identity
 
 
@@ -45,7 +45,7 @@ def test_gate_pin_manifest_and_fingerprint_agree(tmp_path, monkeypatch, where):
 
     # The signals key follows the content: a re-publish with other weights is another teacher.
     (tmp_path / "dataset").mkdir()
-    spec = SignalSpec(teacher=uri, dataset=str(tmp_path / "dataset"))
+    spec = SignalsConfig(teacher=uri, dataset=str(tmp_path / "dataset"), max_new_tokens=64)
     key = signals_key(spec)
     (src / "model.safetensors").write_bytes(b"weights-v2" * 100)
     store.publish(src, uri)
