@@ -20,9 +20,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from dg_core import __version__
+from dg_core.config import StageConfig
 from dg_core.errors import DGError, one_line
 from dg_core.runner import run_stage
 from dg_core.stages import STAGES, get_stage
+from dg_core.utils import env_threads
 
 log = logging.getLogger("dguard")
 
@@ -40,7 +43,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _stage_help(name: str) -> str:
-    from dg_core.config import StageConfig
 
     stage = get_stage(name)
     cfg_cls: type[StageConfig] = stage.load().Config
@@ -115,12 +117,8 @@ def _main(argv: list[str]) -> int:
         stream=sys.stderr,
     )
     if os.environ.get("DG_THREADS"):  # checked up front: a typo fails at once, whatever the stage
-        from dg_core.utils import env_threads
-
         env_threads()
     if args.version:
-        from dg_core import __version__
-
         print(__version__)
         return 0
     if not args.verb:

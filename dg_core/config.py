@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import yaml
 
 from dg_core.errors import DGError
+from dg_core.store import parse_uri
+from dg_core.utils import check_device
 
 T = TypeVar("T", bound="StageConfig")
 
@@ -64,8 +66,6 @@ class StageConfig:
         _check_outputs(self)
         device = getattr(self, "device", None)
         if isinstance(device, str) and device not in ("auto", "cpu"):
-            from dg_core.utils import check_device
-
             try:
                 check_device(device)
             except DGError as e:
@@ -94,8 +94,6 @@ def _location(value: str, *, must_exist: bool) -> tuple[str, str] | None:
     """(store, absolute path) of a URI or local path, or None when it names no store location (``zoo:x``, a hub
     id, a malformed URI the stage will report itself). Local paths are resolved (symlinks, ``..``)."""
     import os
-
-    from dg_core.store import parse_uri
 
     value = value.strip()
     if not value or value.startswith("zoo:"):

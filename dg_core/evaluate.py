@@ -29,6 +29,10 @@ from dg_core.base.generate import generate_tokens
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of, with_task_budget
 from dg_core.errors import DGError
+from dg_core.models import load_model
+from dg_core.models.limits import check_generation_fits
+from dg_core.progress import Progress
+from dg_core.store import output_uri
 from dg_core.utils import set_threads_from_env
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,6 @@ def evaluate_model(
     result: dict[str, Any] = {"n": len(examples), "task": task.spec(), "group_by": field or None}
     rows: list[dict[str, Any]] = [{"id": ex.id, "group": _group_key(ex, field)} for ex in examples]
     per: dict[str, list[float]] = {}
-    from dg_core.progress import Progress
 
     total = (len(prompts) if greedy else 0) + len(prompts) * k
     bar = Progress(total, "evaluate", enabled=progress, log_every=max(batch_size, total // 10), logger=log, unit="seq")
@@ -180,7 +183,6 @@ class Config(StageConfig):
 
 def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.model`` without publishing (the attack suite calls this in-process)."""
-    from dg_core.models import load_model
 
     cfg = with_task_budget(cfg)
     model, tok = loaded if loaded is not None else load_model(cfg.model, device=cfg.device)
@@ -188,7 +190,6 @@ def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[
     examples = load_split(cfg.dataset, cfg.split)
     if cfg.limit:
         examples = examples[: cfg.limit]
-    from dg_core.models.limits import check_generation_fits
 
     check_generation_fits(model, tok, [task.prompt(ex, tok) for ex in examples], cfg.max_new_tokens, name=cfg.model)
     res = evaluate_model(
@@ -212,7 +213,6 @@ def evaluate_ref(cfg: Config, *, loaded: tuple[Any, Any] | None = None) -> dict[
 def run(cfg: Config) -> dict:
     """Evaluate and publish ``eval.json`` + ``samples.jsonl``; returns the headline figures and the URI."""
     set_threads_from_env()
-    from dg_core.store import output_uri
 
     cfg = with_task_budget(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}

@@ -32,7 +32,7 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
-from dg_core.gate import read_result
+from dg_core.gate import read_result, to_markdown
 from dg_core.store import PLAIN, content_sha
 
 log = logging.getLogger("dguard.publish")
@@ -190,7 +190,6 @@ def _read_card(uri: str) -> tuple[dict[str, Any], str]:
 
 
 def _card_markdown(card: dict[str, Any], calib_md: str, gate: dict[str, Any]) -> str:
-    from dg_core.gate import to_markdown
 
     lines = [
         "# Calibration card",

@@ -20,8 +20,12 @@ from typing import Any
 
 from dg_core import store
 from dg_core.config import StageConfig, option
+from dg_core.distill.suite import read_attack
 from dg_core.errors import DGError
+from dg_core.evaluate import read_eval
+from dg_core.gate import read_result
 from dg_core.knob import DIRECTIONS, UNDISTILLABLE, worst_attack
+from dg_core.store import output_uri
 
 
 def _label(attack: dict[str, Any], uri: str) -> str:
@@ -340,8 +344,6 @@ class Config(StageConfig):
 
 def build(cfg: Config) -> dict[str, Any]:
     """Read the inputs and build markdown, JSON and HTML (no publishing)."""
-    from dg_core.distill.suite import read_attack
-    from dg_core.evaluate import read_eval
 
     attacks = {u: read_attack(u) for u in cfg.attacks}
     evals = {u: read_eval(u) for u in cfg.evals}
@@ -368,8 +370,6 @@ def build(cfg: Config) -> dict[str, Any]:
     }
     verdict = None
     if cfg.gate:
-        from dg_core.gate import read_result
-
         verdict = read_result(cfg.gate)
         data["gate"] = {"uri": cfg.gate, **{k: verdict.get(k) for k in ("passed", "direction", "reasons")}}
     page = render_html(md, attacks, images, rows, evals, verdict)
@@ -377,7 +377,6 @@ def build(cfg: Config) -> dict[str, Any]:
 
 
 def run(cfg: Config) -> dict:
-    from dg_core.store import output_uri
 
     out = cfg.output or output_uri("reports", asdict(cfg) | {"output": ""})
     rep = build(cfg)

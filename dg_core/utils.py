@@ -9,6 +9,8 @@ import re
 import numpy as np
 import torch
 
+from dg_core.errors import DGError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for code that wants its own stream."""
@@ -26,7 +28,6 @@ def check_device(device: str) -> str:
 
     Refused with one line otherwise, rather than failing deep inside torch or silently running on the CPU.
     """
-    from dg_core.errors import DGError
 
     d = str(device).strip().lower()
     if not _DEVICE_RE.match(d):
@@ -60,8 +61,6 @@ def pick_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype:
                 "fp16": torch.float16,
             }[dtype]
         except KeyError:
-            from dg_core.errors import DGError
-
             raise DGError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
@@ -72,8 +71,6 @@ def env_threads() -> int | None:
     if not n:
         return None
     if not n.isdigit() or int(n) < 1:
-        from dg_core.errors import DGError
-
         raise DGError(f"DG_THREADS={n!r}: expected a whole number of threads >= 1 (or unset it)")
     return int(n)
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dg_core.base.generate import prompt_adds_special_tokens
 from dg_core.base.logprobs import token_logprobs
+from dg_core.base.modelinfo import model_name
 from dg_core.errors import DGError
 
 
@@ -104,7 +106,6 @@ def encode_pair(
     """
     if layout not in LAYOUTS:
         raise DGError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
-    from dg_core.base.generate import prompt_adds_special_tokens
 
     cut = len(prompt)
     special = prompt_adds_special_tokens(tokenizer)
@@ -183,8 +184,6 @@ def score_pairs(
     ]
     for i, (ids, _, _) in enumerate(encoded):
         if limit is not None and len(ids) > limit:
-            from dg_core.base.modelinfo import model_name
-
             raise DGError(
                 f"text {i} is {len(ids)} tokens under model {model_name(model, tokenizer)}'s tokenizer: expected at "
                 f"most {limit} (the model's max positions); shorten prompts/responses"

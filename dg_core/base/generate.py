@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from dg_core.base.modelinfo import context_limit, model_name
 from dg_core.errors import DGError
 
 __all__ = [
@@ -239,7 +240,6 @@ def generate_tokens(
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise DGError("generate: a prompt encodes to zero tokens, expected a non-empty prompt")
-    from dg_core.base.modelinfo import context_limit, model_name
 
     limit = context_limit(model)
     longest = max(len(e) for e in encoded)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dg_core.base.kl import _chunks, auto_chunk_rows, chunked_rows
 from dg_core.base.modelinfo import REAL_MODEL_MIN_PARAMS
 
 __all__ = ["TokenLogprobs", "enable_checkpointing", "token_logprobs", "wants_checkpointing"]
@@ -99,7 +100,6 @@ def _rows_fn(head, softcap, temperature, with_entropy: bool):
 
 
 def _chunk_rows(vocab: int, device: torch.device, chunk_positions: int | None) -> int:
-    from dg_core.base.kl import auto_chunk_rows
 
     return chunk_positions or auto_chunk_rows(vocab, None, device)
 
@@ -120,7 +120,6 @@ def token_logprobs(
     never carry gradients. ``chunk_positions``: positions per head application (default: what keeps one
     ``[rows, V]`` float32 temporary at 16 MB on CPU, 256 MB on a GPU).
     """
-    from dg_core.base.kl import _chunks, chunked_rows
 
     device = next(model.parameters()).device
     ids = input_ids.to(device)

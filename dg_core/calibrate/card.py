@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dg_core import store
 from dg_core.knob import direction_of
+from dg_core.models.resolve import to_uri
 
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
@@ -23,9 +25,6 @@ def artifact_digest(ref: str) -> str | None:
     from its manifest, a ``zoo:`` member's from its store artifact, a local directory's from its files hashed
     now, so the same files give the same digest wherever they live (None for a hub id or unpublished URI)."""
     from pathlib import Path
-
-    from dg_core import store
-    from dg_core.models.resolve import to_uri
 
     try:
         ref = to_uri(ref)

@@ -27,12 +27,18 @@ from typing import Any
 import torch
 
 from dg_core.base.advantages import combine_advantages, gated_cal_advantage, group_standardize
-from dg_core.base.generate import TokenBatch, generate_tokens
+from dg_core.base.generate import TokenBatch, encode_response, generate_tokens
+from dg_core.base.logprobs import enable_checkpointing, wants_checkpointing
+from dg_core.base.logprobs import token_logprobs as chunked
+from dg_core.calibrate.guards import early_stop_reason
 from dg_core.calibrate.rewards import CalibrationReward, PromptSource, Reward, RewardInputs, TaskReward
+from dg_core.checkpoint import first_nonfinite
 from dg_core.config import StageConfig, option
 from dg_core.data.example import Example
 from dg_core.data.tasks import Task
 from dg_core.errors import DGError
+from dg_core.models.lora import adapter_disabled, attach_lora
+from dg_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +180,6 @@ def token_logprobs(
     """log π(token | prefix) at every position of a right-padded batch ``[B, T-1]`` (aligned with
     ``batch.targets_mask()``), and the policy entropy there; chunked over positions, never a ``[B, T, V]``
     tensor (:func:`dg_core.base.logprobs.token_logprobs`)."""
-    from dg_core.base.logprobs import token_logprobs as chunked
 
     out = chunked(model, batch.input_ids, batch.attention_mask, temperature=temperature, with_entropy=with_entropy)
     return out.logprobs, out.entropy
@@ -385,7 +390,6 @@ def rollout_step(learner: Learner, train: Sequence[Example], step: int) -> Rollo
 
 def reference_logprobs(learner: Learner, packed: TokenBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """π₀'s token log-probs per micro-batch (the KL anchor) and, for ``ppo_epochs > 1``, π_old's."""
-    from dg_core.models.lora import adapter_disabled
 
     cfg, core = learner.cfg, learner.core
     B, mb = packed.input_ids.shape[0], cfg.micro_batch
@@ -406,7 +410,6 @@ def reference_logprobs(learner: Learner, packed: TokenBatch) -> tuple[list[torch
 def policy_step(learner: Learner, ro: Rollout) -> dict[str, float]:
     """``ppo_epochs`` optimizer updates on one rollout: clipped policy gradient on the advantages + β·k3 KL to π₀.
     Returns the step's loss, KL and entropy per token, and the gradient norm."""
-    from dg_core.checkpoint import first_nonfinite
 
     cfg, model, core, optimizer, acc = learner.cfg, learner.model, learner.core, learner.optimizer, learner.accelerator
     packed, step = ro.packed, ro.step
@@ -493,7 +496,6 @@ class StepGuard:
         progress: bool = True,
         log_every: int = 10,
     ):
-        from dg_core.progress import Progress
 
         self.cfg, self.task, self.tokenizer, self.result = cfg, task, tokenizer, result
         self.eval_examples, self.base_accuracy = list(eval_examples), base_accuracy
@@ -504,7 +506,6 @@ class StepGuard:
 
     def after_step(self, step: int, row: dict[str, float], policy: torch.nn.Module) -> str | None:
         """Record the step's row; return why to stop (a guard tripped) or None."""
-        from dg_core.calibrate.guards import early_stop_reason
 
         cfg, result = self.cfg, self.result
         result.history.append(row)
@@ -583,8 +584,6 @@ def run_calibration(
     if cfg.max_new_tokens == 0:  # 0: the task's own budget (the stage resolves it; direct callers too)
         cfg = dataclasses.replace(cfg, max_new_tokens=task.max_new_tokens)
     from accelerate import Accelerator
-
-    from dg_core.base.logprobs import enable_checkpointing, wants_checkpointing
 
     if not train:
         raise DGError("calibrate: the training split is empty, expected prompts to calibrate on")
@@ -666,7 +665,6 @@ def _reference_from_anchor(
     stopped, as the proxies score it). A row whose sampled ids are not what its text encodes to (a non-canonical
     tokenisation, a special token dropped from the text) is scored again from the text, so that both sides of
     the log-ratio score the very same token sequence and r_cal is exactly 0 for a proxy equal to π₀."""
-    from dg_core.base.generate import encode_response
 
     B = packed.input_ids.shape[0]
     tmask = packed.targets_mask().float()
@@ -697,7 +695,6 @@ def _prompt_source(task: Task, batch: Sequence[Example], G: int) -> Callable[[An
 def make_policy(model: torch.nn.Module, cfg: CalibrationSettings) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """π_θ from π₀: a fresh LoRA adapter (reference = adapter off), or, for ``lora_r=0``, the model itself
     with a frozen deep copy as reference."""
-    from dg_core.models.lora import attach_lora
 
     torch.manual_seed(cfg.seed)
     if cfg.lora_r > 0:

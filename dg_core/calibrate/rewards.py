@@ -21,9 +21,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from dg_core.base.align import sequence_logprob
 from dg_core.data.example import Example
 from dg_core.data.tasks import Task
 from dg_core.errors import DGError
+from dg_core.models.lora import adapter_disabled
 
 NORMALIZE = ("sum", "token", "char")
 COMBINE = ("mean", "min", "max", "worst")
@@ -134,7 +136,6 @@ def score_text(
     ``append_eos`` also scores the end of the response, so a proxy's view of where an answer stops (and of a
     junk suffix after it) counts; one flag per pair scores the end only where the sample ended. ``add_bos=None`` follows the training layout of :mod:`dg_core.base.generate` (prompt encoded on its own).
     """
-    from dg_core.base.align import sequence_logprob
 
     mode = {"sum": "none", "token": "token", "char": "char"}[_normalizer(normalize)]
     with torch.no_grad():
@@ -239,7 +240,6 @@ class CalibrationReward:
         self, prompts: PromptSource, responses: Sequence[str], finished: Sequence[bool] | None = None
     ) -> torch.Tensor:
         """log π_ref(y|x) per response (π₀ with the adapter off, or the current π_θ)."""
-        from dg_core.models.lora import adapter_disabled
 
         ctx = adapter_disabled(self.teacher) if self.reference == "base" else contextlib.nullcontext()
         with ctx:

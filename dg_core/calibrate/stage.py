@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from dg_core import store
-from dg_core.calibrate.card import build_card, write_card
+from dg_core.calibrate.card import artifact_digest, build_card, model_readme, write_card
 from dg_core.calibrate.grpo import (
     CalibrationSettings,
     make_policy,
@@ -32,10 +32,22 @@ from dg_core.calibrate.grpo import (
 )
 from dg_core.calibrate.guards import gate, preflight
 from dg_core.calibrate.rewards import CalibrationReward
-from dg_core.checkpoint import config_hash, resume_option
+from dg_core.calibrate.trl_engine import require_vllm, run_calibration_trl
+from dg_core.checkpoint import Checkpointer, config_hash, resume_option
 from dg_core.config import option
+from dg_core.data import load_split, task_of, with_task_budget
+from dg_core.distill.trainer import stage_metrics
 from dg_core.errors import DGError
+from dg_core.models import load_model, merge_lora, save_adapter, save_model
+from dg_core.models.limits import (
+    check_generation_fits,
+    check_models_text,
+    check_scoring_fits,
+    check_zoo_refs,
+    is_real_model,
+)
 from dg_core.store import output_uri
+from dg_core.utils import seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)
 #: Runs on every rank under `accelerate launch`/torchrun (dg_core.launch): data-parallel, rank 0 publishes.
@@ -156,13 +168,6 @@ def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any,
     """Before any rollout: no zoo proxy stands in for a real teacher's (unless asked), the teacher's budget fits
     its context, each proxy can score the teacher's longest responses after its own prompt, and each proxy
     models the task's text (else r_cal is noise). One line naming the model otherwise."""
-    from dg_core.models.limits import (
-        check_generation_fits,
-        check_models_text,
-        check_scoring_fits,
-        check_zoo_refs,
-        is_real_model,
-    )
 
     check_zoo_refs(teacher, cfg.teacher, {"proxy": list(cfg.proxies)}, allow_zoo=cfg.allow_zoo)
     check_generation_fits(
@@ -194,8 +199,6 @@ def resolve_engine(cfg: Config, world: int) -> str:
     if engine == "trl" and cfg.lora_r == 0:
         raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
     if cfg.use_vllm:
-        from dg_core.calibrate.trl_engine import require_vllm
-
         require_vllm()
     return engine
 
@@ -206,11 +209,6 @@ def process_layout() -> tuple[int, int]:
 
 
 def run(cfg: Config) -> dict:
-    from dg_core.checkpoint import Checkpointer
-    from dg_core.data import load_split, task_of, with_task_budget
-    from dg_core.distill.trainer import stage_metrics
-    from dg_core.models import load_model, merge_lora, save_adapter, save_model
-    from dg_core.utils import seed_everything, set_threads_from_env
 
     cfg = with_task_budget(cfg)
     set_threads_from_env()
@@ -270,9 +268,7 @@ def run(cfg: Config) -> dict:
     ckpt = Checkpointer(
         store.join(out, "checkpoint"), cfg.checkpoint_every, config_hash=config_hash(cfg), resume=cfg.resume
     )
-    loop = run_calibration
-    if engine == "trl":
-        from dg_core.calibrate.trl_engine import run_calibration_trl as loop
+    loop = run_calibration_trl if engine == "trl" else run_calibration
     result = loop(
         policy,
         tok,
@@ -299,7 +295,6 @@ def run(cfg: Config) -> dict:
         metrics.flush()
 
     outputs: dict[str, str | None] = {"adapter": None, "model": None}
-    from dg_core.calibrate.card import artifact_digest
 
     meta = {
         "stage": "calibrate",
@@ -310,8 +305,6 @@ def run(cfg: Config) -> dict:
     if verdict.passed and rank > 0:  # only rank 0 writes to the store
         outputs = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
     elif verdict.passed:
-        from dg_core.calibrate.card import model_readme
-
         planned = {"adapter": store.join(out, "adapter") if cfg.lora_r > 0 else None, "model": store.join(out, "model")}
         card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, planned)
         if cfg.lora_r > 0:

@@ -32,7 +32,9 @@ from typing import Any
 
 import torch
 
+from dg_core import store
 from dg_core.base.generate import generate_tokens
+from dg_core.base.logprobs import wants_checkpointing
 from dg_core.calibrate.grpo import (
     CalibrationResult,
     CalibrationSettings,
@@ -41,6 +43,7 @@ from dg_core.calibrate.grpo import (
     step_seed,
 )
 from dg_core.calibrate.rewards import CalibrationReward, Reward, RewardInputs, TaskReward
+from dg_core.checkpoint import first_nonfinite, trainable_state
 from dg_core.data.example import Example
 from dg_core.data.tasks import Task
 from dg_core.errors import DGError
@@ -207,8 +210,6 @@ def hf_rollout(cfg: CalibrationSettings, tokenizer: Any) -> Callable[[list, Any]
 def _guard_callback(trainer_ref: dict, guard: StepGuard, cfg: CalibrationSettings, policy: Any, checkpointer: Any):
     from transformers import TrainerCallback
 
-    from dg_core.checkpoint import first_nonfinite, trainable_state
-
     class Guards(TrainerCallback):
         """After each calibration step: the row, evaluation and early stops; after each save: sync to the store."""
 
@@ -265,7 +266,6 @@ def _guard_callback(trainer_ref: dict, guard: StepGuard, cfg: CalibrationSetting
 
 def publish_checkpoint(checkpointer: Any, folder: Path, step: int) -> None:
     """The HF checkpoint folder as the store's checkpoint artifact (manifest last, so a crash keeps the old one)."""
-    from dg_core import store
 
     meta = {"kind": "checkpoint", "step": step, "engine": "trl"}
     if checkpointer.config_hash:
@@ -277,7 +277,6 @@ def publish_checkpoint(checkpointer: Any, folder: Path, step: int) -> None:
 def resume_folder(checkpointer: Any) -> Path | None:
     """The store's TRL checkpoint fetched to a local folder, or None (none, resume=never); refused in one line when
     another config or the native engine wrote it."""
-    from dg_core import store
 
     if checkpointer is None or not checkpointer.enabled or not store.is_published(checkpointer.uri):
         return None
@@ -330,8 +329,6 @@ def run_calibration_trl(
     replaces the sampler (TRL's signature; the engine test feeds both engines the same completions with it).
     """
     from datasets import Dataset
-
-    from dg_core.base.logprobs import wants_checkpointing
 
     if not train:
         raise DGError("calibrate: the training split is empty, expected prompts to calibrate on")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from dg_core import store
 from dg_core.data.example import Example, read_jsonl
 from dg_core.data.tasks import Task, get_task
 from dg_core.errors import DGError
@@ -35,7 +36,6 @@ def local_dir(dataset_uri: str) -> Path:
         if path.is_dir() and not (path / "MANIFEST.json").exists():
             # A plain directory written by hand or by tests (no store manifest): read it as is.
             return path
-    from dg_core import store
 
     return Path(store.fetch(str(dataset_uri)))
 

@@ -8,8 +8,10 @@ from typing import Any
 
 from dg_core.data.constraints import check_all, validate_constraint
 from dg_core.data.example import Example, Score
+from dg_core.data.synthetic.instructions import InstructionSpec, generate
 from dg_core.data.tasks import RowError, Task, register_task
 from dg_core.errors import DGError
+from dg_core.models.resolve import resolve_model_dir
 
 
 class InstructionsTask(Task):
@@ -62,7 +64,6 @@ class SyntheticInstructionsTask(InstructionsTask):
     name = "synthetic_instructions"
 
     def __init__(self, **options: Any):
-        from dg_core.data.synthetic.instructions import InstructionSpec
 
         reward = options.pop("reward", "all")
         super().__init__(reward=reward)
@@ -75,7 +76,6 @@ class SyntheticInstructionsTask(InstructionsTask):
             ) from None
 
     def generate(self, n: int, seed: int) -> list[Example]:
-        from dg_core.data.synthetic.instructions import generate
 
         return generate(self.spec_, n, seed)
 
@@ -111,8 +111,6 @@ class RewardModelScorer:
         if self._model is not None:
             return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from dg_core.models.resolve import resolve_model_dir
 
         d = resolve_model_dir(self.model_ref)
         try:

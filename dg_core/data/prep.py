@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.data.adapters import ADAPTERS, detect_format, get_adapter
 from dg_core.data.artifact import FORMAT_VERSION, write_manifest
@@ -211,7 +212,6 @@ def prepare(cfg: Config, directory: Path) -> dict[str, Any]:
 
 
 def _default_out(cfg: Config, task_name: str) -> str:
-    from dg_core import store
 
     name = cfg.name
     if not name:
@@ -224,7 +224,6 @@ def _default_out(cfg: Config, task_name: str) -> str:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Prepare and publish; returns the artifact URI, counts per split and rejected/duplicate counts."""
-    from dg_core import store
 
     with tempfile.TemporaryDirectory(prefix="dg-prep-") as tmp:
         manifest = prepare(cfg, Path(tmp))

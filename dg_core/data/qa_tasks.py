@@ -8,6 +8,7 @@ from typing import Any
 from dg_core.data.choice import LETTERS, normalize_text, parse_choice, parse_short_answer
 from dg_core.data.example import Example, Score
 from dg_core.data.mathscore import parse_number
+from dg_core.data.synthetic.qa import QASpec, generate
 from dg_core.data.tasks import RowError, Task, register_task
 from dg_core.errors import DGError
 
@@ -71,7 +72,6 @@ class SyntheticQATask(QATask):
     plain_template = "{question}\n"
 
     def __init__(self, **options: Any):
-        from dg_core.data.synthetic.qa import QASpec
 
         super().__init__(**options)
         try:
@@ -80,7 +80,6 @@ class SyntheticQATask(QATask):
             raise DGError(f"task synthetic_qa: bad option ({e}); see dg_core.data.synthetic.qa.QASpec") from None
 
     def generate(self, n: int, seed: int) -> list[Example]:
-        from dg_core.data.synthetic.qa import generate
 
         return generate(self.spec_, n, seed)
 

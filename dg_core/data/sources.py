@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dg_core import store
 from dg_core.errors import DGError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
@@ -179,8 +180,6 @@ def read_source(
         raise DGError("source is empty: expected a file path, an s3:// or file:// URI, or a hub dataset id")
     local = Path(source[len("file://") :] if source.startswith("file://") else source).expanduser()
     if source.startswith(("s3://", "file://")) or local.exists():
-        from dg_core import store
-
         if local.is_file():
             return SourceRows(
                 read_file(local, source),

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from dg_core.data.example import Example, Score
+from dg_core.data.mathscore import answers_equal, extract_answer
+from dg_core.data.synthetic.math import MathSpec, generate
 from dg_core.errors import DGError
 
 
@@ -103,7 +105,6 @@ class MathTask(Task):
             raise RowError("answer", "empty, expected the final answer")
 
     def score(self, example: Example, response: str) -> Score:
-        from dg_core.data.mathscore import answers_equal, extract_answer
 
         parsed, how = extract_answer(response)
         if parsed is None or not parsed.strip():
@@ -130,7 +131,6 @@ class SyntheticMathTask(Task):
     chat_instruction = "Show your steps and end with #<answer>, e.g. #42."
 
     def __init__(self, **options: Any):
-        from dg_core.data.synthetic.math import MathSpec
 
         super().__init__(**options)
         try:
@@ -139,7 +139,6 @@ class SyntheticMathTask(Task):
             raise DGError(f"task synthetic_math: bad option ({e}); see dg_core.data.synthetic.math.MathSpec") from None
 
     def generate(self, n: int, seed: int) -> list[Example]:
-        from dg_core.data.synthetic.math import generate
 
         return generate(self.spec_, n, seed)
 

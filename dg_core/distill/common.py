@@ -9,9 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dg_core.checkpoint import config_hash
-from dg_core.distill.trainer import prepare_model
+from dg_core.distill.trainer import prepare_model, stage_metrics, train
 from dg_core.distill.training import TrainingConfig, training_part
 from dg_core.errors import DGError
+from dg_core.models import attach_lora, load_model, merge_lora, save_model
 from dg_core.store import output_uri
 
 
@@ -38,7 +39,6 @@ def load_trainable(
     """The model to train in float32 (bf16 autocast on CUDA happens in the trainer), optionally re-initialised
     from ``seed`` so random-init probe students differ per seed, then LoRA-wrapped or fully trainable.
     ``keep_dropout=False`` zeroes every dropout layer (what TRL's distillation trainers do by default)."""
-    from dg_core.models import load_model
 
     model, tok = load_model(ref, device=device, dtype="float32")
     if reinit:
@@ -64,8 +64,6 @@ def _unsharded(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg: Trai
     fresh = AutoModelForCausalLM.from_config(base.config, dtype=torch.float32)
     fresh.generation_config = base.generation_config
     if cfg.lora:
-        from dg_core.models import attach_lora
-
         fresh = attach_lora(fresh, r=cfg.lora_r, alpha=cfg.lora_alpha)
     fresh.load_state_dict(state)
     return fresh
@@ -73,7 +71,6 @@ def _unsharded(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg: Trai
 
 def save_trained(model: torch.nn.Module, tok: Any, uri: str, *, lora: bool, metadata: dict[str, Any]) -> str:
     """Publish the trained model as plain safetensors weights (a LoRA adapter is merged first)."""
-    from dg_core.models import merge_lora, save_model
 
     if lora:
         model = merge_lora(model)
@@ -103,7 +100,6 @@ def train_and_publish(
     ``head``: the summary's leading fields (what was trained on what); the loop's figures follow, and with
     ``with_stats`` the loss function's mean extra statistics as ``mean_<name>``.
     """
-    from dg_core.distill.trainer import stage_metrics, train
 
     metrics = stage_metrics(stage)
     try:

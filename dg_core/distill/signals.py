@@ -29,9 +29,12 @@ from safetensors.torch import load_file, save_file
 
 from dg_core import store
 from dg_core.base.generate import generate_tokens, pack
+from dg_core.base.logprobs import token_logprobs
 from dg_core.config import StageConfig, option
 from dg_core.data import Example, load_split, task_of, with_task_budget
+from dg_core.data.artifact import local_dir
 from dg_core.errors import DGError
+from dg_core.models import load_model
 from dg_core.models.resolve import identity
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,6 @@ def _dataset_fingerprint(uri: str) -> str:
             return store.content_sha(uri)
     except DGError:
         pass
-    from dg_core.data.artifact import local_dir
 
     d = local_dir(uri)
     h = hashlib.sha256()
@@ -164,7 +166,6 @@ def _teacher_logprobs(
     model: torch.nn.Module, batch_prompts: list[list[int]], batch_resp: list[list[int]], pad: int, topk: int
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(chosen logprob [n], top-k ids [n, k], top-k logprobs [n, k]) for each response, one forward pass."""
-    from dg_core.base.logprobs import token_logprobs
 
     tb = pack(batch_prompts, batch_resp, pad)
     # chunked over positions: top-k per chunk of rows, never a [B, T, V] log-softmax
@@ -239,7 +240,6 @@ def build_signals(
     if not force and store.is_published(uri):
         log.info("teacher signals already at %s: reusing", uri)
         return uri
-    from dg_core.models import load_model
 
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     model, tok = teacher if teacher is not None else load_model(cfg.teacher)

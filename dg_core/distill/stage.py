@@ -14,15 +14,19 @@ from typing import Any
 import torch
 
 from dg_core import store
+from dg_core.base.generate import encode_prompt
+from dg_core.base.modelinfo import context_limit
 from dg_core.config import option
-from dg_core.data import task_of
+from dg_core.data import load_split, task_of, with_task_budget
 from dg_core.distill import methods
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
-from dg_core.distill.methods import gkd, xtok
+from dg_core.distill.methods import gkd, same_vocabulary, xtok
 from dg_core.distill.signals import SignalsConfig, build_signals, default_signals_uri, load_signals
 from dg_core.distill.trainer import device_of, make_accelerator
 from dg_core.distill.training import TrainingConfig
 from dg_core.errors import DGError
+from dg_core.models import load_model, load_tokenizer, resolve_model_dir
+from dg_core.models.limits import check_generation_fits, check_zoo_refs
 from dg_core.utils import seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,6 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     Under ``accelerate launch``/torchrun every process loads the models onto its own device, the teacher
     signals are sampled in shards across the processes, and the student trains data-parallel; rank 0 publishes.
     """
-    from dg_core.data import with_task_budget
 
     cfg = with_task_budget(cfg)
     set_threads_from_env()
@@ -85,8 +88,6 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     # Rank 0 first: a zoo member is built, and a store model fetched into the cache, once (not raced).
     with accelerator.main_process_first():
         if method.needs_teacher or not store.is_published(default_signals_uri(cfg, cfg.signals_topk())):
-            from dg_core.models import load_model
-
             teacher = load_model(cfg.teacher, device=device)
         check_before_sampling(cfg, teacher)
     sig_uri = build_signals(cfg, topk=cfg.signals_topk(), teacher=teacher, accelerator=accelerator)
@@ -145,12 +146,6 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
     a teacher budget past its context, a student context shorter than ``max_length``."""
     from transformers import AutoConfig
 
-    from dg_core.base.modelinfo import context_limit
-    from dg_core.data import load_split, task_of
-    from dg_core.distill.methods import same_vocabulary
-    from dg_core.models import load_tokenizer, resolve_model_dir
-    from dg_core.models.limits import check_generation_fits, check_zoo_refs
-
     if cfg.student.startswith("zoo:") and not cfg.allow_zoo:
         check_zoo_refs(
             teacher[0] if teacher is not None else cfg.teacher, cfg.teacher, {"student": [cfg.student]}, allow_zoo=False
@@ -171,8 +166,6 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
     limit = context_limit(AutoConfig.from_pretrained(resolve_model_dir(cfg.student)))
     budget = methods.get(cfg.method).METHOD.student_new_tokens(cfg)
     if limit is not None and budget:  # the student samples too (gkd), on its own budget
-        from dg_core.base.generate import encode_prompt
-
         task = task_of(cfg.dataset)
         examples = load_split(cfg.dataset, cfg.split)
         examples = examples[: cfg.limit] if cfg.limit else examples
@@ -190,6 +183,5 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
 
 
 def _teacher_tokenizer(cfg: Config) -> Any:
-    from dg_core.models import load_tokenizer
 
     return load_tokenizer(cfg.teacher)

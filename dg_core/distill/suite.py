@@ -24,7 +24,15 @@ from typing import Any
 
 from dg_core import store
 from dg_core.config import StageConfig, from_dict, option
+from dg_core.data import with_task_budget
+from dg_core.distill import stage as distill_stage
+from dg_core.distill.common import load_trainable, output_uris
+from dg_core.distill.methods import METHODS
+from dg_core.distill.stage import Config as DistillConfig
+from dg_core.distill.training import TrainingConfig
 from dg_core.errors import DGError
+from dg_core.evaluate import Config as EvalConfig
+from dg_core.evaluate import evaluate_ref
 
 log = logging.getLogger(__name__)
 ATTACK_FILE = "attack.json"
@@ -33,7 +41,6 @@ _FIXED = {"teacher", "dataset", "split", "seed", "output", "device"}
 
 
 def _distill_fields() -> set[str]:
-    from dg_core.distill.stage import Config as DistillConfig
 
     return {f.name for f in dataclasses.fields(DistillConfig)}
 
@@ -94,7 +101,6 @@ def plan_attacks(attacks: list[dict], distill: dict | None = None) -> list[Attac
         raise DGError(f"config field 'distill.{bad[0]}': expected a distill field other than {sorted(_FIXED)}")
     if not attacks:
         raise DGError("config field 'attacks' is empty: expected at least one {student, method, steps, seeds}")
-    from dg_core.distill.methods import METHODS
 
     jobs = []
     for i, a in enumerate(attacks):
@@ -127,8 +133,6 @@ def attack_name(a: dict[str, Any]) -> str:
 
 
 def _eval(cfg: Config, model: Any, loaded: Any = None) -> dict[str, Any]:
-    from dg_core.evaluate import Config as EvalConfig
-    from dg_core.evaluate import evaluate_ref
 
     ec = from_dict(
         EvalConfig,
@@ -149,8 +153,6 @@ def _eval(cfg: Config, model: Any, loaded: Any = None) -> dict[str, Any]:
 
 def _floor(cfg: Config, job: AttackJob) -> dict[str, Any]:
     """The undistilled student: the start model, re-initialised by the job's seed when the attack does so."""
-    from dg_core.distill.common import load_trainable
-    from dg_core.distill.training import TrainingConfig
 
     reinit = bool(job.settings["reinit"])
     model, tok = load_trainable(job.student, seed=job.seed, reinit=reinit, settings=TrainingConfig(), device=cfg.device)
@@ -169,9 +171,6 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 def run(cfg: Config) -> dict:
     """Distil and score every attack against each teacher; publish and return the table and gate records."""
-    from dg_core.data import with_task_budget
-    from dg_core.distill import stage as distill_stage
-    from dg_core.distill.common import output_uris
 
     cfg = with_task_budget(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("output", "device")}

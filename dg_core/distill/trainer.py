@@ -21,9 +21,12 @@ from typing import Any
 import torch
 
 from dg_core.base.generate import TokenBatch
+from dg_core.base.logprobs import enable_checkpointing, token_logprobs, wants_checkpointing
 from dg_core.checkpoint import Checkpointer, ShardedCheckpointer, first_nonfinite, trainable_state
 from dg_core.distill.training import LOG_EVERY, MIN_LR_RATIO, WEIGHT_DECAY, TrainingConfig
 from dg_core.errors import DGError
+from dg_core.metrics import StageMetrics
+from dg_core.models import attach_lora
 from dg_core.progress import Progress
 from dg_core.utils import seed_everything
 
@@ -112,7 +115,6 @@ def lr_lambda(cfg: TrainingConfig) -> Callable[[int], float]:
 def response_ce(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     """Cross-entropy of the response tokens (EOS included), prompt and padding masked out; chunked over positions
     (:func:`dg_core.base.logprobs.token_logprobs`), so no ``[B, T, V]`` logits tensor is held."""
-    from dg_core.base.logprobs import token_logprobs
 
     lp = token_logprobs(model, batch.input_ids, batch.attention_mask).logprobs
     mask = batch.targets_mask().to(lp.device)
@@ -124,7 +126,6 @@ def response_ce(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
 
 def stage_metrics(stage: str, run_id: str | None = None) -> Any:
     """Prometheus metrics of a stage run (pushed or written as a textfile; see ``dg_core.metrics``)."""
-    from dg_core.metrics import StageMetrics
 
     return StageMetrics(stage, run_id=run_id)
 
@@ -132,13 +133,10 @@ def stage_metrics(stage: str, run_id: str | None = None) -> Any:
 def prepare_model(model: torch.nn.Module, settings: TrainingConfig) -> torch.nn.Module:
     """Attach a LoRA adapter (LoRA mode) or make every weight trainable (full fine-tuning); turn on gradient
     checkpointing when the settings (or, for ``auto``, the model's size) ask for it."""
-    from dg_core.base.logprobs import enable_checkpointing, wants_checkpointing
 
     if wants_checkpointing(model, settings.gradient_checkpointing):
         enable_checkpointing(model)
     if settings.lora:
-        from dg_core.models import attach_lora
-
         return attach_lora(model, r=settings.lora_r, alpha=settings.lora_alpha)
     for p in model.parameters():
         p.requires_grad_(True)

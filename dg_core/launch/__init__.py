@@ -28,7 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dg_core.config import from_dict
 from dg_core.errors import DGError
+from dg_core.stages import get_stage
 
 log = logging.getLogger("dguard.launch")
 
@@ -200,8 +202,6 @@ def run_stage(
     The summary gains ``launch``: the world size and each rank's record (rank, local rank, world size, pid,
     host), so a run shows how many processes it really had.
     """
-    from dg_core.config import from_dict
-    from dg_core.stages import get_stage
 
     cfg = from_dict(get_stage(name).load().Config, dict(params))  # bad input: one line, before any process starts
     rd = Path(tempfile.mkdtemp(prefix=f"dg-launch-{name}-"))

@@ -24,9 +24,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dg_core import store
+from dg_core.config import from_dict
 from dg_core.errors import DGError
-from dg_core.launch import LaunchError
+from dg_core.launch import LaunchError, worker
 from dg_core.launch.worker import ERROR_MARK, SUMMARY_MARK
+from dg_core.stages import get_stage
 
 log = logging.getLogger("dguard.launch.trainjob")
 
@@ -56,8 +59,6 @@ def dguard_stage_node(params=None, **kwargs):  # noqa: ANN001, ANN003 - shipped 
     """
     import sys
 
-    from dg_core.launch import worker
-
     p = params or kwargs
     code = worker.node(p["stage"], p["config"])
     if code:
@@ -80,9 +81,6 @@ def _trainer(
     packages: list[str] | None,
 ) -> Any:
     from kubeflow.trainer import CustomTrainer
-
-    from dg_core.config import from_dict
-    from dg_core.stages import get_stage
 
     if num_nodes < 1:
         raise DGError(f"num_nodes={num_nodes}: expected >= 1")
@@ -187,8 +185,6 @@ def run_stage(
     nodes' full environment (default: :func:`forward_env`).
     """
     from kubeflow.trainer.constants import constants
-
-    from dg_core import store
 
     trainer = _trainer(name, params, num_nodes, gpus_per_node, image, forward_env() if env is None else env, packages)
     if client is None:

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dg_core.config import from_dict
 from dg_core.errors import DGError, one_line
+from dg_core.stages import get_stage
 
 #: Marked lines of a TrainJob node's log that dg_core.launch.trainjob reads back: rank 0's summary, a rank's error.
 SUMMARY_MARK = "DGUARD_SUMMARY "
@@ -41,8 +43,6 @@ def _write(path: Path, text: str) -> None:
 
 def run(stage: str, config: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
     """Run ``stage`` as this rank; returns the summary on rank 0 (None elsewhere)."""
-    from dg_core.config import from_dict
-    from dg_core.stages import get_stage
 
     rank, world, local = env_rank()
     if world > 1 and not _has_cuda():

@@ -15,8 +15,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from dg_core.base.generate import encode_prompt
+from dg_core.base.logprobs import token_logprobs
 from dg_core.base.modelinfo import REAL_MODEL_MIN_PARAMS, context_limit, model_name
 from dg_core.errors import DGError
+from dg_core.models.resolve import resolve_model_dir
 
 __all__ = [
     "check_generation_fits",
@@ -29,7 +32,6 @@ __all__ = [
 
 
 def _longest_prompt(tokenizer: Any, prompts: Sequence[str]) -> int:
-    from dg_core.base.generate import encode_prompt
 
     return max((len(encode_prompt(tokenizer, p)) for p in prompts), default=0)
 
@@ -105,8 +107,6 @@ def _parameters_in(d: Any) -> int:
 def is_real_model(model: Any) -> bool:
     """Whether ``model`` (a module, or a model reference) is a real checkpoint (≥ 20M parameters), not a zoo toy."""
     if isinstance(model, str):
-        from dg_core.models.resolve import resolve_model_dir
-
         return _parameters_in(resolve_model_dir(model)) >= REAL_MODEL_MIN_PARAMS
     return sum(p.numel() for p in model.parameters()) >= REAL_MODEL_MIN_PARAMS
 
@@ -129,8 +129,6 @@ def text_nll_ratio(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[fl
     """(nats per character of ``texts`` under the model, nats per character of a uniform guess over its
     vocabulary), over the same tokens: how far the model is from knowing nothing about this text."""
     import torch
-
-    from dg_core.base.logprobs import token_logprobs
 
     texts = [t for t in texts if t]
     if not texts:

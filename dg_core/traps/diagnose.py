@@ -60,9 +60,16 @@ from pathlib import Path
 from typing import Any
 
 from dg_core import store
+from dg_core.base.generate import generate_tokens
 from dg_core.config import StageConfig, option
+from dg_core.data import load_split, task_of, with_task_budget
 from dg_core.errors import DGError
+from dg_core.metrics import StageMetrics
+from dg_core.models import load_model, model_info
+from dg_core.models.limits import check_generation_fits, check_scoring_fits
 from dg_core.store import output_uri
+from dg_core.traps import measures, symptoms
+from dg_core.utils import seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)
 SCHEMA = "dg.diagnose/v1"
@@ -192,9 +199,6 @@ def diagnose(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> dic
 
     if cfg.max_new_tokens == 0:  # 0: the task's own budget
         cfg = dataclasses.replace(cfg, max_new_tokens=task.max_new_tokens)
-
-    from dg_core.base.generate import generate_tokens
-    from dg_core.traps import measures, symptoms
 
     th = cfg.thresholds
     ks = sorted(set(cfg.ks)) + [None]
@@ -532,7 +536,6 @@ def push_metrics(report: dict[str, Any], metrics) -> None:
 def check_lengths(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> None:
     """Before any generation: each model generates within its context, and each can score the other's samples
     (the student scores the teacher's responses and the teacher the student's)."""
-    from dg_core.models.limits import check_generation_fits, check_scoring_fits
 
     t_prompts = [task.prompt(e, t_tok) for e in examples]
     s_prompts = [task.prompt(e, s_tok) for e in examples]
@@ -565,10 +568,6 @@ def check_lengths(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -
 
 def run(cfg: Config) -> dict:
     """Diagnose, then publish report.json + report.html + summary.txt; returns the summary and URIs."""
-    from dg_core.data import load_split, task_of, with_task_budget
-    from dg_core.metrics import StageMetrics
-    from dg_core.models import load_model, model_info
-    from dg_core.utils import seed_everything, set_threads_from_env
 
     cfg = with_task_budget(cfg)
     set_threads_from_env()

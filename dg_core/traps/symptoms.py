@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from dg_core.base.align import sequence_logprob
+from dg_core.base.generate import generate_tokens
 from dg_core.errors import DGError
 
 # ----------------------------------------------------------------------------------------------- text measures
@@ -170,7 +172,6 @@ class Answers:
 
 def answer(model, tokenizer, task, examples, *, max_new_tokens: int, batch_size: int, seed: int = 0) -> Answers:
     """Greedy answers and their scores (the accuracy every other measure conditions on)."""
-    from dg_core.base.generate import generate_tokens
 
     prompts = [task.prompt(e, tokenizer) for e in examples]
     ro = generate_tokens(
@@ -203,8 +204,6 @@ def overconfidence(
     of the greedy response. Reports ECE, the reliability diagram, mean confidence on wrong and right answers and
     the rate of wrong answers given with confidence >= ``high`` (overconfident hallucinations).
     """
-    from dg_core.base.align import sequence_logprob
-    from dg_core.base.generate import generate_tokens
 
     if method not in ("consistency", "token"):
         raise DGError(f"confidence method {method!r}: expected 'consistency' or 'token'")
@@ -267,7 +266,6 @@ def self_correction(
     continuation) is scored. ``recovery_rate`` is accuracy from corrupted prefixes, ``clean_rate`` from clean
     ones; their ratio says how much of its ability the model keeps when its own context is wrong.
     """
-    from dg_core.base.generate import generate_tokens
 
     rows = []
     for e in examples:
@@ -313,7 +311,6 @@ def wrong_trace_preference(
     the wrong trace is more likely and the mean margin log p(wrong) − log p(correct) per character (> 0: prefers
     wrong). Per-character normalisation keeps tokenizers comparable.
     """
-    from dg_core.base.align import sequence_logprob
 
     pairs: list[tuple[Any, str, str]] = []
     for e in examples:
