@@ -18,6 +18,8 @@ each independent task goes to one of ``workers`` processes (one torch thread eac
 Settings name only what differs from the stage defaults: every component parameter a YAML section leaves out
 takes its stage Config default (``component_kwargs``), and anything that is not a component parameter goes into
 the component's ``options``. Every step is published to the store and reused by the next run.
+
+Over 500 lines: settings, the worker-side jobs, the scheduler and the summary table of one experiment, kept in one readable file (torchtune's one-file recipes).
 """
 
 from __future__ import annotations

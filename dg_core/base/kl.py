@@ -25,6 +25,8 @@ All of them are sums over the vocabulary of an elementwise term, which is what m
 token-class decompositions exact: ``head_k + tail_k = full`` for every k.
 
 Temperature divides both sets of logits. Classic KD multiplies the loss by T²; that is left to the caller.
+
+Over 500 lines: every divergence shares one chunked forward and one recomputing backward; they are one idea.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 multipart upload (``fput_object`` with ``part_size``/``num_parallel_uploads``) and the conditional PutObject;
 this adds what it lacks: retries with backoff around whole operations (an interrupted ranged GET body, or
 S3 codes such as RequestTimeout that come with a 4xx status, are beyond urllib3's Retry), one-line errors,
-parallel ranged downloads, and writer leases for the publish protocol."""
+parallel ranged downloads, and writer leases for the publish protocol.
+
+Over 500 lines: one S3 transport (conditional writes, leases, ranged resumable GETs, the retry loop the SDK cannot do) reads best in one file.
+"""
 
 from __future__ import annotations
 

@@ -44,6 +44,8 @@ Published artifact (``output``, default ``<store root>/diagnose/<config hash>``)
 Metrics (gauges, ``dguard_diag_*`` labelled run/stage): tail share at ``thresholds.tail_share_k``, teacher tail
 mass, reverse-KL ratio, entropy increase, log-likelihood gap, accuracies, ECE, loop rate, recovery rate,
 wrong-trace preference, and the number of flags.
+
+Over 500 lines: the stage's Config, its up-front checks, the measurement steps and the report schema, read together.
 """
 
 from __future__ import annotations

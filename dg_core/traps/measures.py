@@ -21,6 +21,8 @@ below):
 - *teacher–student gap*: sequence log-likelihood gap on teacher samples (a sequence-level forward-KL
   estimate), aligned-span reverse KL on student samples (a sequence-level reverse-KL estimate, decomposed over
   spans where both tokenizations agree), accuracy gap.
+
+Over 500 lines: the three traps share the matched-position and shared-vocabulary machinery above; split, each would re-import most of it.
 """
 
 from __future__ import annotations
