@@ -173,6 +173,8 @@ INFRA = (
     "gpu_image",
     "accelerator_type",
     "accelerator_count",
+    "num_nodes",
+    "trainer_runtime",
     "gpu_node_selector",
     "gpu_tolerations",
     "light_cpu_request",

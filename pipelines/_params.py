@@ -138,7 +138,10 @@ PARAMS: dict[str, Field | Own] = {
     "image": Own("Image of the CPU tasks (a mirror registry needs no recompile).", IMAGE),
     "gpu_image": Own("Image of the GPU tasks (the CUDA image).", IMAGE_CUDA),
     "accelerator_type": Own("Accelerator resource of the GPU tasks.", "nvidia.com/gpu"),
-    "accelerator_count": Own("Accelerators per GPU task.", 1),
+    "accelerator_count": Own("Accelerators per GPU task (> 1: the stage runs one process per accelerator).", 1),
+    "num_nodes": Own("Nodes per calibrate/distill task (> 1: it runs as a Kubeflow Trainer TrainJob, "
+                     "accelerator_count GPUs per node; needs the Trainer, see the chart README).", 1),
+    "trainer_runtime": Own("Kubeflow Trainer runtime of those TrainJobs.", "torch-distributed"),
     "gpu_node_selector": Own("Node selector of the GPU tasks, e.g. {nvidia.com/gpu.product: H100}.", {}),
     "gpu_tolerations": Own("Tolerations of the GPU tasks (Kubernetes toleration objects).", []),
     "light_cpu_request": Own(f"CPU request of the light tasks (pin, plan, prep, report, gate, publish); {_RES}",

@@ -61,7 +61,7 @@ def judge(
     releases_prefix: str,
     hardened_prefix: str,
     store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
-    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    accelerator_count: int, num_nodes: int, trainer_runtime: str, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
     light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
     gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ) -> str:
@@ -72,7 +72,8 @@ def judge(
             d = distill(teacher=teacher, student=a.student, dataset=dataset, method=a.method, seed=a.seed,
                         reinit=a.reinit, steps=attack_steps, n_samples=attack_samples, max_new_tokens=attack_max_new_tokens,
                         batch_size=attack_batch_size, lr=attack_lr, limit=attack_limit, options=attack_options,
-                        store_root=store_root, num_processes=accelerator_count
+                        store_root=store_root, num_processes=accelerator_count,
+                        num_nodes=num_nodes, trainer_runtime=trainer_runtime
                         ).set_display_name(f"distill from {side} teacher")
             e = evaluate(model=d.outputs["Output"], dataset=dataset, split=eval_split, limit=eval_limit,
                          role="student", teacher=side, student=a.student_name, method=a.method, seed=a.seed,
@@ -155,7 +156,7 @@ def harden(
     releases_prefix: str,
     hardened_prefix: str,
     store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
-    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    accelerator_count: int, num_nodes: int, trainer_runtime: str, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
     light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
     gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ):
@@ -179,7 +180,8 @@ def harden(
     ev0 = teacher_eval(teacher, "original")
     cal = calibrate_op(teacher=teacher, proxies=proxies, dataset=dataset, eta=eta, beta=beta,
                        steps=calibrate_steps, group_size=group_size, lr=lr, seed=calibrate_seed,
-                       options=calibrate_options, store_root=store_root, num_processes=accelerator_count)
+                       options=calibrate_options, store_root=store_root, num_processes=accelerator_count,
+                       num_nodes=num_nodes, trainer_runtime=trainer_runtime)
     at.gpu(cal)
     calibrated = cal.outputs["Output"]  # "" when calibration refused the teacher
     with dsl.If(calibrated != "", name="calibrated"):
@@ -246,7 +248,7 @@ def calibrate_pipeline(
     publish: bool,
     publish_to: str,
     store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
-    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    accelerator_count: int, num_nodes: int, trainer_runtime: str, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
     light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
     gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ):

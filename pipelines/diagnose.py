@@ -27,7 +27,7 @@ def diagnose_pipeline(
     limit: int,
     diagnose_options: dict,
     store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
-    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    accelerator_count: int, num_nodes: int, trainer_runtime: str, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
     light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
     gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ) -> str:

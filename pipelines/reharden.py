@@ -56,7 +56,7 @@ def harden_each(
     min_seeds: int,
     publish: bool,
     store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
-    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    accelerator_count: int, num_nodes: int, trainer_runtime: str, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
     light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
     gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ):
@@ -117,7 +117,7 @@ def reharden_pipeline(
     min_seeds: int,
     publish: bool,
     store_root: str, s3_secret: str, env_config_map: str, image: str, gpu_image: str, accelerator_type: str,
-    accelerator_count: int, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
+    accelerator_count: int, num_nodes: int, trainer_runtime: str, gpu_node_selector: dict, gpu_tolerations: list, light_cpu_request: str,
     light_cpu_limit: str, light_memory_request: str, light_memory_limit: str, gpu_cpu_request: str,
     gpu_cpu_limit: str, gpu_memory_request: str, gpu_memory_limit: str,
 ):
