@@ -85,7 +85,8 @@ def teacher(env, task, tmp_path_factory) -> str:
     """The zoo teacher after a few seconds of SFT on the training prompts: greedy accuracy above 0, so the stage
     trains (at 0, retention is undefined and it stops before training)."""
     from dg_core.base.generate import pack_texts
-    from dg_core.distill.trainer import TrainSettings, response_ce, row_indices, train
+    from dg_core.distill.trainer import response_ce, row_indices, train
+    from dg_core.distill.training import TrainingConfig
     from dg_core.models import load_model, save_model
 
     torch.set_num_threads(1)
@@ -99,7 +100,7 @@ def teacher(env, task, tmp_path_factory) -> str:
 
     for p in model.parameters():
         p.requires_grad_(True)
-    train(model, make_batch, response_ce, TrainSettings(steps=80, lr=3e-3, warmup_steps=5, progress=False))
+    train(model, make_batch, response_ce, TrainingConfig(steps=80, lr=3e-3, warmup_steps=5), progress=False)
     return save_model(model.eval(), tok, (tmp_path_factory.mktemp("teacher")).as_uri())
 
 
