@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import random
 import re
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from dg_core.errors import DGError
+
+if TYPE_CHECKING:  # torch loads only where a function needs it: `dguard --help` and the CLI stay fast
+    import torch
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for code that wants its own stream."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -28,6 +32,7 @@ def check_device(device: str) -> str:
 
     Refused with one line otherwise, rather than failing deep inside torch or silently running on the CPU.
     """
+    import torch
 
     d = str(device).strip().lower()
     if not _DEVICE_RE.match(d):
@@ -43,6 +48,8 @@ def check_device(device: str) -> str:
 
 def pick_device(device: str = "auto") -> torch.device:
     """`auto` means CUDA when present, else CPU (MPS is not used: its numerics differ for training)."""
+    import torch
+
     if check_device(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(check_device(device))
@@ -50,6 +57,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def pick_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype:
     """bf16 on CUDA, fp32 elsewhere, unless a dtype is named."""
+    import torch
+
     if dtype != "auto":
         try:
             return {
@@ -77,6 +86,8 @@ def env_threads() -> int | None:
 
 def set_threads_from_env() -> None:
     """Honour DG_THREADS (CPU runs on a shared machine are steadier with a fixed thread count)."""
+    import torch
+
     n = env_threads()
     if n:
         torch.set_num_threads(n)

@@ -153,11 +153,14 @@ def test_diagnose_budgets_the_teacher_and_the_student_separately(world):
     """student_max_new_tokens is the student's own budget: checked against the student's context (and the teacher
     scoring its responses), while the teacher keeps its budget; 0 falls back to max_new_tokens."""
     from dg_core.config import from_dict
+    from dg_core.data import task_of, with_task_budget
     from dg_core.errors import DGError
     from dg_core.traps import diagnose
 
     base = {"teacher": "zoo:teacher", "student": "zoo:student-gpt2", "dataset": world["dataset"], "n_examples": 2}
     cfg = from_dict(diagnose.Config, {**base, "max_new_tokens": 8, "student_max_new_tokens": 300})
-    assert cfg.student_budget() == 300 and from_dict(diagnose.Config, base).student_budget() == 64
+    assert cfg.student_budget() == 300
+    with_task = with_task_budget(from_dict(diagnose.Config, base))  # 0 everywhere: the task's budget for both
+    assert with_task.max_new_tokens == with_task.student_budget() == task_of(world["dataset"]).max_new_tokens == 64
     with pytest.raises(DGError, match=r"^student zoo:student-gpt2: context of 256 positions, .*max_new_tokens=300"):
         diagnose.run(cfg)

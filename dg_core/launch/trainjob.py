@@ -27,7 +27,7 @@ from typing import Any
 from dg_core import store
 from dg_core.config import from_dict
 from dg_core.errors import DGError
-from dg_core.launch import LaunchError, worker
+from dg_core.launch import LaunchError
 from dg_core.launch.worker import ERROR_MARK, SUMMARY_MARK
 from dg_core.stages import get_stage
 
@@ -58,6 +58,8 @@ def dguard_stage_node(params=None, **kwargs):  # noqa: ANN001, ANN003 - shipped 
     The local backend calls it with the arguments as one dict, the Kubernetes backend with keyword arguments.
     """
     import sys
+
+    from dg_core.launch import worker  # shipped as source: the function carries its own imports
 
     p = params or kwargs
     code = worker.node(p["stage"], p["config"])
