@@ -30,8 +30,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), one test file per worker at a time: module fixtures
+# are built once, and the long end-to-end files spread over the cores.
+TEST_WORKERS ?= 2
 test: setup tools lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(BIN)/python -m pipelines.demo

@@ -1,6 +1,10 @@
 """Zoo, load/save by reference, and LoRA: offline, deterministic, safetensors-only."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from dg_core.models import (
 )
 from dg_core.models.zoo import ZOO, build_model, build_tokenizer, ensure, zoo_uri
 
+REPO = Path(__file__).resolve().parents[1]
 TEXT = "Q: 37*4+12=? A: 37*4=148 148+12=160 #160"
 
 
@@ -103,3 +108,51 @@ def test_lora_reference_and_merge(root):
     assert torch.allclose(_logits(merged, tok), tuned, atol=1e-5)
     with pytest.raises(DGError, match="PEFT"):
         save_model(attach_lora(merged, r=2), tok, store.join(root, "x"))
+
+
+_BUILD = """
+import json, os, sys
+from dg_core import store
+from dg_core.models import load_tokenizer
+from dg_core.models.zoo import ensure
+names = sys.argv[1].split(",")
+out = {}
+for name in names:
+    m = store.read_manifest(ensure(name))
+    out[name] = {f: e["sha256"] for f, e in m["files"].items()}
+    tok = load_tokenizer(f"zoo:{name}")
+    out[name]["ids"] = tok("Q: 37*4+12=? A: 37*4=148 148+12=160 #160 the answer")["input_ids"]
+print(json.dumps(out))
+"""
+
+
+def _build(store_uri: str, names: str) -> subprocess.Popen:
+    env = {**os.environ, "DG_STORE_ROOT": store_uri, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "true"}
+    return subprocess.Popen(
+        [sys.executable, "-c", _BUILD, names], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_zoo_builds_are_byte_identical_across_processes(tmp_path):
+    """Every file of every member hashes the same from two fresh processes, built side by side (the Unigram
+    trainer alone used to permute its ids from run to run, so student-gpt2's results moved between machines)."""
+    names = ",".join(ZOO)
+    runs = [_result(p) for p in [_build((tmp_path / f"s{i}").as_uri(), names) for i in range(2)]]
+    assert runs[0] == runs[1]
+    assert set(runs[0]) == set(ZOO) and all("model.safetensors" in v for v in runs[0].values())
+
+
+def test_concurrent_builds_of_one_member_are_safe(tmp_path):
+    """Two processes building the same member into one store at once both get a sound, identical model."""
+    uri = (tmp_path / "shared").as_uri()
+    procs = [_build(uri, "student-gpt2") for _ in range(2)]
+    a, b = (_result(p) for p in procs)
+    assert a == b
+    # a later reader (its load checks every file's sha256 against the manifest) sees the same member
+    assert _result(_build(uri, "student-gpt2")) == a

@@ -10,6 +10,7 @@ and the attacking students do not share the teacher's vocabulary.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import string
@@ -35,7 +36,7 @@ from dg_core.models.save import save_model
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 2
+ZOO_VERSION = 3  # 3: byte-identical builds (Unigram pieces in a fixed order)
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))
 
@@ -164,6 +165,7 @@ def build_tokenizer(kind: str, vocab_size: int = 256) -> PreTrainedTokenizerFast
                 initial_alphabet=ALPHABET,
             ),
         )
+        tok.model = _canonical_unigram(tok)
     else:
         raise DGError(f"tokenizer kind {kind!r}: expected char, bpe or unigram")
     fast = PreTrainedTokenizerFast(
@@ -176,6 +178,19 @@ def build_tokenizer(kind: str, vocab_size: int = 256) -> PreTrainedTokenizerFast
     )
     fast.model_max_length = 4096
     return fast
+
+
+def _canonical_unigram(tok: Tokenizer) -> models.Unigram:
+    """The trained Unigram model with its pieces in one fixed order.
+
+    The trainer finds the same pieces every time but orders near-equal scores differently from run to run (its
+    hash maps and float sums are not ordered), which permutes token ids. Specials keep their ids; the rest are
+    ordered by score rounded to 1e-6, then by piece, so a build is byte-identical from its seed.
+    """
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    specials = [(p, 0.0) for p in SPECIALS]
+    rest = sorted(((p, round(s, 6)) for p, s in vocab if p not in SPECIALS), key=lambda ps: (-ps[1], ps[0]))
+    return models.Unigram(specials + rest, unk_id=SPECIALS.index("<unk>"))
 
 
 # Llama-style decoders share one config vocabulary; GPT-2 spells its own.
