@@ -59,9 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="/tmp/dg-knob", help="directory for knob.json, knob.png and the log")
     ap.add_argument("--workers", type=int, default=2, help="processes running tasks side by side")
     ap.add_argument("--small", action="store_true", help="bench/knob-small.yaml: the plumbing in minutes")
+    ap.add_argument(
+        "--with",
+        dest="overlays",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="another settings overlay, e.g. bench/knob-adaptive.yaml (the adaptive attacks)",
+    )
     ap.add_argument("overrides", nargs="*", help="settings as key.sub=JSON")
     args = ap.parse_args(argv)
-    files = [EXPERIMENTS / "demo.yaml", HERE / "knob.yaml"]
+    files = [EXPERIMENTS / "demo.yaml", HERE / "knob.yaml", *args.overlays]
     if args.small:
         files += [EXPERIMENTS / "small.yaml", HERE / "knob-small.yaml"]
     out = Path(args.out)

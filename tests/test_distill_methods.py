@@ -37,11 +37,11 @@ def test_each_method_config_adds_only_its_own_fields():
     div = _names(DivergenceConfig)
     assert _names(sft.Config) == set()
     assert _names(kd.Config) - div == {"topk"}
-    assert _names(gkd.Config) - div == {"lmbda", "reduction", "student_max_new_tokens"}
+    assert _names(gkd.Config) - div == {"lmbda", "reduction", "student_max_new_tokens", "sft_steps"}
     assert _names(xtok.Config) - _names(kd.Config) == {"xtok_loss"}
     # and the stage config is exactly the union of the parts plus its own few fields
     parts = _names(TrainingConfig) | _names(SignalsConfig) | _names(gkd.Config) | _names(xtok.Config)
-    assert _names(stage.Config) - parts == {"student", "method", "dropout", "output", "allow_zoo"}
+    assert _names(stage.Config) - parts == {"student", "method", "dropout", "keep", "output", "allow_zoo"}
 
 
 @pytest.fixture()
@@ -87,3 +87,59 @@ def test_gkd_student_budget_past_its_context_is_refused_before_sampling(tiny):
     with pytest.raises(DGError, match=r"student zoo:student-llama: context of 256 .*student_max_new_tokens=400"):
         stage.run(cfg)
     assert not store.is_published(default_signals_uri(cfg, cfg.signals_topk()))
+
+
+def _world(ds: str, **kw):
+    from dg_core.data import task_of
+    from dg_core.models import load_model
+
+    torch.manual_seed(0)
+    teacher = load_model("zoo:student-llama", device="cpu")
+    student, tok = load_model("zoo:student-llama", device="cpu")
+    cfg = _cfg(ds, **kw)
+    sig = load_signals(build_signals(cfg, teacher=teacher))
+    return cfg, sig, teacher, student, tok, task_of(ds)
+
+
+def test_keep_correct_trains_only_on_samples_the_scorer_accepts(tiny):
+    """The adaptive attacker with a verifier: an untrained teacher is never right, so two samples are made
+    right by hand; only they remain, and a teacher with none right is refused in one line."""
+    cfg, sig, teacher, student, tok, task = _world(tiny, method="sft", n_samples=2)
+    assert not any(task.score(sig.examples[r.example_id], r.response).correct for r in sig.rows)
+    ctx = methods.Context(student, tok, sig, task, cfg, keep="correct")
+    with pytest.raises(DGError, match="keep=correct, but none of the 16 teacher samples is correct"):
+        methods.build("sft", cfg, ctx)
+    fixed = [sig.rows[0], sig.rows[5]]
+    for r in fixed:
+        r.response = sig.examples[r.example_id].reference  # the worked answer the scorer accepts
+    m = methods.build("sft", cfg, ctx)
+    assert m.rows == fixed
+    assert len(methods.build("sft", cfg, methods.Context(student, tok, sig, task, cfg)).rows) == 16
+
+
+def test_gkd_sft_warm_start_then_on_policy(tiny):
+    """``sft_steps``: teacher samples and cross-entropy only (the teacher is not run), then the student's own."""
+    cfg, sig, teacher, student, tok, task = _world(tiny, sft_steps=2, sample_temperature=3.0)
+    ctx = methods.Context(student, tok, sig, task, cfg, teacher=teacher, max_new_tokens=4)
+    m = methods.build("gkd", cfg, ctx)
+    warm, on = m.make_batch(1, 0), m.make_batch(2, 0)
+    assert warm.info == {"on_policy_fraction": 0.0, "sft": 1.0} and on.info["on_policy_fraction"] == 1.0
+    teacher_samples = {tuple(r.token_ids) for r in m.rows}
+    tb = warm.tokens
+    assert all(
+        tuple(tb.input_ids[i][tb.response_mask[i]].tolist()) in teacher_samples for i in range(len(tb.input_ids))
+    )
+    calls = []
+    handle = teacher[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = m.loss(student, warm)
+        assert not calls and set(out.stats) >= {"ce", "sft"}
+        ce = methods.base.cross_entropy(
+            student(input_ids=warm.tokens.input_ids, attention_mask=warm.tokens.attention_mask).logits[:, :-1],
+            warm.tokens,
+        )[0]
+        assert float(out.loss.detach()) == pytest.approx(float(ce.detach()))
+        m.loss(student, on)
+        assert calls  # on-policy steps are scored by the teacher
+    finally:
+        handle.remove()

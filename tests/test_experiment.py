@@ -74,3 +74,21 @@ def test_one_planner_for_attacks():
     tasks = [t.key for t in plan(cfg, "file:///tmp/unused") if "|" in t.key]
     n = len(plan_attacks(cfg["attacks"], cfg["distill"]))
     assert n == 9 and len(tasks) == n * (1 + len(cfg["etas"]))
+
+
+def test_adaptive_attacks_overlay_plans_valid_distill_jobs():
+    """bench/knob-adaptive.yaml: every entry is a distill config the stage accepts (verifier, 8 samples x 3
+    budget, SFT-started gkd), so a sweep with it cannot fail on a typo after the teachers are trained."""
+    from dg_core.config import from_dict
+    from dg_core.distill.stage import Config as DistillConfig
+
+    cfg = load_settings(EXPERIMENTS / "demo.yaml", BENCH / "knob.yaml", BENCH / "knob-adaptive.yaml")
+    jobs = plan_attacks(cfg["attacks"], cfg["distill"])
+    by_name = {j.attack: j for j in jobs}
+    assert {"student-gpt2/sft-verified", "student-gpt2/sft-8x3", "student-llama/gkd-sft"} <= set(by_name)
+    for j in jobs:
+        c = from_dict(DistillConfig, {**j.settings, "teacher": "t", "dataset": "d", "seed": j.seed})
+        assert c.student == j.student
+    assert by_name["student-gpt2/sft-verified"].settings["keep"] == "correct"
+    assert by_name["student-gpt2/sft-8x3"].settings["steps"] == 3 * cfg["distill"]["steps"]
+    assert by_name["student-llama/gkd-sft"].settings["sft_steps"] < cfg["distill"]["steps"]

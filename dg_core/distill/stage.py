@@ -42,6 +42,11 @@ class Config(xtok.Config, gkd.Config, TrainingConfig, SignalsConfig):
     student: str = option("zoo:student-llama", "Student to start from (zoo member or any model reference).")
     method: str = option("sft", "Attack method.", choices=methods.METHODS)
     dropout: bool = option(False, "Keep the student's dropout during distillation (off by default, as in TRL).")
+    keep: str = option(
+        "all",
+        "Teacher samples to train on: all, or only those the task's scorer accepts (an attacker with a verifier).",
+        choices=("all", "correct"),
+    )
     output: str = option("", "Where to publish the student (default: <store root>/students/<config hash>).")
     allow_zoo: bool = option(
         False, "Allow a zoo: student with a real (20M+ parameter) teacher (random-init toys: plumbing tests only)."
@@ -114,6 +119,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
         sample_temperature=cfg.sample_temperature,
         rank=accelerator.process_index,
         world=accelerator.num_processes,
+        keep=cfg.keep,
     )
     m = methods.build(cfg.method, cfg, ctx)
     head = {

@@ -8,6 +8,7 @@ construction (``batch``) and its loss (``loss``). The losses themselves come fro
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ from dg_core.distill.signals import SignalRow, Signals
 from dg_core.distill.trainer import LossOut, row_indices
 from dg_core.distill.training import TrainingConfig
 from dg_core.errors import DGError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,11 +72,25 @@ class Context:
     sample_temperature: float = 1.0
     rank: int = 0
     world: int = 1
+    keep: str = "all"  # which teacher samples to train on: all, or only those the task scorer accepts
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:
     """Token-level KD needs identical token ids for identical strings."""
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
+def correct_rows(rows: list[SignalRow], signals: Signals, task: Any) -> list[SignalRow]:
+    """The teacher samples the task's scorer accepts: what an attacker with a verifier trains on."""
+    scores = task.score_batch([signals.examples[r.example_id] for r in rows], [r.response for r in rows])
+    kept = [r for r, s in zip(rows, scores) if s.correct]
+    if not kept:
+        raise DGError(
+            f"{signals.uri}: keep=correct, but none of the {len(rows)} teacher samples is correct; "
+            "expected a teacher that solves some prompts (or keep=all)"
+        )
+    log.info("keep=correct: %d of %d teacher samples are correct", len(kept), len(rows))
+    return kept
 
 
 def cross_entropy(logits: torch.Tensor, batch: TokenBatch) -> tuple[torch.Tensor, int]:
@@ -102,6 +119,8 @@ class Method:
         self.rows = [r for r in ctx.signals.rows if r.example_id in ctx.signals.examples]
         if not self.rows:
             raise DGError(f"{ctx.signals.uri}: no teacher samples match the dataset's examples")
+        if ctx.keep == "correct":
+            self.rows = correct_rows(self.rows, ctx.signals, ctx.task)
         self._prompt_ids: dict[str, list[int]] = {}
         ttok = ctx.teacher[1] if ctx.teacher is not None else ctx.teacher_tok
         if self.same_vocab and (ttok is None or not same_vocabulary(ttok, self.tok)):
