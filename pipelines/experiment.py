@@ -186,11 +186,20 @@ def job_prep(cfg: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 def job_bootstrap(cfg: dict[str, Any], root: str, role: str, dataset: str) -> dict[str, Any]:
-    """SFT the teacher or proxy (``cfg[role]['train']``); without ``train``, the model as it is."""
+    """SFT the teacher or proxy (``cfg[role]['train']``); without ``train``, the model as it is.
+
+    ``cfg[role]['threads']`` gives this task more torch threads than the workers' one: nothing else can start
+    while the teacher bootstraps (every later task needs it), so the other core would otherwise sit idle."""
     spec = cfg[role]
     if not spec.get("train"):
         return {"model": spec["model"]}
-    t = _run("train", **component_kwargs("train", spec["train"], model=spec["model"], dataset=dataset), store_root=root)
+    threads = os.environ.get("DG_THREADS", "1")
+    os.environ["DG_THREADS"] = str(spec.get("threads") or threads)
+    try:
+        kw = component_kwargs("train", spec["train"], model=spec["model"], dataset=dataset)
+        t = _run("train", **kw, store_root=root)
+    finally:
+        os.environ["DG_THREADS"] = threads
     return {"model": t.outputs["Output"]}
 
 
@@ -528,6 +537,21 @@ def run(cfg: dict[str, Any], store_root: str, out: Path, workers: int, echo: Cal
     return s
 
 
+def reseed(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The same experiment under another seed: the data, both bootstraps, every calibration and every attack's
+    seeds shift by ``seed`` (``--seed``: the demo's bars must hold whatever it is)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out["prep"]["seed"] = out["prep"].get("seed", 0) + seed
+    for role in ("teacher", "proxy"):
+        if out[role].get("train"):
+            out[role]["train"]["seed"] = out[role]["train"].get("seed", 0) + seed
+    out["calibrate"]["seed"] = out["calibrate"].get("seed", 0) + seed
+    out["attacks"] = [{**a, "seeds": [x + seed for x in a.get("seeds", [0])]} for a in out["attacks"]]
+    return out
+
+
 def main(argv: list[str] | None, configs: list[Path], small: Path, prog: str, doc: str) -> int:
     """The command line of an experiment (``make demo``): settings files, --small, key=JSON overrides."""
     ap = argparse.ArgumentParser(prog=prog, description=doc)
@@ -536,6 +560,7 @@ def main(argv: list[str] | None, configs: list[Path], small: Path, prog: str, do
     ap.add_argument("--dir", default=".dg/demo", help="log file, kfp.local outputs and summary.json go here")
     ap.add_argument("--workers", type=int, default=2, help="processes running tasks side by side")
     ap.add_argument("--small", action="store_true", help=f"reduced sizes ({small.name}): the graph, not the knob")
+    ap.add_argument("--seed", type=int, default=0, help="shift every seed (data, bootstraps, calibration, attacks)")
     ap.add_argument("overrides", nargs="*", help="settings as key.sub=JSON (see the settings YAML)")
     args = ap.parse_args(argv)
     from dg_core import store
@@ -545,6 +570,7 @@ def main(argv: list[str] | None, configs: list[Path], small: Path, prog: str, do
     name = "demo"
     try:
         cfg = load_settings(*files, *([small] if args.small else []), overrides=args.overrides)
+        cfg = reseed(cfg, args.seed) if args.seed else cfg
         name = cfg.get("name", name)
         s = run(cfg, args.store or store.default_root(), out, args.workers, lambda x: print(x, flush=True))
     except DGError as e:

@@ -92,3 +92,18 @@ def test_adaptive_attacks_overlay_plans_valid_distill_jobs():
     assert by_name["student-gpt2/sft-verified"].settings["keep"] == "correct"
     assert by_name["student-gpt2/sft-8x3"].settings["steps"] == 3 * cfg["distill"]["steps"]
     assert by_name["student-llama/gkd-sft"].settings["sft_steps"] < cfg["distill"]["steps"]
+
+
+def test_reseed_shifts_every_seed_of_the_experiment():
+    """`--seed N`: the data, both bootstraps, the calibrations and every attack run under other seeds, so the
+    demo's bars are checked on independent repeats (and a repeat reuses nothing from seed 0)."""
+    from pipelines.experiment import reseed
+
+    cfg = load_settings(EXPERIMENTS / "demo.yaml")
+    two = reseed(cfg, 2)
+    assert two["prep"]["seed"] == cfg["prep"]["seed"] + 2 and two["calibrate"]["seed"] == cfg["calibrate"]["seed"] + 2
+    assert two["teacher"]["train"]["seed"] == 2 and two["proxy"]["train"]["seed"] == 2
+    assert [j.seed for j in plan_attacks(two["attacks"], two["distill"])] == [
+        j.seed + 2 for j in plan_attacks(cfg["attacks"], cfg["distill"])
+    ]
+    assert "seed" not in cfg["teacher"]["train"]  # the settings read are left as they were
