@@ -52,11 +52,8 @@ class GKD(Method):
         return (options.student_max_new_tokens or options.max_new_tokens) if options.lmbda > 0 else 0
 
     def batch(self, rows: list[SignalRow], step: int, micro: int) -> DistillBatch:
-        if step < self.cfg.sft_steps:  # warm start: the teacher's samples, cross-entropy only
-            tb = pack([self.prompt_ids(r.example_id) for r in rows], [list(r.token_ids) for r in rows], self.pad,
-                      max_length=self.ctx.train.max_length)  # fmt: skip
-            return DistillBatch(tb, info={"on_policy_fraction": 0.0, "sft": 1.0})
-        n_on = int(round(self.cfg.lmbda * len(rows)))
+        warm = step < self.cfg.sft_steps  # warm start: the teacher's samples only, cross-entropy (see loss)
+        n_on = 0 if warm else int(round(self.cfg.lmbda * len(rows)))
         prompts = [self.prompt_ids(r.example_id) for r in rows]
         resp = [list(r.token_ids) for r in rows]
         if n_on:
@@ -74,7 +71,7 @@ class GKD(Method):
             resp[:n_on] = rolls.response_ids
             prompts[:n_on] = rolls.prompt_ids
         tb = pack(prompts, resp, self.pad, max_length=self.ctx.train.max_length)
-        return DistillBatch(tb, info={"on_policy_fraction": n_on / len(rows), "sft": 0.0})
+        return DistillBatch(tb, info={"on_policy_fraction": n_on / len(rows), "sft": float(warm)})
 
     def loss(self, model: torch.nn.Module, batch: DistillBatch) -> LossOut:
         tb, c = batch.tokens, self.cfg
