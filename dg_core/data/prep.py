@@ -91,10 +91,14 @@ def normalize(ex: Example) -> Example:
 
 
 def assign_split(example_id: str, seed: int, splits: dict[str, float]) -> str:
-    """Split of an example: a hash of (seed, id) mapped onto the cumulative fractions (stable across runs)."""
+    """Split of an example: a hash of (seed, id) mapped onto the cumulative fractions (stable across runs).
+
+    The fractions are laid out in sorted name order, not the mapping's: KFP hands a component its dict options
+    in another key order than the YAML (a protobuf Struct has none), and the same fractions must give the same
+    split whichever way they arrive."""
     u = int.from_bytes(hashlib.sha256(f"{seed}:{example_id}".encode()).digest()[:8], "big") / 2**64
     acc = 0.0
-    names = list(splits)
+    names = sorted(splits)
     for name in names:
         acc += splits[name]
         if u < acc:
@@ -187,7 +191,7 @@ def prepare(cfg: Config, directory: Path) -> dict[str, Any]:
             f"{where}: {len(rejected)} of {len(rows)} rows rejected (> max_rejected_fraction "
             f"{cfg.max_rejected_fraction:g}); first: row {first['row']} field '{first['field']}': {first['reason']}"
         )
-    parts: dict[str, list[Example]] = {name: [] for name in cfg.splits}
+    parts: dict[str, list[Example]] = {name: [] for name in sorted(cfg.splits)}
     for ex in kept:
         parts[assign_split(ex.id, cfg.seed, cfg.splits)].append(ex)
     splits_meta = {}
@@ -201,7 +205,7 @@ def prepare(cfg: Config, directory: Path) -> dict[str, Any]:
         "source": info,
         "format": fmt,
         "seed": cfg.seed,
-        "split_fractions": dict(cfg.splits),
+        "split_fractions": {k: cfg.splits[k] for k in sorted(cfg.splits)},
         "splits": splits_meta,
         "counts": {"rows": len(rows), "kept": len(kept), "rejected": len(rejected), "duplicates": len(duplicates)},
         "rejected": rejected[:SHOWN],
