@@ -98,6 +98,19 @@ def pushgateway() -> Iterator:
 # ---------------------------------------------------------------------------------------------- stores
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_store_in_the_checkout(tmp_path_factory) -> Iterator[None]:
+    """A test that names no store would publish into ``./.dg/store`` of the checkout: point the default elsewhere."""
+    if os.environ.get("DG_STORE_ROOT"):
+        yield
+        return
+    os.environ["DG_STORE_ROOT"] = tmp_path_factory.mktemp("default-store").as_uri()
+    try:
+        yield
+    finally:
+        os.environ.pop("DG_STORE_ROOT", None)
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> pytest.MonkeyPatch:
     """No ambient store/metrics settings; the download cache is private to the test."""
