@@ -45,7 +45,7 @@ def test_components_take_stage_defaults_for_what_settings_leave_out():
     job = plan_attacks(cfg["attacks"], cfg["distill"])[0]
     kw = component_kwargs("distill", job.settings, teacher="t", dataset="d", seed=job.seed)
     assert kw["n_samples"] == 2 and kw["steps"] == 1000 and kw["reinit"] is True
-    assert kw["options"] == {"checkpoint_every": 0}
+    assert kw["options"] == {"checkpoint_every": 0, "warmup_steps": 20}
     untouched = {f.name for f in dataclasses.fields(DistillConfig)} - set(job.settings) - {"teacher", "dataset"}
     assert not untouched & set(kw["options"])  # nothing restated: defaults are the stage's
     with pytest.raises(DGError, match=r"component evaluate: parameter 'role' has no stage default"):
