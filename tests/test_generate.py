@@ -16,7 +16,7 @@ PROMPTS = ["12*3+4\n", "5*6\n", "123*4+56\n"]
 def zoo_pair(request):
     torch.set_num_threads(1)
     spec = ZOO[request.param]
-    tok = build_tokenizer(spec.tokenizer)
+    tok = build_tokenizer(spec.tokenizer, spec.vocab_size)
     return build_model(spec, tok), tok
 
 
@@ -84,13 +84,13 @@ def test_pack_masks_response_only_and_right_pads():
         pack([[5]], [], pad_id=0)
 
 
-@pytest.mark.parametrize("name", ["student-llama", "student-gpt2"])
+@pytest.mark.parametrize("name", ["student-llama", "student-gpt2", "student-neox"])
 def test_trained_on_packed_text_generates_it_back_and_stops(name):
     """What pack_texts trains is exactly what generate produces: the response text, then EOS."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     spec = ZOO[name]
-    tok = build_tokenizer(spec.tokenizer)
+    tok = build_tokenizer(spec.tokenizer, spec.vocab_size)
     model = build_model(spec, tok).train()
     prompts, responses = ["12*3+4\n", "7*8\n"], ["12*3=36 36+4=40 #40", "7*8=56 #56"]
     batch = pack_texts(tok, prompts, responses)

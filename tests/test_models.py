@@ -43,7 +43,7 @@ def test_zoo_builds_offline_and_reloads_identically(root):
         uri = ensure(name)
         assert uri == zoo_uri(name) and store.is_published(uri)
         model, tok = load_model(f"zoo:{name}", device="cpu")
-        fresh = build_model(ZOO[name], build_tokenizer(ZOO[name].tokenizer))
+        fresh = build_model(ZOO[name], build_tokenizer(ZOO[name].tokenizer, ZOO[name].vocab_size))
         assert torch.equal(_logits(model, tok), _logits(fresh, tok)), name
         assert tok.decode(tok(TEXT)["input_ids"]) == TEXT
 
@@ -62,6 +62,17 @@ def test_zoo_tokenizers_differ(root):
     assert len(set(pieces.values())) == 3
     assert len(pieces["teacher"]) == len(TEXT)  # char-level
     assert len(pieces["student-gpt2"]) < len(TEXT)  # subword
+
+
+def test_held_out_attacker_merges_digits_where_the_others_split_them(root):
+    """student-neox reads `56` as one token (as GPT-2's BPE does); every other member reads digits one by one."""
+    answer = "7*8=56 56+34=90 #90"
+    for name in ZOO:
+        tok = load_tokenizer(f"zoo:{name}")
+        pieces = tok.convert_ids_to_tokens(tok(answer)["input_ids"])
+        merged = [p for p in pieces if sum(c.isdigit() for c in p) > 1]
+        assert bool(merged) == (name == "student-neox"), (name, pieces)
+        assert tok.decode(tok(answer)["input_ids"]) == answer
 
 
 def test_save_and_load_round_trip_with_metadata(root, tmp_path):

@@ -5,7 +5,9 @@ random-initialised. Members are cached in the store under ``<root>/zoo/<name>/v<
 when missing, so `zoo:<name>` is a cheap, reproducible model reference for tests, the demo and the pipelines.
 
 The tokenizers differ on purpose (char-level, byte-level BPE, Unigram): the product must work when the proxy
-and the attacking students do not share the teacher's vocabulary.
+and the attacking students do not share the teacher's vocabulary. ``student-neox`` is the attacker calibration never
+sees: another family (GPT-NeoX) and a larger byte-level BPE that merges digits as GPT-2's does (``56`` is one
+token), so it cannot read the arithmetic digit by digit as the others do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -45,7 +49,7 @@ ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))
 class ZooMember:
     """A tiny model: architecture, size and tokenizer kind. Sizes keep CPU training in seconds to minutes."""
 
-    arch: str  # llama | qwen2 | gpt2
+    arch: str  # llama | qwen2 | gpt2 | gpt_neox
     tokenizer: str  # char | bpe | unigram
     hidden: int
     layers: int
@@ -55,6 +59,7 @@ class ZooMember:
     max_positions: int = 256
     seed: int = 0
     role: str = ""
+    vocab_size: int = 256  # subword tokenizers' trained vocabulary (the char tokenizer ignores it)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +103,17 @@ ZOO: dict[str, ZooMember] = {
         heads=4,
         seed=4,
         role="probe student of another family and tokenizer than the proxy (xtok KD)",
+    ),
+    "student-neox": ZooMember(
+        "gpt_neox",
+        "bpe",
+        hidden=64,
+        layers=3,
+        heads=4,
+        intermediate=192,
+        seed=5,
+        vocab_size=960,
+        role="held-out attacker: a family and tokenizer calibration never sees; its BPE merges digits (0-99 one token)",
     ),
 }
 
@@ -218,13 +234,23 @@ def build_model(spec: ZooMember, tokenizer: PreTrainedTokenizerFast) -> PreTrain
             **common,
         )
         model = model_cls(cfg)
+    elif spec.arch == "gpt_neox":
+        cfg = GPTNeoXConfig(
+            hidden_size=spec.hidden,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            intermediate_size=spec.intermediate or 4 * spec.hidden,
+            max_position_embeddings=spec.max_positions,
+            **common,
+        )
+        model = GPTNeoXForCausalLM(cfg)
     elif spec.arch == "gpt2":
         cfg = GPT2Config(
             n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=spec.max_positions, **common
         )
         model = GPT2LMHeadModel(cfg)
     else:
-        raise DGError(f"zoo architecture {spec.arch!r}: expected llama, qwen2 or gpt2")
+        raise DGError(f"zoo architecture {spec.arch!r}: expected llama, qwen2, gpt2 or gpt_neox")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
 
@@ -240,7 +266,7 @@ def ensure(name: str, root: str | None = None) -> str:
     uri = zoo_uri(name, root)
     if not store.is_published(uri):
         spec = ZOO[name]
-        tok = build_tokenizer(spec.tokenizer)
+        tok = build_tokenizer(spec.tokenizer, spec.vocab_size)
         model = build_model(spec, tok)
         meta = {"zoo": name, "zoo_version": ZOO_VERSION, "role": spec.role, "seed": spec.seed}
         try:
