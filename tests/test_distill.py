@@ -76,6 +76,7 @@ def test_teacher_knows_the_task(world):
         ("zoo:student-llama", "kd", {"kind": "forward", "topk": 8}),
         ("zoo:student-gpt2", "xtok", {"xtok_loss": "align"}),
         ("zoo:student-gpt2", "xtok", {"xtok_loss": "uld", "ce_weight": 1.0}),
+        ("zoo:student-neox", "xtok", {"xtok_loss": "align"}),  # digits merged: spans align across pieces
     ],
 )
 def test_method_beats_undistilled_floor(world, student, method, extra):

@@ -1,0 +1,224 @@
+"""The release owner's plot: teacher retention against worst-case student transfer over an eta sweep, with 95%
+intervals, from the ``summary.json`` of one or more experiment runs on the same original teacher.
+
+    .venv/bin/python -m pipelines.demo --config pipelines/experiments/demo.yaml --config bench/tradeoff.yaml \\
+        --dir /tmp/trade                                   # the sweep (the demo's teacher, 7 etas, 3 seeds)
+    .venv/bin/python bench/tradeoff.py /tmp/trade/summary.json [more summaries] --out docs/results/knob
+
+Retention = acc(calibrated) / acc(original) on the test split; its interval is a paired bootstrap over the test
+problems (both teachers answer the same ones). Transfer = mean acc(student <- calibrated) / mean acc(student <-
+original) over the attack's seeds; its interval is the delta method on the log ratio with a t quantile (few
+seeds: wide, as it should be). The worst case is the attack with the highest transfer for eta < 0 and the lowest
+for eta > 0. The teacher's style is read off its greedy test answers (``bare``: the answer alone, ``#90``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dg_core import store  # noqa: E402
+
+T975 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 8: 2.306, 10: 2.228, 16: 2.120, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% t quantile (normal past 30 degrees of freedom)."""
+    return T975.get(df) or next((T975[k] for k in sorted(T975) if k >= df), 1.96)
+
+
+def samples(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-problem greedy answers of one evaluation record."""
+    path = store.local_payload(record["eval"]) / "samples.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired_interval(orig: list[bool], cal: list[bool], boot: int, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of sum(cal) / sum(orig) resampling problems (both answered the same ones)."""
+    rng, n, ratios = random.Random(seed), len(orig), []
+    for _ in range(boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        o = sum(orig[i] for i in idx)
+        ratios.append(sum(cal[i] for i in idx) / o if o else math.inf)
+    ratios.sort()
+    return ratios[int(0.025 * boot)], ratios[int(0.975 * boot) - 1]
+
+
+def ratio_interval(cal: list[float], orig: list[float]) -> tuple[float, float | None, float | None]:
+    """mean(cal) / mean(orig) and its 95% interval (delta method on the log ratio, t with pooled df)."""
+    mc, mo = statistics.fmean(cal), statistics.fmean(orig)
+    r = mc / mo if mo else math.inf
+    if len(cal) < 2 or len(orig) < 2 or mc <= 0 or mo <= 0:
+        return r, None, None
+    se = math.sqrt(statistics.variance(cal) / (len(cal) * mc**2) + statistics.variance(orig) / (len(orig) * mo**2))
+    half = t975(len(cal) + len(orig) - 2) * se
+    return r, r * math.exp(-half), r * math.exp(half)
+
+
+def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
+    """Teachers (accuracy, retention with interval, style) and attacks (per-seed accuracies, transfer per eta)."""
+    results: dict[str, Any] = {}
+    for s in summaries:
+        results.update(s["results"])
+    orig = {x["id"]: x["greedy"] for x in samples(results["eval-original"]["record"])}
+    ok0 = [orig[i]["correct"] for i in sorted(orig)]
+    etas = sorted({float(k[3:]) for k in results if k.startswith("cal") and "|" not in k})
+    sides = {"original": None, **{f"cal{e:+g}": e for e in etas}}
+    teachers = []
+    for side, eta in sides.items():
+        rec = results["eval-original" if eta is None else side]["record"]
+        got = {x["id"]: x["greedy"] for x in samples(rec)}
+        ok = [got[i]["correct"] for i in sorted(orig)]
+        answers = [got[i]["response"].strip() for i in sorted(orig)]
+        lo, hi = (1.0, 1.0) if eta is None else paired_interval(ok0, ok, boot)
+        teachers.append(
+            {
+                "side": side,
+                "eta": eta,
+                "accuracy": sum(ok) / len(ok),
+                "retention": sum(ok) / sum(ok0),
+                "retention_95": [lo, hi],
+                "bare": sum(a.startswith("#") for a in answers) / len(answers),
+                "chars": statistics.fmean(len(a) for a in answers),
+            }
+        )
+    attacks: dict[str, dict[str, list[float]]] = {}
+    for key, r in results.items():
+        if key.count("|") == 2:
+            side, attack, _seed = key.split("|")
+            attacks.setdefault(attack, {}).setdefault(side, []).append(r["record"]["accuracy"])
+    table = []
+    for attack, by_side in sorted(attacks.items()):
+        row: dict[str, Any] = {"attack": attack, "original": by_side.get("original", [])}
+        for side, eta in sides.items():
+            if eta is None or side not in by_side or not row["original"]:
+                continue
+            t, lo, hi = ratio_interval(by_side[side], row["original"])
+            row[side] = {"accs": by_side[side], "transfer": t, "transfer_95": [lo, hi]}
+        table.append(row)
+    for t in teachers:
+        if t["eta"] is None or t["eta"] == 0:
+            continue
+        cells = [(a[t["side"]], a["attack"]) for a in table if t["side"] in a]
+        if cells:
+            pick = max if t["eta"] < 0 else min
+            cell, name = pick(cells, key=lambda c: c[0]["transfer"])
+            t["worst"] = {"attack": name, "transfer": cell["transfer"], "transfer_95": cell["transfer_95"]}
+    return {"teachers": teachers, "attacks": table}
+
+
+def _ci(lo: float | None, hi: float | None) -> str:
+    return f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "[n/a]"
+
+
+def markdown(c: dict[str, Any]) -> list[str]:
+    """The two tables: teachers (retention, style, worst case) and every attack's transfer per eta."""
+    out = [
+        "| teacher | accuracy | retention [95%] | bare answers | chars | worst-case attack | transfer [95%] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in c["teachers"]:
+        w = t.get("worst")
+        worst = f"{w['attack']} | {w['transfer']:.2f} {_ci(*w['transfer_95'])}" if w else "— | —"
+        name = "original" if t["eta"] is None else f"eta={t['eta']:+g}"
+        out.append(
+            f"| {name} | {t['accuracy']:.3f} | {t['retention']:.3f} {_ci(*t['retention_95'])} | "
+            f"{t['bare']:.0%} | {t['chars']:.1f} | {worst} |"
+        )
+    sides = [t for t in c["teachers"] if t["eta"] is not None]
+    out += [
+        "",
+        "| attack: accuracy (transfer [95%]) | original (seeds) | "
+        + " | ".join(f"eta={t['eta']:+g}" for t in sides)
+        + " |",
+    ]
+    out.append("|---|---|" + "---|" * len(sides))
+    for a in c["attacks"]:
+        o = a["original"]
+        cells = []
+        for t in sides:
+            x = a.get(t["side"])
+            cells.append(
+                f"{statistics.fmean(x['accs']):.3f} ({x['transfer']:.2f} {_ci(*x['transfer_95'])})" if x else "—"
+            )
+        spread = f" ± {statistics.stdev(o):.3f}" if len(o) > 1 else ""
+        out.append(f"| {a['attack']} | {statistics.fmean(o):.3f}{spread} ({len(o)}) | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot(c: dict[str, Any], path: Path, title: str) -> None:
+    """Left: retention vs worst-case transfer, one point per eta. Right: every attack's transfer vs eta."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5))
+    for t in c["teachers"]:
+        w = t.get("worst")
+        if not w:
+            continue
+        x, (xlo, xhi) = t["retention"], t["retention_95"]
+        y, (ylo, yhi) = w["transfer"], w["transfer_95"]
+        color = "tab:red" if t["eta"] < 0 else "tab:green"
+        yerr = [[y - ylo], [yhi - y]] if ylo is not None else None
+        ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=yerr, fmt="o", color=color, capsize=3)
+        ax.annotate(f"η={t['eta']:+g}", (x, y), fontsize=8, xytext=(5, 5), textcoords="offset points")
+    ax.axvline(0.95, color="grey", ls="--", lw=0.8)
+    for y, label in ((0.5, "undistillable ≤ 0.5"), (1.1, "distillable ≥ 1.1")):
+        ax.axhline(y, color="grey", ls=":", lw=0.8)
+        ax.annotate(label, (ax.get_xlim()[0], y), fontsize=7, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("teacher retention (95% paired bootstrap)")
+    ax.set_ylabel("worst-case student transfer (95% interval)")
+    ax.set_title(title)
+    etas = [t["eta"] for t in c["teachers"] if t["eta"] is not None]
+    for a in c["attacks"]:
+        pts = [(t["eta"], a[t["side"]]) for t in c["teachers"] if t["eta"] is not None and t["side"] in a]
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        ys = [p[1]["transfer"] for p in pts]
+        lo = [p[1]["transfer"] - (p[1]["transfer_95"][0] or p[1]["transfer"]) for p in pts]
+        hi = [(p[1]["transfer_95"][1] or p[1]["transfer"]) - p[1]["transfer"] for p in pts]
+        bx.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=2, label=a["attack"], alpha=0.8)
+    bx.plot(etas, [t["retention"] for t in c["teachers"] if t["eta"] is not None], "k*--", label="teacher retention")
+    bx.axhline(1.0, color="grey", lw=0.5)
+    bx.set_xlabel("η")
+    bx.set_ylabel("transfer per attack")
+    bx.set_yscale("log")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("summaries", nargs="+", help="summary.json of experiment runs sharing one original teacher")
+    ap.add_argument("--out", default="/tmp/dg-tradeoff", help="directory for <name>.md, .json and .png")
+    ap.add_argument("--name", default="tradeoff", help="file stem of the outputs")
+    ap.add_argument("--title", default="Distillability knob: one teacher, η sweep (zoo)")
+    ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for retention")
+    args = ap.parse_args(argv)
+    c = collect([json.loads(Path(p).read_text()) for p in args.summaries], args.boot)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = markdown(c)
+    print("\n".join(lines))
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(c, indent=1))
+    plot(c, out / f"{args.name}.png", args.title)
+    print(f"wrote {out / args.name}.{{md,json,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
