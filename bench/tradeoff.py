@@ -7,8 +7,8 @@ intervals, from the ``summary.json`` of one or more experiment runs on the same 
 
 Retention = acc(calibrated) / acc(original) on the test split; its interval is a paired bootstrap over the test
 problems (both teachers answer the same ones). Transfer = mean acc(student <- calibrated) / mean acc(student <-
-original) over the attack's seeds; its interval is the delta method on the log ratio with a t quantile (few
-seeds: wide, as it should be). The worst case is the attack with the highest transfer for eta < 0 and the lowest
+original) over the attack's seeds; its interval is the gate's (:func:`dg_core.gate.transfer_interval`: the delta
+method on the log ratio with a t quantile; few seeds, wide, as it should be). The worst case is the attack with the highest transfer for eta < 0 and the lowest
 for eta > 0. The teacher's style is read off its greedy test answers (``bare``: the answer alone, ``#90``).
 """
 
@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dg_core import store  # noqa: E402
-
-T975 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 8: 2.306, 10: 2.228, 16: 2.120, 30: 2.042}
-
-
-def t975(df: int) -> float:
-    """Two-sided 95% t quantile (normal past 30 degrees of freedom)."""
-    return T975.get(df) or next((T975[k] for k in sorted(T975) if k >= df), 1.96)
+from dg_core.gate import transfer_interval  # noqa: E402
 
 
 def samples(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -51,17 +45,6 @@ def paired_interval(orig: list[bool], cal: list[bool], boot: int, seed: int = 0)
         ratios.append(sum(cal[i] for i in idx) / o if o else math.inf)
     ratios.sort()
     return ratios[int(0.025 * boot)], ratios[int(0.975 * boot) - 1]
-
-
-def ratio_interval(cal: list[float], orig: list[float]) -> tuple[float, float | None, float | None]:
-    """mean(cal) / mean(orig) and its 95% interval (delta method on the log ratio, t with pooled df)."""
-    mc, mo = statistics.fmean(cal), statistics.fmean(orig)
-    r = mc / mo if mo else math.inf
-    if len(cal) < 2 or len(orig) < 2 or mc <= 0 or mo <= 0:
-        return r, None, None
-    se = math.sqrt(statistics.variance(cal) / (len(cal) * mc**2) + statistics.variance(orig) / (len(orig) * mo**2))
-    half = t975(len(cal) + len(orig) - 2) * se
-    return r, r * math.exp(-half), r * math.exp(half)
 
 
 def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
@@ -102,8 +85,12 @@ def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
         for side, eta in sides.items():
             if eta is None or side not in by_side or not row["original"]:
                 continue
-            t, lo, hi = ratio_interval(by_side[side], row["original"])
-            row[side] = {"accs": by_side[side], "transfer": t, "transfer_95": [lo, hi]}
+            t = statistics.fmean(by_side[side]) / statistics.fmean(row["original"])
+            row[side] = {
+                "accs": by_side[side],
+                "transfer": t,
+                "transfer_95": list(transfer_interval(by_side[side], row["original"]) or (None, None)),
+            }
         table.append(row)
     for t in teachers:
         if t["eta"] is None or t["eta"] == 0:

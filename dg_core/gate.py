@@ -7,7 +7,9 @@ A calibration is only worth releasing when it did what it was for *and* kept the
   over seeds, must be <= ``max_transfer`` for the *undistillable* direction (every attack must fail; the
   worst case decides) or >= ``min_transfer`` for the *distillable* direction. A *control* calibration (η = 0,
   plain RFT) makes no distillability claim: its transfer is reported, only its retention is gated. The direction
-  comes from η by the one rule in :mod:`dg_core.knob`.
+  comes from η by the one rule in :mod:`dg_core.knob`. With ``aggregate: worst95`` each attack is judged at the
+  far end of its 95% interval over seeds (:func:`transfer_interval`): the upper bound for undistillable, the lower
+  for distillable, so a lucky draw of three seeds does not pass a release.
 
 The gate works on evaluation records, the small dicts the evaluate components emit (one per evaluated model)::
 
@@ -33,10 +35,13 @@ from typing import Any
 from dg_core import store
 from dg_core.config import StageConfig, option
 from dg_core.errors import DGError
-from dg_core.knob import DIRECTIONS, DISTILLABLE, UNDISTILLABLE, check_direction, worst_attack
+from dg_core.knob import CONTROL, DIRECTIONS, DISTILLABLE, UNDISTILLABLE, check_direction, worst_attack
 
 GATE_FILE = "gate.json"
 _TEACHERS = ("original", "calibrated")
+# Two-sided 95% quantiles of Student's t by degrees of freedom 1..30 (the normal's 1.96 beyond).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
 
 
 @dataclass
@@ -56,8 +61,9 @@ class Config(StageConfig):
     )
     aggregate: str = option(
         "worst",
-        "How per-attack transfers combine: 'worst' (every attack must pass) or 'mean'.",
-        choices=("worst", "mean"),
+        "How per-attack transfers combine: 'worst' (every attack must pass), 'worst95' (every attack must pass at "
+        "the far end of its 95% interval over seeds; 2+ seeds a side) or 'mean'.",
+        choices=("worst", "worst95", "mean"),
     )
     min_seeds: int = option(1, "Fewest student seeds per (student, method) on each side; 3+ recommended.", ge=1)
     model: str = option("", "URI of the calibrated model being gated (recorded with its manifest sha).")
@@ -90,6 +96,29 @@ def _record_key(i: int, r: Any) -> dict[str, Any]:
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
+
+
+def transfer_interval(calibrated: list[float], original: list[float]) -> tuple[float, float] | None:
+    """95% interval of mean(calibrated) / mean(original) over student seeds, or None below 2 seeds a side.
+
+    The delta method on the log ratio (the two sides' seeds are independent) with a t quantile on the pooled degrees
+    of freedom: with 3 seeds a side it is wide, as three student seeds are. A side whose seeds all scored 0 has no
+    spread and a ratio of 0 (or an undefined one on the original side, which the gate refuses before this).
+    """
+    nc, no = len(calibrated), len(original)
+    if nc < 2 or no < 2:
+        return None
+    mc, mo = _mean(calibrated), _mean(original)
+    if mo <= 0.0:
+        return None
+    if mc <= 0.0:
+        return 0.0, 0.0
+    var = lambda xs, m: sum((x - m) ** 2 for x in xs) / (len(xs) - 1)  # noqa: E731
+    se = math.sqrt(var(calibrated, mc) / (nc * mc**2) + var(original, mo) / (no * mo**2))
+    df = nc + no - 2
+    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * se
+    r = mc / mo
+    return r * math.exp(-half), r * math.exp(half)
 
 
 def decide(
@@ -134,6 +163,7 @@ def decide(
             failures.append(f"{line} < {min_retention}: calibration cost too much teacher accuracy")
 
     transfers: dict[str, float] = {}
+    judged: dict[str, float] = {}  # what decides per attack: the transfer, or its 95% bound (worst95)
     attacks: dict[str, dict[str, Any]] = {}
     for name, acc in sorted(students.items()):
         seeds = {t: len(acc[t]) for t in _TEACHERS}
@@ -156,17 +186,28 @@ def decide(
             continue
         transfers[name] = attacks[name]["acc_calibrated"] / attacks[name]["acc_original"]
         attacks[name]["transfer"] = transfers[name]
+        bounds = transfer_interval(acc["calibrated"], acc["original"])
+        attacks[name]["transfer_95"] = list(bounds) if bounds else None
+        if aggregate == "worst95":
+            if bounds is None:
+                failures.append(f"attack {name}: aggregate 'worst95' needs 2+ seeds on each side for an interval")
+                continue
+            # the end of the interval that argues against the claim decides
+            judged[name] = {UNDISTILLABLE: bounds[1], DISTILLABLE: bounds[0]}.get(direction, transfers[name])
+        else:
+            judged[name] = transfers[name]
 
     transfer = None
     if not students:
         failures.append("no attacked students: student transfer cannot be measured")
-    elif transfers:
+    elif judged:
         if aggregate == "mean":
-            transfer = _mean(list(transfers.values()))
+            transfer = _mean(list(judged.values()))
             which = "mean transfer"
         else:
-            worst = worst_attack(direction, transfers)
-            transfer, which = transfers[worst], f"worst transfer ({worst})"
+            worst = worst_attack(direction, judged)
+            bound = "95% bound of the " if aggregate == "worst95" and direction != CONTROL else ""
+            transfer, which = judged[worst], f"{bound}worst transfer ({worst})"
         if direction == UNDISTILLABLE:
             if transfer <= max_transfer:
                 reasons.append(f"{which} {transfer:.3f} <= {max_transfer}")
@@ -206,15 +247,19 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"## Release gate: {head} ({result['direction']})", ""]
     lines += [f"- {r}" for r in result["reasons"]]
     if result["attacks"]:
-        lines += ["", "| attack | acc <- original | acc <- calibrated | transfer | seeds |", "|---|---|---|---|---|"]
+        head = "| attack | acc <- original | acc <- calibrated | transfer | 95% interval | seeds |"
+        lines += ["", head, "|---|---|---|---|---|---|"]
         for name, a in result["attacks"].items():
 
             def f(x: float | None) -> str:
                 return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
             seeds = f"{a['seeds']['original']}/{a['seeds']['calibrated']}"
+            ci = a.get("transfer_95")
+            ci = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
             lines.append(
-                f"| {name} | {f(a['acc_original'])} | {f(a['acc_calibrated'])} | {f(a.get('transfer'))} | {seeds} |"
+                f"| {name} | {f(a['acc_original'])} | {f(a['acc_calibrated'])} | {f(a.get('transfer'))} | {ci} "
+                f"| {seeds} |"
             )
     return "\n".join(lines) + "\n"
 

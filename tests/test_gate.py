@@ -58,6 +58,32 @@ def test_worst_attack_decides_and_mean_can_be_chosen():
     assert mean["passed"] is True
 
 
+def test_transfer_interval_widens_with_seed_spread_and_needs_two_seeds():
+    tight = gate.transfer_interval([0.30, 0.31, 0.29], [0.60, 0.61, 0.59])
+    loose = gate.transfer_interval([0.10, 0.30, 0.50], [0.40, 0.60, 0.80])
+    assert tight[0] < 0.5 < tight[1] and tight[1] - tight[0] < 0.1
+    assert loose[0] < 0.5 < loose[1] and loose[1] - loose[0] > 1.0
+    assert gate.transfer_interval([0.3], [0.6, 0.6]) is None
+    assert gate.transfer_interval([0.0, 0.0], [0.5, 0.6]) == (0.0, 0.0)
+
+
+def test_worst95_judges_the_far_end_of_each_attacks_interval():
+    # point transfer 0.4 passes max_transfer 0.5; the seeds spread so far that the upper bound does not
+    noisy = records(pairs=((0.6, 0.1), (0.6, 0.25), (0.6, 0.37)))
+    assert gate.decide(noisy)["passed"] is True
+    r = gate.decide(noisy, aggregate="worst95")
+    assert r["passed"] is False and "95% bound of the worst transfer (student-gpt2/sft)" in r["reasons"][0]
+    assert r["attacks"]["student-gpt2/sft"]["transfer"] == pytest.approx(0.4)
+    assert r["transfer"] == pytest.approx(r["attacks"]["student-gpt2/sft"]["transfer_95"][1])
+    steady = records(pairs=((0.6, 0.2), (0.61, 0.21), (0.59, 0.2)))
+    assert gate.decide(steady, aggregate="worst95")["passed"] is True
+    # distillable: the lower bound must clear min_transfer
+    up = records(t_cal=1.0, pairs=((0.4, 0.6), (0.41, 0.62), (0.39, 0.6)))
+    assert gate.decide(up, direction="distillable", aggregate="worst95")["passed"] is True
+    one_seed = gate.decide(records(), aggregate="worst95")
+    assert one_seed["passed"] is False and "needs 2+ seeds" in one_seed["reasons"][0]
+
+
 def test_distillable_direction_needs_transfer_above_threshold():
     up = gate.decide(records(1.0, 1.0, ((0.5, 0.6),)), direction="distillable", min_transfer=1.1)
     assert up["passed"] is True and up["transfer"] == pytest.approx(1.2)
