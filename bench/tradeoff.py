@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from dg_core import store  # noqa: E402
 from dg_core.gate import transfer_interval  # noqa: E402
+from dg_core.knob import direction_of, worst_attack  # noqa: E402
 
 
 def samples(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,13 +94,14 @@ def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
             }
         table.append(row)
     for t in teachers:
-        if t["eta"] is None or t["eta"] == 0:
-            continue
-        cells = [(a[t["side"]], a["attack"]) for a in table if t["side"] in a]
+        cells = {a["attack"]: a[t["side"]] for a in table if t["eta"] is not None and t["side"] in a}
         if cells:
-            pick = max if t["eta"] < 0 else min
-            cell, name = pick(cells, key=lambda c: c[0]["transfer"])
-            t["worst"] = {"attack": name, "transfer": cell["transfer"], "transfer_95": cell["transfer_95"]}
+            name = worst_attack(direction_of(t["eta"]), {k: v["transfer"] for k, v in cells.items()})
+            t["worst"] = {
+                "attack": name,
+                "transfer": cells[name]["transfer"],
+                "transfer_95": cells[name]["transfer_95"],
+            }
     return {"teachers": teachers, "attacks": table}
 
 
@@ -145,6 +147,7 @@ def markdown(c: dict[str, Any]) -> list[str]:
 def plot(c: dict[str, Any], path: Path, title: str) -> None:
     """Left: retention vs worst-case transfer, one point per eta. Right: every attack's transfer vs eta."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -156,7 +159,7 @@ def plot(c: dict[str, Any], path: Path, title: str) -> None:
             continue
         x, (xlo, xhi) = t["retention"], t["retention_95"]
         y, (ylo, yhi) = w["transfer"], w["transfer_95"]
-        color = "tab:red" if t["eta"] < 0 else "tab:green"
+        color = "tab:red" if t["eta"] < 0 else "tab:green" if t["eta"] > 0 else "tab:grey"
         yerr = [[y - ylo], [yhi - y]] if ylo is not None else None
         ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=yerr, fmt="o", color=color, capsize=3)
         ax.annotate(f"η={t['eta']:+g}", (x, y), fontsize=8, xytext=(5, 5), textcoords="offset points")
@@ -182,6 +185,9 @@ def plot(c: dict[str, Any], path: Path, title: str) -> None:
     bx.set_xlabel("η")
     bx.set_ylabel("transfer per attack")
     bx.set_yscale("log")
+    bx.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    bx.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    bx.set_yticks([0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0])
     bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
