@@ -83,7 +83,11 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, total_toke
 class CalibrationSettings(StageConfig):
     """Knobs of the RFT loop (the ``calibrate`` stage adds its inputs and outputs to these)."""
 
-    eta: float = option(-1.0, "The knob: < 0 undistillable, > 0 distillable, 0 plain RFT (control).")
+    eta: float = option(
+        -0.5,
+        "The knob: < 0 undistillable, > 0 distillable, 0 plain RFT (control). -0.5: the only eta of the measured "
+        "trade-off curve whose worst attack stays below 0.5 at its 95% bound (docs/results/knob/tradeoff.md).",
+    )
     beta: float = option(0.05, "Weight of the KL(pi_theta||pi_0) anchor (per-token k3).", ge=0)
     group_size: int = option(8, "Responses sampled per prompt (G).", ge=2)
     prompts_per_step: int = option(16, "Prompts per optimizer step (per process).", ge=1)
