@@ -17,6 +17,10 @@ The gate works on evaluation records, the small dicts the evaluate components em
     {"model": "student", "teacher": "original" | "calibrated", "student": "student-gpt2", "method": "sft",
      "seed": 0, "accuracy": 0.41, "n": 64, "uri": "..."}
 
+A student record may name its attack (``"attack": "student-gpt2/sft-verified"``); records are grouped by that name,
+else by ``<student>/<method>``, so two attacks of one student and method (a verifier's, a rich attacker's) are
+judged apart.
+
 It never raises for a *failing* calibration: it returns ``passed: false`` with one reason per violated rule, so the
 pipeline can show why. It raises :class:`DGError` only for malformed input. The decision is published as
 ``gate.json`` (+ ``gate.md``) so :mod:`dg_core.publish` can read it back and check it belongs to the model.
@@ -140,7 +144,7 @@ def decide(
         if r["model"] == "teacher":
             teacher[r["teacher"]].append(float(r["accuracy"]))
         else:
-            name = f"{r['student']}/{r.get('method') or 'default'}"
+            name = r.get("attack") or f"{r['student']}/{r.get('method') or 'default'}"
             students[name][r["teacher"]].append(float(r["accuracy"]))
 
     reasons: list[str] = []

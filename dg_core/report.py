@@ -80,7 +80,8 @@ def eval_label(e: dict[str, Any], uri: str, calibration: str = "") -> str:
             return f"calibrated teacher ({calibration})"
         return f"{side} teacher"
     if rec.get("student"):
-        return f"student {rec['student']}/{rec.get('method') or 'default'} of {side or '?'} teacher"
+        name = rec.get("attack") or f"{rec['student']}/{rec.get('method') or 'default'}"
+        return f"student {name} of {side or '?'} teacher"
     return str(e.get("model", uri)).rstrip("/").rsplit("/", 1)[-1]
 
 

@@ -229,7 +229,7 @@ def job_attack(cfg: dict[str, Any], root: str, teacher: str, side: str, job: Any
     t = _run("distill", **kw, store_root=root)
     record = _evaluate(cfg, root, t.outputs["Output"], dataset, role="student", teacher=side, student=job.student,
                        method=job.method, seed=job.seed)  # fmt: skip
-    return {"record": record}
+    return {"record": {**record, "attack": job.attack}}  # the gate groups by it: named variants stay apart
 
 
 def job_judge(

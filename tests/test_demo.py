@@ -41,7 +41,7 @@ def test_demo_small_prints_one_screen_with_both_etas_every_attack_and_gates(tmp_
     assert len(lines) < 60, p.stdout
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert [t["teacher"] for t in s["teachers"]] == ["original", "eta=-0.5", "eta=+0.5"]
-    assert sorted(a["attack"] for a in s["attacks"]) == ["zoo:student-gpt2/sft", "zoo:student-llama/sft"]
+    assert sorted(a["attack"] for a in s["attacks"]) == ["student-gpt2/sft", "student-llama/sft"]
     for a in s["attacks"]:
         assert {"original", "eta=-0.5", "eta=+0.5"} <= set(a)
     assert [(g["eta"], g["direction"]) for g in s["gates"]] == [(-0.5, "undistillable"), (0.5, "distillable")]

@@ -84,6 +84,14 @@ def test_worst95_judges_the_far_end_of_each_attacks_interval():
     assert one_seed["passed"] is False and "needs 2+ seeds" in one_seed["reasons"][0]
 
 
+def test_named_attacks_of_one_student_and_method_are_judged_apart():
+    plain = records(pairs=((0.6, 0.1),))[2:]
+    rich = [dict(r, attack="student-gpt2/sft-8x3") for r in records(pairs=((0.7, 0.42),))[2:]]
+    r = gate.decide(records(pairs=())[:2] + plain + rich)
+    assert set(r["attacks"]) == {"student-gpt2/sft", "student-gpt2/sft-8x3"}
+    assert r["passed"] is False and "(student-gpt2/sft-8x3) 0.600 > 0.5" in r["reasons"][0]
+
+
 def test_distillable_direction_needs_transfer_above_threshold():
     up = gate.decide(records(1.0, 1.0, ((0.5, 0.6),)), direction="distillable", min_transfer=1.1)
     assert up["passed"] is True and up["transfer"] == pytest.approx(1.2)

@@ -208,6 +208,7 @@ def run(cfg: Config) -> dict:
                     {
                         "model": "student",
                         "teacher": role,
+                        "attack": name,
                         "student": name.split("/")[0],
                         "method": job.method,
                         "seed": job.seed,
