@@ -15,6 +15,7 @@ import pytest
 from dg_core import gate, store
 from dg_core.cli import main as dguard
 from dg_core.cli import run_stage
+from pipelines import _params
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]  # kfp.local: image name
 
@@ -82,7 +83,7 @@ def test_calibrate_pipeline_end_to_end(trained, tmp_path, capsys, monkeypatch):
     (cal_model,) = [u for u in store.list_artifacts(store.join(root, "calibrate")) if u.endswith("/model")]
     assert decision["model"] == {"uri": cal_model, "sha256": store.content_sha(cal_model)}
     card = json.loads((store.fetch(cal_model.rsplit("/", 1)[0] + "/card") / "card.json").read_text())
-    assert card["status"] == "passed" and card["settings"]["eta"] == -1.0
+    assert card["status"] == "passed" and card["settings"]["eta"] == _params.default("eta")  # the stage default
 
     (report_uri,) = store.list_artifacts(store.join(root, "reports"))
     html = (store.fetch(report_uri) / "report.html").read_text()
@@ -107,7 +108,9 @@ def test_reharden_twice_second_run_is_a_no_op(trained, tmp_path, capsys, monkeyp
     assert meta["kind"] == "hardened-model" and meta["release_sha256"] == store.content_sha(release)
     card = json.loads((store.fetch(twin) / "calibration_card.json").read_text())
     assert card["gate"]["passed"] is True and card["release"]["uri"] == release
-    assert card["calibration"]["settings"]["eta"] == -1.0  # the calibration card travelled with the model
+    assert card["calibration"]["settings"]["eta"] == _params.default(
+        "eta"
+    )  # the calibration card travelled with the model
 
     before = {u: store.read_manifest(u)["created"] for u in store.list_artifacts(root)}
     t0 = time.monotonic()
