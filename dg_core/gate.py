@@ -98,6 +98,11 @@ def _record_key(i: int, r: Any) -> dict[str, Any]:
     return r
 
 
+def attack_name(record: dict[str, Any]) -> str:
+    """The attack a student record belongs to: its own name, else ``<student>/<method>`` (the gate's grouping)."""
+    return record.get("attack") or f"{record['student']}/{record.get('method') or 'default'}"
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -144,7 +149,7 @@ def decide(
         if r["model"] == "teacher":
             teacher[r["teacher"]].append(float(r["accuracy"]))
         else:
-            name = r.get("attack") or f"{r['student']}/{r.get('method') or 'default'}"
+            name = attack_name(r)
             students[name][r["teacher"]].append(float(r["accuracy"]))
 
     reasons: list[str] = []

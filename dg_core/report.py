@@ -23,7 +23,7 @@ from dg_core.config import StageConfig, option
 from dg_core.distill.suite import read_attack
 from dg_core.errors import DGError
 from dg_core.evaluate import read_eval
-from dg_core.gate import read_result
+from dg_core.gate import attack_name, read_result
 from dg_core.knob import DIRECTIONS, UNDISTILLABLE, worst_attack
 from dg_core.store import output_uri
 
@@ -80,8 +80,7 @@ def eval_label(e: dict[str, Any], uri: str, calibration: str = "") -> str:
             return f"calibrated teacher ({calibration})"
         return f"{side} teacher"
     if rec.get("student"):
-        name = rec.get("attack") or f"{rec['student']}/{rec.get('method') or 'default'}"
-        return f"student {name} of {side or '?'} teacher"
+        return f"student {attack_name(rec)} of {side or '?'} teacher"
     return str(e.get("model", uri)).rstrip("/").rsplit("/", 1)[-1]
 
 
