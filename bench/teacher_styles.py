@@ -4,6 +4,8 @@ Calibration at η < 0 moves a teacher towards the bare answer (``#90``); it can 
 if the teacher is right when it answers bare. Sampled accuracy mixes the styles, so this forces the style: greedy
 decoding after a leading ``#`` (the bare answer), next to free greedy decoding and the share of sampled answers that
 are bare, every ``--every`` steps of a `train` stage run on the demo's task (docs/results/demo.md, session 6).
+Plain RFT (η = 0) acts on the sampled accuracy of each style: it moves the teacher towards the style whose samples
+are more often right, so the bench also prints that per style (a teacher RFT leaves alone has the two equal).
 
     .venv/bin/python bench/teacher_styles.py --style compressed,decomposed --steps 1500 [--seed 0] [--lr 0.002]
 """
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="shifts the data and the bootstrap, as `make demo --seed`")
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--n", type=int, default=200, help="test problems scored at each point")
+    ap.add_argument("--samples", type=int, default=4, help="samples per problem at temperature 1 (RFT's view)")
     args = ap.parse_args()
 
     import torch
@@ -69,16 +72,27 @@ def main() -> None:
         with torch.no_grad():
             free = [o[0] for o in generate(model, tok, prompts, n=1, do_sample=False, max_new_tokens=40)]
             bare = generate(model, tok, [p + "#" for p in prompts], n=1, do_sample=False, max_new_tokens=8)
-            sampled = generate(model, tok, prompts, n=2, max_new_tokens=40, seed=1)
+            sampled = generate(model, tok, prompts, n=args.samples, max_new_tokens=40, seed=1)
         model.train()
 
         def acc(responses: list[str]) -> float:
             return sum(task.score(ex, r).correct for ex, r in zip(rows, responses)) / len(rows)
 
-        share = sum(r.strip().startswith("#") for o in sampled for r in o) / (2 * len(rows))
+        right = {True: [0, 0], False: [0, 0]}  # bare? -> [correct, samples]
+        for ex, outs in zip(rows, sampled):
+            for r in outs:
+                tally = right[r.strip().startswith("#")]
+                tally[0] += task.score(ex, r).correct
+                tally[1] += 1
+        share = right[True][1] / (args.samples * len(rows))
+
+        def rate(k: bool) -> str:
+            return f"{right[k][0] / right[k][1]:.3f}" if right[k][1] else "  -  "
+
         print(
             f"step {step:5d}  loss {loss:.3f}  greedy {acc(free):.3f}  forced bare {acc(['#' + o[0] for o in bare]):.3f}"
-            f"  sampled bare share {share:.2f}  [{time.perf_counter() - t0:.0f} s]",
+            f"  sampled bare share {share:.2f}  sampled acc bare {rate(True)} written {rate(False)}"
+            f"  [{time.perf_counter() - t0:.0f} s]",
             flush=True,
         )
 

@@ -80,6 +80,8 @@ def test_knobs_change_difficulty():
         ({"style_mix": {"fancy": 1}}, "style_mix"),
         ({"style_mix": {"decomposed": 0}}, "style_mix"),
         ({"wording": "poem"}, "wording"),
+        ({"instructed": 1.5}, "instructed"),
+        ({"instructed": "often"}, "instructed"),
         ({"colour": 1}, "colour"),
     ],
 )
@@ -126,3 +128,44 @@ def test_integral_float_options_accepted_as_kfp_passes_them():
     assert as_kfp == get_task("synthetic_math", a_digits=1, b_digits=1, terms=1, term_digits=2).generate(5, seed=0)
     with pytest.raises(DGError, match="a_digits"):
         get_task("synthetic_math", a_digits=1.5)
+
+
+def test_instructed_problems_ask_for_one_style_and_the_rest_stay_as_before():
+    """The instruction channel a prompt attack uses: an instructed problem names the style it wants and holds only
+    that reference; the uninstructed ones, and every dataset made without the option, are unchanged."""
+    from dg_core.data.synthetic.math import INSTRUCTIONS
+    from dg_core.distill.train_stage import _targets
+
+    mix = {"decomposed": 1.0, "compressed": 1.0}
+    plain = generate(MathSpec(style_mix=mix), 300, seed=0)
+    assert generate(MathSpec(style_mix=mix, instructed=0.0), 300, seed=0) == plain
+    mixed = generate(MathSpec(style_mix=mix, instructed=0.5), 300, seed=0)
+    told = [e for e in mixed if "instruction" in e.meta]
+    assert 100 < len(told) < 200 and {e.meta["instruction"] for e in told} == set(INSTRUCTIONS)
+    task = get_task("synthetic_math", style_mix=mix, instructed=0.5)
+    for e in told:
+        asked = e.meta["instruction"]
+        assert e.prompt == f"{e.meta['expr']} {asked}"
+        assert (
+            list(e.meta["references"]) == [INSTRUCTIONS[asked]]
+            and e.reference == e.meta["references"][INSTRUCTIONS[asked]]
+        )
+        assert task.score(e, e.reference).correct
+        assert _targets(e, "compressed,decomposed") == [e.reference]  # the teacher learns to obey
+    assert len({e.id for e in mixed}) == 300
+    free = next(e for e in mixed if "instruction" not in e.meta)
+    assert _targets(free, "compressed,decomposed") == [free.meta["references"][s] for s in ("compressed", "decomposed")]
+
+
+def test_ask_adds_a_request_and_replaces_a_problems_own_instruction():
+    task = get_task("synthetic_math", instructed=1.0)
+    ex = task.generate(4, seed=0)[0]
+    asked = task.ask(ex, "show steps")
+    assert (
+        asked.prompt == f"{ex.meta['expr']} show steps"
+        and asked.id == ex.id
+        and ex.prompt.count(" ") == 1 + (ex.meta["instruction"] == "answer only")
+    )
+    free = get_task("synthetic_math").generate(1, seed=0)[0]
+    assert task.ask(free, "show steps").prompt == f"{free.prompt} show steps"
+    assert task.prompt(task.ask(free, "show steps")) == f"{free.prompt} show steps\n"

@@ -15,7 +15,7 @@ from dg_core.data.example import write_jsonl
 from dg_core.distill import methods, stage, train_stage
 from dg_core.distill.methods import gkd, kd, sft, xtok
 from dg_core.distill.methods.base import DivergenceConfig
-from dg_core.distill.signals import SignalsConfig, build_signals, load_signals
+from dg_core.distill.signals import SignalsConfig, build_signals, load_signals, signal_spec
 from dg_core.distill.training import TrainingConfig
 from dg_core.errors import DGError
 
@@ -115,6 +115,22 @@ def test_keep_correct_trains_only_on_samples_the_scorer_accepts(tiny):
     m = methods.build("sft", cfg, ctx)
     assert m.rows == fixed
     assert len(methods.build("sft", cfg, methods.Context(student, tok, sig, task, cfg)).rows) == 16
+
+
+def test_ask_samples_the_teacher_on_the_request_and_trains_the_student_on_the_plain_question(tiny):
+    """The prompt attack: the teacher's samples answer the asked prompt (a separate signals address), while the
+    student's batch is built from the dataset's own prompt."""
+    from dg_core.distill.signals import default_signals_uri
+
+    cfg, sig, teacher, student, tok, task = _world(tiny, method="sft", n_samples=1, ask="show steps")
+    plain = _cfg(tiny, method="sft", n_samples=1)
+    assert sig.uri != default_signals_uri(plain) and sig.spec["ask"] == "show steps" and "ask" not in signal_spec(plain)
+    for r in sig.rows:
+        assert r.prompt == task.prompt(sig.examples[r.example_id]).replace("\n", " show steps\n")
+    m = methods.build("sft", cfg, methods.Context(student, tok, sig, task, cfg))
+    ids = m.make_batch(0, 0).tokens.input_ids[0].tolist()
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert "show steps" not in text and any(text.startswith(task.prompt(e)) for e in sig.examples.values())
 
 
 def test_gkd_sft_warm_start_then_on_policy(tiny):

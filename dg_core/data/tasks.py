@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from dg_core.data.example import Example, Score
@@ -54,6 +55,11 @@ class Task:
     def instruction(self, example: Example) -> str:
         """How a chat model should state its answer (added inside the chat template only)."""
         return self.chat_instruction
+
+    def ask(self, example: Example, request: str) -> Example:
+        """The example with ``request`` added to its question: what a prompt attack sends the teacher (e.g. "show
+        your work"), while its student still trains on the plain question."""
+        return replace(example, prompt=f"{example.prompt} {request}")
 
     def prompt(self, example: Example, tokenizer: Any = None) -> str:
         """The exact text a model is conditioned on: its chat template when it has one, else plain text."""
@@ -141,6 +147,13 @@ class SyntheticMathTask(Task):
     def generate(self, n: int, seed: int) -> list[Example]:
 
         return generate(self.spec_, n, seed)
+
+    def ask(self, example: Example, request: str) -> Example:
+        """A request replaces the problem's own instruction (``instructed`` datasets) rather than adding a second."""
+        own = example.meta.get("instruction")
+        if own and example.prompt.endswith(f" {own}"):
+            example = replace(example, prompt=example.prompt[: -len(own) - 1])
+        return super().ask(example, request)
 
     def validate(self, example: Example) -> None:
         super().validate(example)

@@ -65,6 +65,15 @@ class SignalsConfig(StageConfig):
     teacher_batch_size: int = option(
         64, "Teacher sequences per generation and top-k scoring batch when building the signals.", ge=1
     )
+    ask: str = option(
+        "",
+        "Prompt attack: a request added to every question the teacher is sampled on (e.g. 'show steps', replacing a "
+        "synthetic problem's own instruction); students still train on the plain question.",
+    )
+
+    def teacher_prompts(self, task: Any, examples: list[Example], tok: Any) -> list[str]:
+        """What the teacher is conditioned on: each example's prompt, with the attack's request when one is set."""
+        return [task.prompt(task.ask(ex, self.ask) if self.ask else ex, tok) for ex in examples]
 
 
 def signal_spec(cfg: SignalsConfig, topk: int = 0) -> dict[str, Any]:
@@ -82,6 +91,7 @@ def signal_spec(cfg: SignalsConfig, topk: int = 0) -> dict[str, Any]:
         "seed": cfg.signals_seed,
         "batch_size": cfg.teacher_batch_size,
         "shard_rows": SHARD_ROWS,
+        **({"ask": cfg.ask} if cfg.ask else {}),  # absent when unset: plain signals keep their addresses
     }
 
 
@@ -249,7 +259,7 @@ def build_signals(
         examples = examples[: cfg.limit]
     if not examples:
         raise DGError(f"{cfg.dataset}: split {cfg.split!r} is empty, expected prompts to sample the teacher on")
-    prompts = [task.prompt(ex, tok) for ex in examples]
+    prompts = cfg.teacher_prompts(task, examples, tok)
     samples = _sample(cfg, topk, model, tok, prompts, rank, world)
     if world > 1:
         from accelerate.utils import gather_object

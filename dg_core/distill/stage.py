@@ -78,7 +78,8 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     cfg = with_task_budget(cfg)
     set_threads_from_env()
     skip = ("output", "checkpoint_every", "device", "resume", "allow_zoo")
-    params = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    params = {k: v for k, v in asdict(cfg).items() if k not in skip and not (k == "ask" and not v)}
+    # (an unset `ask` is left out, so students distilled before the prompt attack existed keep their addresses)
     out_uri, ckpt_uri = output_uris("students", cfg.output, params)
     if store.is_published(out_uri):
         meta = store.read_manifest(out_uri).get("metadata", {})
@@ -167,7 +168,7 @@ def check_before_sampling(cfg: Config, teacher: tuple[Any, Any] | None) -> None:
         task = task_of(cfg.dataset)
         examples = load_split(cfg.dataset, cfg.split)
         examples = examples[: cfg.limit] if cfg.limit else examples
-        prompts = [task.prompt(e, teacher[1]) for e in examples]
+        prompts = cfg.teacher_prompts(task, examples, teacher[1])
         check_generation_fits(teacher[0], teacher[1], prompts, cfg.max_new_tokens, name=cfg.teacher, role="teacher")
     limit = context_limit(AutoConfig.from_pretrained(resolve_model_dir(cfg.student)))
     budget = methods.get(cfg.method).METHOD.student_new_tokens(cfg)

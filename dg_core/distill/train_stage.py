@@ -36,7 +36,8 @@ class Config(TrainingConfig):
         "",
         "Train on meta.references[style] instead of the row's reference (synthetic math). A comma list (repeat a style to weight it) or `all` "
         "trains on every listed style of each row, so the model keeps a per-prompt choice of style instead of "
-        "memorising the one each row happened to draw (calibration needs that choice to reshape).",
+        "memorising the one each row happened to draw (calibration needs that choice to reshape). A row with an "
+        "instruction holds only the style it asks for and trains on that one (the teacher learns to obey).",
     )
     steps: int = default("steps", 1000)
     batch_size: int = default("batch_size", 64)
@@ -57,6 +58,8 @@ def _targets(ex: Example, style: str) -> list[str]:
         return [ex.reference]
     refs = ex.meta.get("references") or {}
     wanted = sorted(refs) if style == "all" else [s.strip() for s in style.split(",") if s.strip()]
+    if ex.meta.get("instruction"):  # an instructed row holds only the style it asks for: train on that one
+        wanted = [s for s in wanted if s in refs]
     missing = [s for s in wanted if s not in refs]
     if missing or not wanted:
         raise DGError(f"example {ex.id}: no reference in style {style!r}, expected one of {sorted(refs)} or 'all'")

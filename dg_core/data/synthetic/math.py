@@ -13,6 +13,10 @@ one marked final answer ``#163``; the styles differ in how much of the work they
 
 A capable teacher learns them all; a small student learns ``decomposed`` far more easily than ``compressed``.
 That gap is the room calibration has to make a teacher easy or hard to imitate while it stays correct.
+
+With ``instructed`` > 0 that share of problems carries an instruction after the expression (``7*8+34 show steps``
+or ``7*8+34 answer only``) and only the style it asks for as reference: the instruction channel a prompt attack
+uses (an attacker who knows the defence asks the teacher to show its work; see ``Task.ask``).
 Texts are short on purpose: the toy models are character level and every character costs.
 """
 
@@ -25,6 +29,8 @@ from dg_core.data.example import Example, content_id
 from dg_core.errors import DGError
 
 STYLES = ("decomposed", "compact", "compressed", "checked")
+#: The instruction channel: what a prompt may ask for, and the one reference style that obeys it.
+INSTRUCTIONS = {"show steps": "decomposed", "answer only": "compressed"}
 
 _WORDS = [
     ("{a} boxes hold {b} pens each", "pens"),
@@ -44,6 +50,7 @@ class MathSpec:
     ops: str = "+"
     style_mix: dict[str, float] = field(default_factory=lambda: {"decomposed": 1.0})
     wording: str = "expr"
+    instructed: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("a_digits", "b_digits", "term_digits", "terms"):  # KFP passes dict numbers as floats
@@ -67,6 +74,8 @@ class MathSpec:
                 raise DGError(f"synthetic_math option 'style_mix.{s}': got {w!r}, expected a weight >= 0")
         if sum(self.style_mix.values()) <= 0:
             raise DGError("synthetic_math option 'style_mix': all weights are 0, expected at least one > 0")
+        if not isinstance(self.instructed, (int, float)) or not 0.0 <= self.instructed <= 1.0:
+            raise DGError(f"synthetic_math option 'instructed': got {self.instructed!r}, expected a share 0..1")
         if self.wording not in ("expr", "words"):
             raise DGError(f"synthetic_math option 'wording': got {self.wording!r}, expected 'expr' or 'words'")
 
@@ -164,13 +173,19 @@ def generate(spec: MathSpec, n: int, seed: int) -> list[Example]:
         prompt = _wording(spec, rng, a, b, terms)
         refs = solve(a, b, terms)
         style = rng.choices(styles, weights)[0]
+        meta: dict = {"style": style, "references": refs, "expr": key}
+        if spec.instructed and rng.random() < spec.instructed:  # no draw at 0: older datasets stay byte-identical
+            asked = sorted(INSTRUCTIONS)[rng.randrange(len(INSTRUCTIONS))]
+            style = INSTRUCTIONS[asked]
+            prompt = f"{prompt} {asked}"
+            meta = {"style": style, "references": {style: refs[style]}, "expr": key, "instruction": asked}
         out.append(
             Example(
-                id=content_id("synthetic_math", key),
+                id=content_id("synthetic_math", key, *([meta["instruction"]] if "instruction" in meta else [])),
                 prompt=prompt,
                 reference=refs[style],
                 answer=str(total),
-                meta={"style": style, "references": refs, "expr": key},
+                meta=meta,
             )
         )
     return out
