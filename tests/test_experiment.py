@@ -94,6 +94,24 @@ def test_adaptive_attacks_overlay_plans_valid_distill_jobs():
     assert by_name["student-llama/gkd-sft"].settings["sft_steps"] < cfg["distill"]["steps"]
 
 
+@pytest.mark.parametrize("overlay", sorted(p.name for p in BENCH.glob("tradeoff-*.yaml")))
+def test_tradeoff_overlays_plan_valid_jobs_on_a_valid_task(overlay):
+    """Each trade-off overlay (adaptive, held-out, neutral teacher with the prompt attack) makes a task and distill
+    configs the stages accept, so a 30-50 minute sweep cannot fail on a typo after its teachers are trained."""
+    from dg_core.config import from_dict
+    from dg_core.data import get_task
+    from dg_core.distill.stage import Config as DistillConfig
+
+    cfg = load_settings(EXPERIMENTS / "demo.yaml", BENCH / "tradeoff.yaml", BENCH / overlay)
+    task = get_task(cfg["prep"]["task"], **cfg["prep"]["options"]["task_options"])
+    assert task.generate(50, seed=0)
+    for j in plan_attacks(cfg["attacks"], cfg["distill"]):
+        c = from_dict(DistillConfig, {**j.settings, "teacher": "t", "dataset": "d", "seed": j.seed})
+        assert c.student == j.student and c.method == j.method
+        if j.attack.endswith("-asks"):  # the prompt attack asks through the channel the teacher was trained on
+            assert c.ask and task.options.get("instructed", 0) > 0
+
+
 def test_reseed_shifts_every_seed_of_the_experiment():
     """`--seed N`: the data, both bootstraps, the calibrations and every attack run under other seeds, so the
     demo's bars are checked on independent repeats (and a repeat reuses nothing from seed 0)."""
