@@ -57,6 +57,32 @@ def test_qa_without_context_and_bad_options():
         get_task("synthetic_qa", world_size=20).generate(10_000, seed=0)
 
 
+def test_qa_answer_styles_bare_and_chain_are_correct_and_the_default_is_unchanged():
+    """The knowledge family's two styles: the chain writes out exactly the facts the prompt states and the answer
+    rests on, then the same final statement as the bare style; both score 1, and without style_mix nothing moves."""
+    from dg_core.distill.train_stage import _targets
+
+    opts = {"hops": 2, "mc_fraction": 0.3}
+    plain = get_task("synthetic_qa", **opts).generate(200, seed=0)
+    t = get_task("synthetic_qa", **opts, style_mix={"bare": 1.0, "chain": 1.0})
+    styled = t.generate(200, seed=0)
+    assert [e.prompt for e in styled] == [e.prompt for e in plain] and [e.answer for e in styled] == [
+        e.answer for e in plain
+    ]
+    assert {e.meta["style"] for e in styled} == {"bare", "chain"}
+    for e in styled:
+        refs = e.meta["references"]
+        bare, chain = refs["bare"], refs["chain"]
+        assert chain.endswith(" " + bare) and t.score(e, bare).reward == 1.0 and t.score(e, chain).reward == 1.0
+        facts = chain[: -len(bare) - 1].split(". ")
+        assert len(facts) == e.meta["hops"] and all(f.rstrip(".") + "." in e.prompt for f in facts)
+        assert e.reference == refs[e.meta["style"]] and _targets(e, "bare,chain") == [bare, chain]
+    with pytest.raises(DGError, match="style_mix"):
+        get_task("synthetic_qa", style_mix={"terse": 1.0})
+    with pytest.raises(DGError, match="style_mix"):
+        get_task("synthetic_qa", style_mix={"bare": 0.0})
+
+
 def test_instructions_deterministic_references_pass_and_no_conflicts():
     t = get_task("synthetic_instructions", n_constraints=3)
     exs = t.generate(300, seed=2)

@@ -5,6 +5,12 @@ A world (fixed by ``world_seed``) has countries with cities, people (birthplace,
 was Bemoka born?"), as multiple choice with distractors of the same type (preferring ones the context mentions)
 or as short answer. With ``context`` on, the prompt states the needed facts among distractor facts, so held-out
 questions are answerable by reading; with it off they test facts memorised from training.
+
+With ``style_mix`` set, every question carries two reference styles (``meta['references']``), as synthetic math's
+do: ``bare`` states the answer only (``The answer is Sek.``), ``chain`` first writes out the facts it rests on
+(``Sobrude founded Datro Co. Sobrude was born in Sek. The answer is Sek.``). A small student copies a chain of
+facts from the context far more easily than it composes two hops in one step: the room the knob needs, in a
+knowledge family. Without it the reference is the answer (or letter) alone, as before.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ _CODAS = ["", "", "", "n", "r", "s", "l", "k"]
 PROFESSIONS = ["baker", "pilot", "doctor", "farmer", "painter", "sailor", "judge", "miner", "poet", "smith"]
 RELATIONS_1 = ("capital", "city_country", "born", "job", "founder", "hq")
 RELATIONS_2 = ("born_country", "founder_born", "hq_country")
+STYLES = ("bare", "chain")
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,16 @@ class QASpec:
     n_choices: int = 4
     context: bool = True
     distractor_facts: int = 2
+    style_mix: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.style_mix is not None:
+            if not self.style_mix or set(self.style_mix) - set(STYLES):
+                raise DGError(f"synthetic_qa option 'style_mix': got {self.style_mix!r}, expected weights of {STYLES}")
+            if any(not isinstance(w, (int, float)) or w < 0 for w in self.style_mix.values()):
+                raise DGError(f"synthetic_qa option 'style_mix': got {self.style_mix!r}, expected weights >= 0")
+            if sum(self.style_mix.values()) <= 0:
+                raise DGError("synthetic_qa option 'style_mix': all weights are 0, expected at least one > 0")
         if not isinstance(self.world_size, int) or not 20 <= self.world_size <= 100_000:
             raise DGError(f"synthetic_qa option 'world_size': got {self.world_size!r}, expected 20..100000")
         if self.hops not in (1, 2):
@@ -175,6 +190,7 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
             "raise world_size or hops"
         )
     rng = random.Random(f"synthetic_qa:{seed}")
+    style_rng = random.Random(f"synthetic_qa:style:{seed}")  # its own stream: the questions are the unstyled ones
     all_facts = (
         [("capital", c, w.capitals[c]) for c in w.countries]
         + [("born", p, w.born[p]) for p in w.born]
@@ -204,6 +220,10 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         ex_id = content_id("synthetic_qa", spec.world_seed, spec.world_size, rel, subj, fmt, prompt)
         meta = {"relation": rel, "subject": subj, "hops": 2 if rel in RELATIONS_2 else 1, "format": fmt}
         if fmt == "short":
+            if spec.style_mix:
+                ref = _styled(spec, style_rng, meta, needed, answer)
+                out.append(Example(id=ex_id, prompt=prompt, reference=ref, answer=answer, meta=meta))
+                continue
             out.append(Example(id=ex_id, prompt=prompt, reference=answer, answer=answer, meta=meta))
             continue
         pool = [x for x in _pool(w, kind) if x != answer]
@@ -215,5 +235,15 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         rng.shuffle(choices)
         letter = LETTERS[choices.index(answer)]
         meta["answer_text"] = answer
-        out.append(Example(id=ex_id, prompt=prompt, reference=letter, answer=letter, choices=choices, meta=meta))
+        ref = _styled(spec, style_rng, meta, needed, f"({letter})") if spec.style_mix else letter
+        out.append(Example(id=ex_id, prompt=prompt, reference=ref, answer=letter, choices=choices, meta=meta))
     return out
+
+
+def _styled(spec: QASpec, rng: random.Random, meta: dict, needed: list, stated: str) -> str:
+    """Both reference styles into ``meta`` (see module doc); the one drawn from the mix is returned."""
+    final = f"The answer is {stated}."
+    meta["references"] = {"bare": final, "chain": " ".join([_fact(*f) for f in needed] + [final])}
+    styles = sorted(k for k, w in (spec.style_mix or {}).items() if w > 0)
+    meta["style"] = rng.choices(styles, [spec.style_mix[k] for k in styles])[0]
+    return meta["references"][meta["style"]]
