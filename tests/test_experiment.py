@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dg_core.distill.suite import plan_attacks
+from dg_core.distill.train_stage import _targets as train_targets
 from dg_core.errors import DGError
 from pipelines.experiment import EXPERIMENTS, component_kwargs, load_settings, plan
 
@@ -94,17 +95,24 @@ def test_adaptive_attacks_overlay_plans_valid_distill_jobs():
     assert by_name["student-llama/gkd-sft"].settings["sft_steps"] < cfg["distill"]["steps"]
 
 
-@pytest.mark.parametrize("overlay", sorted(p.name for p in BENCH.glob("tradeoff-*.yaml")))
-def test_tradeoff_overlays_plan_valid_jobs_on_a_valid_task(overlay):
-    """Each trade-off overlay (adaptive, held-out, neutral teacher with the prompt attack) makes a task and distill
-    configs the stages accept, so a 30-50 minute sweep cannot fail on a typo after its teachers are trained."""
+_SWEEPS = [("demo.yaml", "tradeoff.yaml", p.name) for p in sorted(BENCH.glob("tradeoff-*.yaml"))] + [("qa.yaml",)]
+
+
+@pytest.mark.parametrize("files", _SWEEPS, ids=lambda f: f[-1])
+def test_sweep_settings_plan_valid_jobs_on_a_valid_task(files):
+    """Each sweep (the trade-off overlays: adaptive, held-out, neutral teacher with the prompt attack; the QA
+    family) makes a task and distill configs the stages accept, so a 30-90 minute sweep cannot fail on a typo
+    after its teachers are trained."""
     from dg_core.config import from_dict
     from dg_core.data import get_task
     from dg_core.distill.stage import Config as DistillConfig
 
-    cfg = load_settings(EXPERIMENTS / "demo.yaml", BENCH / "tradeoff.yaml", BENCH / overlay)
-    task = get_task(cfg["prep"]["task"], **cfg["prep"]["options"]["task_options"])
-    assert task.generate(50, seed=0)
+    cfg = load_settings(*[(EXPERIMENTS if f == "demo.yaml" else BENCH) / f for f in files])
+    opts = cfg["prep"]["options"]
+    task = get_task(cfg["prep"]["task"], **opts["task_options"])
+    rows = task.generate(opts["n"], seed=cfg["prep"]["seed"])  # as many distinct problems as the sweep asks for
+    style = cfg["teacher"]["train"]["style"]
+    assert all(train_targets(ex, style) for ex in rows[:50])
     for j in plan_attacks(cfg["attacks"], cfg["distill"]):
         c = from_dict(DistillConfig, {**j.settings, "teacher": "t", "dataset": "d", "seed": j.seed})
         assert c.student == j.student and c.method == j.method
