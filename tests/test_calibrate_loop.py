@@ -4,6 +4,7 @@ direction (both signs), and exact resume after a kill."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -357,6 +358,13 @@ def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrappe
     held = examples[150:200]
     acc, _ = sampled_accuracy(merged, mtok, task, held, greedy=True, max_new_tokens=24)
     assert acc == pytest.approx(summary["after"]["greedy_accuracy"])
+    # a rerun with the same settings returns the published model as it is: same content address, not republished
+    version = store.read_manifest(summary["model"])["version"]
+    again = stage.run(cfg)
+    assert again["reused"] and again["model"] == summary["model"] and again["after"] == summary["after"]
+    assert store.read_manifest(summary["model"])["version"] == version
+    other = stage.run(dataclasses.replace(cfg, eta=-0.25, output=(tmp_path / "calib2").as_uri(), steps=1))
+    assert not other.get("reused") and other["model"] != summary["model"]
 
 
 def test_stage_gate_failure_publishes_only_the_card(zoo_root, task, examples, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -217,6 +218,9 @@ def run(cfg: Config) -> dict:
     world, rank = process_layout()
     cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg, world))  # the card and checkpoints name the real one
     engine = cfg.engine
+    if cfg.resume != "never" and (done := published_summary(cfg, out)) is not None:
+        log.info("calibration already published at %s (same settings, same teacher): reusing", out)
+        return done
     task = task_of(cfg.dataset)
     train = load_split(cfg.dataset, cfg.train_split)
     held = load_split(cfg.dataset, cfg.eval_split)[: cfg.eval_n]
@@ -320,6 +324,37 @@ def run(cfg: Config) -> dict:
     return _publish_card(cfg, out, before, after, result, pf, verdict, t_all, t_measure, outputs, writer=rank == 0)
 
 
+def published_summary(cfg: Config, out: str) -> dict | None:
+    """The summary of a finished calibration at ``out`` with these settings on this teacher's content, or None.
+
+    A rerun (a pipeline retried, an experiment resumed) then returns the published model as it is: without this
+    it measured, resumed at the final checkpoint and republished, and the model's content address changed with the
+    timings in its README while its weights did not."""
+    card = store.join(out, "card")
+    if not store.is_published(card):
+        return None
+    meta = store.read_manifest(card).get("metadata", {})
+    summary = meta.get("summary")
+    if not summary or meta.get("config_hash") != config_hash(cfg):
+        return None
+    if meta.get("teacher_sha256") != artifact_digest(cfg.teacher):
+        return None
+    if any(summary.get(k) and not store.is_published(summary[k]) for k in ("model", "adapter")):
+        return None
+    return {**summary, "reused": True}
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None throughout (manifests refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _publish_card(
     cfg: Config,
     out: str,
@@ -338,12 +373,8 @@ def _publish_card(
     None: nothing was trained."""
     outputs = outputs or {"adapter": None, "model": None}
     card = _card(cfg, before, after, result, pf, verdict, t_all, t_measure, outputs)
-    if writer:
-        with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
-            write_card(card, tmp)
-            store.publish(tmp, store.join(out, "card"), metadata={"kind": "calibration-card", "status": card["status"]})
     training = card["training"]
-    return {
+    summary = {
         "status": card["status"],
         "reason": verdict.reason,
         "retention": verdict.retention,
@@ -357,6 +388,18 @@ def _publish_card(
         "stopped_early": training["stopped_early"],
         "seconds": time.perf_counter() - t_all,
     }
+    if writer:  # the card goes last: its summary is what a rerun with the same settings returns
+        meta = {
+            "kind": "calibration-card",
+            "status": card["status"],
+            "config_hash": config_hash(cfg),
+            "teacher_sha256": artifact_digest(cfg.teacher),
+            "summary": _json_safe(summary),
+        }
+        with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
+            write_card(card, tmp)
+            store.publish(tmp, store.join(out, "card"), metadata=meta)
+    return summary
 
 
 def _card(
