@@ -53,10 +53,12 @@ def styles_line(model, tok, task, rows, samples: int) -> str:
     def rate(k: bool) -> str:
         return f"{right[k][0] / right[k][1]:.3f}" if right[k][1] else "  -  "
 
+    free_rows = [outs for ex, outs in zip(rows, sampled) if not ex.meta.get("instruction")]
+    free_bare = sum(r.strip().startswith("#") for outs in free_rows for r in outs) / max(samples * len(free_rows), 1)
     written = sum(not r.strip().startswith("#") for r in shown) / max(len(shown), 1)
     return (
         f"greedy {acc(free):.3f}  forced bare {acc(['#' + o[0] for o in bare]):.3f}"
-        f"  sampled bare share {right[True][1] / (samples * len(rows)):.2f}"
+        f"  sampled bare share {right[True][1] / (samples * len(rows)):.2f} (uninstructed {free_bare:.2f})"
         f"  sampled acc bare {rate(True)} written {rate(False)}  asked 'show steps': written {written:.2f}"
     )
 
