@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dg_core import store
-from dg_core.config import option
+from dg_core.config import addressed, option
 from dg_core.errors import DGError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def config_hash(config: Any) -> str:
     """sha256 of a stage config (a dataclass or mapping) without :data:`NON_RESULT_FIELDS`."""
     import dataclasses
 
-    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    data = addressed(config) if dataclasses.is_dataclass(config) else dict(config)
     body = {k: v for k, v in data.items() if k not in NON_RESULT_FIELDS}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 

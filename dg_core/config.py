@@ -45,15 +45,32 @@ def option(
     le: float | None = None,
     lt: float | None = None,
     default_factory: Any = _MISSING,
+    late: bool = False,
 ) -> Any:
-    """A documented, validated dataclass field (help text and constraints live in its metadata)."""
+    """A documented, validated dataclass field (help text and constraints live in its metadata).
+
+    ``late``: the field was added after results were stored under addresses that hash the config; while it is at
+    its default it is left out of them (:func:`addressed`), so those results keep their addresses."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    meta["late"] = late
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def addressed(config: Any) -> dict[str, Any]:
+    """``asdict(config)`` less the ``late`` fields still at their default: what content addresses and config
+    hashes cover."""
+    data = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("late"):
+            default = f.default_factory() if f.default_factory is not _MISSING else f.default
+            if data[f.name] == default:
+                del data[f.name]
+    return data
 
 
 @dataclasses.dataclass

@@ -174,3 +174,23 @@ def test_evaluate_output_at_its_dataset_is_refused_and_the_dataset_kept(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "is the input 'dataset'" in err[-1]
     assert sorted(p.name for p in ds.iterdir()) == ["train.jsonl"]
+
+
+def test_a_late_field_at_its_default_leaves_addresses_and_hashes_as_they_were():
+    from dg_core.checkpoint import config_hash
+    from dg_core.config import addressed
+
+    @dataclass
+    class Before(StageConfig):
+        lr: float = option(1e-3, "learning rate")
+
+    @dataclass
+    class After(StageConfig):
+        lr: float = option(1e-3, "learning rate")
+        guide: str = option("", "added later", late=True)
+        tags: list = option(["a"], "added later", late=True)
+
+    assert addressed(After()) == addressed(Before()) == {"lr": 1e-3}
+    assert config_hash(After()) == config_hash(Before())
+    assert addressed(After(guide="x", tags=["b"])) == {"lr": 1e-3, "guide": "x", "tags": ["b"]}
+    assert config_hash(After(guide="x")) != config_hash(Before())

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from dg_core.base.advantages import combine_advantages, gated_cal_advantage, group_standardize
-from dg_core.base.generate import TokenBatch, encode_response, generate_tokens
+from dg_core.base.generate import Rollouts, TokenBatch, encode_response, generate_tokens
 from dg_core.base.logprobs import enable_checkpointing, wants_checkpointing
 from dg_core.base.logprobs import token_logprobs as chunked
 from dg_core.calibrate.guards import early_stop_reason
@@ -135,6 +135,18 @@ class CalibrationSettings(StageConfig):
         "correct",
         "Guard: r_cal counted among correct samples only (correct), scaled by r_task (multiply), or ungated (none).",
         choices=("correct", "multiply", "none"),
+    )
+    guide_ask: str = option(
+        "",
+        "Off-policy guidance: a request (e.g. 'answer only' at eta < 0) on which the teacher is sampled too; those "
+        "answers join each group as answers to the plain prompt. An obedient teacher asked for the style the knob "
+        "avoids ('show steps') never samples another, so GRPO alone has nothing to rank on the prompt attack's "
+        "prompts. Their policy gradient is unweighted (the true importance weight is ~0); beta and the correctness "
+        "gate bound it. Engine native.",
+        late=True,
+    )
+    guide_samples: int = option(
+        0, "Guided answers added to each group (needs guide_ask; the group is then group_size + this).", ge=0, late=True
     )
     eval_every: int = option(10, "Held-out teacher evaluation every N steps (0: only before/after).", ge=0)
     eval_n: int = option(128, "Held-out examples per evaluation.", ge=1)
@@ -273,10 +285,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
 
-def step_advantages(r_task: torch.Tensor, r_cal: torch.Tensor, cfg: CalibrationSettings) -> torch.Tensor:
-    """``A = Â_task + η·Â_cal`` per sample of a prompt-major batch: each reward standardised within its group,
-    r_cal gated by correctness (:func:`~dg_core.base.advantages.gated_cal_advantage`). Both engines use this."""
-    G = cfg.group_size
+def step_advantages(
+    r_task: torch.Tensor, r_cal: torch.Tensor, cfg: CalibrationSettings, group: int | None = None
+) -> torch.Tensor:
+    """``A = Â_task + η·Â_cal`` per sample of a prompt-major batch: each reward standardised within its group
+    (``group`` samples; default ``group_size``), r_cal gated by correctness
+    (:func:`~dg_core.base.advantages.gated_cal_advantage`). Both engines use this."""
+    G = group or cfg.group_size
     a_task = group_standardize(r_task.view(-1, G))
     a_cal = gated_cal_advantage(r_cal.view(-1, G), r_task.view(-1, G), cfg.cal_gate)
     return combine_advantages(a_task, a_cal, cfg.eta).reshape(-1)
@@ -358,6 +373,10 @@ def rollout_step(learner: Learner, train: Sequence[Example], step: int) -> Rollo
         if "probability tensor contains" not in str(e):
             raise
         raise DGError(f"calibrate: the policy's probabilities became NaN at step {step}: lower lr") from None
+    asked: list[str | None] = []
+    if cfg.guide_samples:
+        roll, asked = with_guides(learner, batch, roll, (sseed + 1) % (2**63 - 1))
+    G = roll.n
     t_sample = time.perf_counter() - t0
     reps = [e for e in batch for _ in range(G)]
     inputs = RewardInputs(reps, _prompt_source(task, batch, G), roll.texts, roll.finished)
@@ -370,6 +389,8 @@ def rollout_step(learner: Learner, train: Sequence[Example], step: int) -> Rollo
             reference = _reference_from_anchor(
                 learner.cal_reward, tok, roll, packed, ref_lp, cfg.micro_batch, inputs.prompts
             )
+        if asked:
+            reference = _guided_reference(learner.cal_reward, roll, asked, reference, inputs.prompts)
         scored = RewardInputs(
             reps, inputs.prompts, roll.texts, roll.finished, correct=r_task >= 1.0, reference=reference
         )
@@ -386,10 +407,62 @@ def rollout_step(learner: Learner, train: Sequence[Example], step: int) -> Rollo
         old_logprobs=old_lp,
         r_task=r_task,
         r_cal=r_cal,
-        advantages=step_advantages(r_task, r_cal, cfg),
+        advantages=step_advantages(r_task, r_cal, cfg, G),
         sample_seconds=t_sample,
         score_seconds=t_score,
     )
+
+
+def with_guides(
+    learner: Learner, batch: Sequence[Example], roll: Rollouts, seed: int
+) -> tuple[Rollouts, list[str | None]]:
+    """Each group of ``roll`` followed by ``guide_samples`` answers sampled on its prompt with ``guide_ask``,
+    re-attached to the plain prompt (so they are scored, anchored and trained as answers to it); and per row the
+    asked prompt a guided answer was sampled on (None for the group's own samples)."""
+    cfg, tok, task = learner.cfg, learner.tokenizer, learner.task
+    asked = [task.prompt(task.ask(e, cfg.guide_ask), tok) for e in batch]
+    extra = generate_tokens(
+        learner.core,
+        tok,
+        asked,
+        n=cfg.guide_samples,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.sample_batch,
+        seed=seed,
+    )
+    G, k = roll.n, extra.n
+    merged, sampled_on = Rollouts([], [], [], [], [], G + k), []
+    for i in range(len(batch)):
+        for src, rows_, on in ((roll, range(i * G, (i + 1) * G), None), (extra, range(i * k, (i + 1) * k), asked[i])):
+            for j in rows_:
+                merged.prompt_index.append(i)
+                merged.prompt_ids.append(list(roll.prompt_ids[i * G]))
+                merged.response_ids.append(list(src.response_ids[j]))
+                merged.texts.append(src.texts[j])
+                merged.finished.append(src.finished[j])
+                sampled_on.append(on)
+    return merged, sampled_on
+
+
+def _guided_reference(
+    cal_reward: CalibrationReward,
+    roll: Rollouts,
+    asked: Sequence[str | None],
+    reference: torch.Tensor | None,
+    source: PromptSource,
+) -> torch.Tensor:
+    """r_cal's π_ref term with a guided answer scored after the prompt it was sampled on: after the plain prompt
+    an obedient π₀ finds it nearly impossible, and r_cal would then measure the teacher's obedience, not how
+    learnable the answer is (the proxy still scores it after the plain prompt, as a student would learn it)."""
+    if reference is None:
+        reference = cal_reward.reference_logprob(source, roll.texts, roll.finished)
+    reference = reference.clone()
+    idx = [i for i, a in enumerate(asked) if a is not None]
+    reference[idx] = cal_reward.reference_logprob(
+        [asked[i] for i in idx], [roll.texts[i] for i in idx], [roll.finished[i] for i in idx]
+    )
+    return reference
 
 
 def reference_logprobs(learner: Learner, packed: TokenBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -35,7 +35,7 @@ from dg_core.calibrate.guards import gate, preflight
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.calibrate.trl_engine import require_vllm, run_calibration_trl
 from dg_core.checkpoint import Checkpointer, config_hash, resume_option
-from dg_core.config import option
+from dg_core.config import addressed, option
 from dg_core.data import load_split, task_of, with_task_budget
 from dg_core.distill.trainer import stage_metrics
 from dg_core.errors import DGError
@@ -98,6 +98,13 @@ class Config(CalibrationSettings):
             raise DGError("config field 'proxies': empty, expected at least one proxy model reference")
         if self.engine == "native" and self.use_vllm:
             raise DGError("config field 'use_vllm': vLLM rollouts run on engine trl, expected engine: trl")
+        if bool(self.guide_ask.strip()) != (self.guide_samples > 0):
+            raise DGError(
+                f"config fields 'guide_ask' ({self.guide_ask!r}) and 'guide_samples' ({self.guide_samples}): "
+                "expected both set (a request and a count > 0) or neither"
+            )
+        if self.guide_samples and self.engine == "trl":
+            raise DGError("config field 'guide_samples': guided groups run on engine native, expected engine: native")
 
 
 SETTINGS_FIELDS = tuple(f for f in CalibrationSettings.__dataclass_fields__)
@@ -113,7 +120,8 @@ def settings_of(cfg: Config) -> dict[str, Any]:
         "preflight_accuracy",
         "min_retention",
     )
-    return {k: getattr(cfg, k) for k in keys}
+    data = addressed(cfg)
+    return {k: data[k] for k in keys if k in data}
 
 
 def default_output(cfg: Config) -> str:
@@ -171,8 +179,14 @@ def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any,
     models the task's text (else r_cal is noise). One line naming the model otherwise."""
 
     check_zoo_refs(teacher, cfg.teacher, {"proxy": list(cfg.proxies)}, allow_zoo=cfg.allow_zoo)
+    asked = [task.ask(e, cfg.guide_ask) for e in examples] if cfg.guide_samples else []
     check_generation_fits(
-        teacher, tok, [task.prompt(e, tok) for e in examples], cfg.max_new_tokens, name=cfg.teacher, role="teacher"
+        teacher,
+        tok,
+        [task.prompt(e, tok) for e in [*examples, *asked]],
+        cfg.max_new_tokens,
+        name=cfg.teacher,
+        role="teacher",
     )
     texts = [t for e in examples[:8] for t in (e.prompt, e.reference or e.answer) if t]
     real = is_real_model(teacher)
@@ -197,6 +211,8 @@ def resolve_engine(cfg: Config, world: int) -> str:
         engine = "trl" if world > 1 or cfg.use_vllm else "native"
     if world > 1 and engine != "trl":
         raise DGError(f"calibrate: {world} processes need engine trl (the native loop runs in one process)")
+    if engine == "trl" and cfg.guide_samples:
+        raise DGError("config field 'guide_samples': guided groups run on engine native (one process)")
     if engine == "trl" and cfg.lora_r == 0:
         raise DGError("config field 'lora_r': 0 (full fine-tuning) runs on engine native, expected lora_r > 0")
     if cfg.use_vllm:

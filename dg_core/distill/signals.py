@@ -69,6 +69,7 @@ class SignalsConfig(StageConfig):
         "",
         "Prompt attack: a request added to every question the teacher is sampled on (e.g. 'show steps', replacing a "
         "synthetic problem's own instruction); students still train on the plain question.",
+        late=True,
     )
 
     def teacher_prompts(self, task: Any, examples: list[Example], tok: Any) -> list[str]:

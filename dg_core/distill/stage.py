@@ -8,7 +8,7 @@ checkpoints next to its output, so a killed run resumes, and a finished run is n
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from dg_core import store
 from dg_core.base.generate import encode_prompt
 from dg_core.base.modelinfo import context_limit
-from dg_core.config import option
+from dg_core.config import addressed, option
 from dg_core.data import load_split, task_of, with_task_budget
 from dg_core.distill import methods
 from dg_core.distill.common import load_trainable, output_uris, train_and_publish
@@ -78,8 +78,7 @@ def run(cfg: Config, *, on_step: Any = None) -> dict:
     cfg = with_task_budget(cfg)
     set_threads_from_env()
     skip = ("output", "checkpoint_every", "device", "resume", "allow_zoo")
-    params = {k: v for k, v in asdict(cfg).items() if k not in skip and not (k == "ask" and not v)}
-    # (an unset `ask` is left out, so students distilled before the prompt attack existed keep their addresses)
+    params = {k: v for k, v in addressed(cfg).items() if k not in skip}
     out_uri, ckpt_uri = output_uris("students", cfg.output, params)
     if store.is_published(out_uri):
         meta = store.read_manifest(out_uri).get("metadata", {})
