@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dg_core.errors import DGError
 
@@ -91,3 +92,17 @@ def set_threads_from_env() -> None:
     n = env_threads()
     if n:
         torch.set_num_threads(n)
+
+
+def json_safe(x: Any) -> Any:
+    """JSON every parser reads (manifests and cards refuse NaN): NaN/inf -> None, tensor and numpy scalars ->
+    Python numbers, tuples -> lists, mapping keys -> str; recursively."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

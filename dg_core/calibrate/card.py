@@ -8,13 +8,13 @@ publish`` copies it next to a released model (it reads ``card.json`` / ``card.md
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from dg_core import store
 from dg_core.knob import direction_of
 from dg_core.models.resolve import to_uri
+from dg_core.utils import json_safe
 
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
@@ -38,17 +38,6 @@ def artifact_digest(ref: str) -> str | None:
         return None
 
 
-def _clean(x: Any) -> Any:
-    """JSON without NaN/inf (they become null), so the card parses everywhere."""
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def build_card(
     *,
     settings: dict[str, Any],
@@ -65,7 +54,7 @@ def build_card(
     """The card's JSON body."""
     eta = float(settings.get("eta", 0.0))
     direction = direction_of(eta)
-    return _clean(
+    return json_safe(
         {
             "kind": "calibration-card",
             "version": 1,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 import time
@@ -48,7 +47,7 @@ from dg_core.models.limits import (
     is_real_model,
 )
 from dg_core.store import output_uri
-from dg_core.utils import seed_everything, set_threads_from_env
+from dg_core.utils import json_safe, seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)
 #: Runs on every rank under `accelerate launch`/torchrun (dg_core.launch): data-parallel, rank 0 publishes.
@@ -360,17 +359,6 @@ def published_summary(cfg: Config, out: str) -> dict | None:
     return {**summary, "reused": True}
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None throughout (manifests refuse them)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _publish_card(
     cfg: Config,
     out: str,
@@ -410,7 +398,7 @@ def _publish_card(
             "status": card["status"],
             "config_hash": config_hash(cfg),
             "teacher_sha256": artifact_digest(cfg.teacher),
-            "summary": _json_safe(summary),
+            "summary": json_safe(summary),
         }
         with tempfile.TemporaryDirectory(prefix="dg-card-") as tmp:
             write_card(card, tmp)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -14,11 +13,7 @@ from dg_core.distill.training import TrainingConfig, training_part
 from dg_core.errors import DGError
 from dg_core.models import attach_lora, load_model, merge_lora, save_model
 from dg_core.store import output_uri
-
-
-def clean(summary: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf -> None so summaries stay valid JSON (manifests refuse NaN)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+from dg_core.utils import json_safe
 
 
 def output_uris(kind: str, output: str, params: dict[str, Any]) -> tuple[str, str]:
@@ -115,7 +110,7 @@ def train_and_publish(
             on_step=on_step,
             accelerator=accelerator,
         )
-        summary = clean(
+        summary = json_safe(
             {
                 **head,
                 "steps": result.steps,

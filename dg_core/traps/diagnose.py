@@ -55,7 +55,6 @@ import html
 import io
 import json
 import logging
-import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ from dg_core.models import load_model, model_info
 from dg_core.models.limits import check_generation_fits, check_scoring_fits
 from dg_core.store import output_uri
 from dg_core.traps import measures, symptoms
-from dg_core.utils import seed_everything, set_threads_from_env
+from dg_core.utils import json_safe, seed_everything, set_threads_from_env
 
 log = logging.getLogger(__name__)
 SCHEMA = "dg.diagnose/v1"
@@ -154,19 +153,6 @@ class Config(StageConfig):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _clean(x: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, tensors/numpy scalars -> python, tuples -> lists."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _flag(cond_why: list[str]) -> dict[str, Any]:
     return {"flag": bool(cond_why), "why": "; ".join(cond_why)}
 
@@ -354,7 +340,7 @@ def diagnose(cfg: Config, teacher, t_tok, student, s_tok, task, examples) -> dic
     }
     report["flags"] = [n for sec in ("traps", "symptoms") for n, v in report[sec].items() if v.get("flag")]
     report["distillability"], report["summary"] = summary_line(report)
-    return _clean(report)
+    return json_safe(report)
 
 
 # ----------------------------------------------------------------------------------------------- HTML
@@ -585,8 +571,8 @@ def run(cfg: Config) -> dict:
     check_lengths(cfg, teacher, t_tok, student, s_tok, task, examples)
     with StageMetrics("diagnose") as metrics:
         report = diagnose(cfg, teacher, t_tok, student, s_tok, task, examples)
-        report["teacher"] = {"ref": cfg.teacher, "vocab": len(t_tok), **_clean(model_info(teacher))}
-        report["student"] = {"ref": cfg.student, "vocab": len(s_tok), **_clean(model_info(student))}
+        report["teacher"] = {"ref": cfg.teacher, "vocab": len(t_tok), **json_safe(model_info(teacher))}
+        report["student"] = {"ref": cfg.student, "vocab": len(s_tok), **json_safe(model_info(student))}
         report["dataset"] = {"uri": cfg.dataset, "split": cfg.split, "task": task.spec(), "n": len(examples)}
         page = render_html(report, plots(report))
         with tempfile.TemporaryDirectory(prefix="dg-diagnose-") as tmp:
