@@ -100,9 +100,10 @@ _SWEEPS = [("demo.yaml", "tradeoff.yaml", p.name) for p in sorted(BENCH.glob("tr
 
 @pytest.mark.parametrize("files", _SWEEPS, ids=lambda f: f[-1])
 def test_sweep_settings_plan_valid_jobs_on_a_valid_task(files):
-    """Each sweep (the trade-off overlays: adaptive, held-out, neutral teacher with the prompt attack; the QA
-    family) makes a task and distill configs the stages accept, so a 30-90 minute sweep cannot fail on a typo
-    after its teachers are trained."""
+    """Each sweep (the trade-off overlays: adaptive, held-out, neutral teacher with the prompt attack, guided
+    defence, saturated teacher; the QA family) makes a task, distill and calibrate configs the stages accept, so
+    a 30-90 minute sweep cannot fail on a typo after its teachers are trained."""
+    from dg_core.calibrate.stage import Config as CalibrateConfig
     from dg_core.config import from_dict
     from dg_core.data import get_task
     from dg_core.distill.stage import Config as DistillConfig
@@ -118,6 +119,9 @@ def test_sweep_settings_plan_valid_jobs_on_a_valid_task(files):
         assert c.student == j.student and c.method == j.method
         if j.attack.endswith("-asks"):  # the prompt attack asks through the channel the teacher was trained on
             assert c.ask and task.options.get("instructed", 0) > 0
+    cal = from_dict(CalibrateConfig, {**cfg["calibrate"], "teacher": "t", "dataset": "d", "proxies": ["p"]})
+    if cal.guide_samples:  # guided answers are asked for through the task's instruction channel
+        assert task.ask(rows[0], cal.guide_ask).prompt != rows[0].prompt
 
 
 def test_reseed_shifts_every_seed_of_the_experiment():
