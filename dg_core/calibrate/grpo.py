@@ -139,7 +139,7 @@ class CalibrationSettings(StageConfig):
     guide_ask: str = option(
         "",
         "Off-policy guidance: a request (e.g. 'answer only' at eta < 0) on which the teacher is sampled too; those "
-        "answers join each group as answers to the plain prompt. An obedient teacher asked for the style the knob "
+        "answers join each group as answers to the group's own prompt. An obedient teacher asked for the style the knob "
         "avoids ('show steps') never samples another, so GRPO alone has nothing to rank on the prompt attack's "
         "prompts. Their policy gradient is unweighted (the true importance weight is ~0); beta and the correctness "
         "gate bound it. Engine native.",
@@ -417,7 +417,7 @@ def with_guides(
     learner: Learner, batch: Sequence[Example], roll: Rollouts, seed: int
 ) -> tuple[Rollouts, list[str | None]]:
     """Each group of ``roll`` followed by ``guide_samples`` answers sampled on its prompt with ``guide_ask``,
-    re-attached to the plain prompt (so they are scored, anchored and trained as answers to it); and per row the
+    re-attached to the group's own prompt (so they are scored, anchored and trained as answers to it); and per row the
     asked prompt a guided answer was sampled on (None for the group's own samples)."""
     cfg, tok, task = learner.cfg, learner.tokenizer, learner.task
     asked = [task.prompt(task.ask(e, cfg.guide_ask), tok) for e in batch]
@@ -452,9 +452,9 @@ def _guided_reference(
     reference: torch.Tensor | None,
     source: PromptSource,
 ) -> torch.Tensor:
-    """r_cal's π_ref term with a guided answer scored after the prompt it was sampled on: after the plain prompt
-    an obedient π₀ finds it nearly impossible, and r_cal would then measure the teacher's obedience, not how
-    learnable the answer is (the proxy still scores it after the plain prompt, as a student would learn it)."""
+    """r_cal's π_ref term with a guided answer scored after the prompt it was sampled on: after the group's own
+    prompt an obedient π₀ finds it nearly impossible, and r_cal would then measure the teacher's obedience, not how
+    learnable the answer is (the proxy still scores it after the group's prompt, as a student would learn it)."""
     if reference is None:
         reference = cal_reward.reference_logprob(source, roll.texts, roll.finished)
     reference = reference.clone()
