@@ -511,7 +511,12 @@ def table(s: dict[str, Any]) -> list[str]:
     for g in s["gates"]:
         lines.append(f"report eta={g['eta']:+g}: {g['report']}")
     hardened = [g["hardened"] for g in s["gates"] if g["hardened"]]
-    lines.append(f"hardened model: {hardened[0]}" if hardened else "hardened model: none published (gate failed)")
+    if hardened:
+        lines.append(f"hardened model: {hardened[0]}")
+    elif any(g["passed"] for g in s["gates"] if g["direction"] == "undistillable"):
+        lines.append("hardened model: none published (the gate passed; publish is off)")
+    else:
+        lines.append("hardened model: none published (no undistillable gate passed)")
     return lines
 
 

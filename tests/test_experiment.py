@@ -137,3 +137,16 @@ def test_reseed_shifts_every_seed_of_the_experiment():
         j.seed + 2 for j in plan_attacks(cfg["attacks"], cfg["distill"])
     ]
     assert "seed" not in cfg["teacher"]["train"]  # the settings read are left as they were
+
+
+def test_the_summary_says_why_no_hardened_model_was_published():
+    from pipelines.experiment import table
+
+    def summary(passed: bool, hardened: str = "") -> dict:
+        gate = {"eta": -0.5, "direction": "undistillable", "passed": passed, "reasons": ["r"], "report": "x"}
+        teacher = {"teacher": "original", "accuracy": 0.9, "retention": 1.0}
+        return {"teachers": [teacher], "attacks": [], "gates": [{**gate, "hardened": hardened}]}
+
+    assert table(summary(True, "file:///s/hardened/x"))[-1] == "hardened model: file:///s/hardened/x"
+    assert "publish is off" in table(summary(True))[-1]
+    assert "no undistillable gate passed" in table(summary(False))[-1]
