@@ -94,6 +94,20 @@ def set_threads_from_env() -> None:
         torch.set_num_threads(n)
 
 
+def integral_ints(spec: Any) -> None:
+    """Turn integral floats in a frozen dataclass's ``int`` fields back into ints.
+
+    KFP passes dict parameters through a protobuf Struct, whose only number is a double: a task option written
+    ``world_size: 300`` arrives as ``300.0``. Fields typed ``float`` are left as they came (their hash must not move).
+    """
+    import dataclasses
+
+    for f in dataclasses.fields(spec):
+        v = getattr(spec, f.name)
+        if f.type in (int, "int") and isinstance(v, float) and v.is_integer():
+            object.__setattr__(spec, f.name, int(v))
+
+
 def json_safe(x: Any) -> Any:
     """JSON every parser reads (manifests and cards refuse NaN): NaN/inf -> None, tensor and numpy scalars ->
     Python numbers, tuples -> lists, mapping keys -> str; recursively."""

@@ -106,3 +106,20 @@ def test_instructions_types_knob_and_errors():
         get_task("synthetic_instructions", types=["haiku"])
     with pytest.raises(DGError, match="n_constraints"):
         get_task("synthetic_instructions", n_constraints=3, types=["bullets", "json"])
+
+
+@pytest.mark.parametrize(
+    ("name", "ints", "bad"),
+    [
+        ("synthetic_qa", {"world_size": 300, "hops": 2, "distractor_facts": 1, "n_choices": 4}, "world_size"),
+        ("synthetic_instructions", {"n_constraints": 2}, "n_constraints"),
+    ],
+)
+def test_integral_float_options_and_budget_accepted_as_kfp_passes_them(name, ints, bad):
+    """Through KFP a dict's numbers are doubles (world_size 300 arrives as 300.0): every family takes them back as
+    ints, and the task budget too; a fractional value is still refused by name."""
+    as_kfp = get_task(name, **{k: float(v) for k, v in ints.items()}, max_new_tokens=96.0)
+    assert as_kfp.max_new_tokens == 96
+    assert as_kfp.generate(20, seed=0) == get_task(name, **ints).generate(20, seed=0)
+    with pytest.raises(DGError, match=bad):
+        get_task(name, **{**ints, bad: ints[bad] + 0.5})

@@ -222,6 +222,8 @@ def get_task(name: str, **options: Any) -> Task:
     if instruction is not None and not isinstance(instruction, str):
         raise DGError(f"task option 'instruction': got {instruction!r}, expected the text to append to the question")
     budget = options.pop("max_new_tokens", None)
+    if isinstance(budget, float) and budget.is_integer():  # through KFP a dict's numbers are doubles
+        budget = int(budget)
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise DGError(f"task option 'max_new_tokens': got {budget!r}, expected a positive number of tokens")
     task = _REGISTRY[key](**options)

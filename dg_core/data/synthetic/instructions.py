@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from dg_core.data.constraints import CHECKS, _words, check_all, describe
 from dg_core.data.example import Example, content_id
 from dg_core.errors import DGError
+from dg_core.utils import integral_ints
 
 TOPICS: dict[str, list[str]] = {
     "cats": ["cats", "purr", "nap", "soft", "fur", "play", "milk", "paws"],
@@ -62,6 +63,7 @@ class InstructionSpec:
     types: tuple[str, ...] = field(default=DEFAULT_TYPES)
 
     def __post_init__(self) -> None:
+        integral_ints(self)
         object.__setattr__(self, "types", tuple(self.types))
         unknown = [t for t in self.types if t not in CHECKS or t in ("paragraphs",)]
         if unknown:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from dg_core.data.example import Example, content_id
 from dg_core.errors import DGError
+from dg_core.utils import integral_ints
 
 STYLES = ("decomposed", "compact", "compressed", "checked")
 #: The instruction channel: what a prompt may ask for, and the one reference style that obeys it.
@@ -53,10 +54,7 @@ class MathSpec:
     instructed: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("a_digits", "b_digits", "term_digits", "terms"):  # KFP passes dict numbers as floats
-            v = getattr(self, name)
-            if isinstance(v, float) and v.is_integer():
-                object.__setattr__(self, name, int(v))
+        integral_ints(self)
         for name in ("a_digits", "b_digits", "term_digits"):
             v = getattr(self, name)
             if not isinstance(v, int) or not 1 <= v <= 6:

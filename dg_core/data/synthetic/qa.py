@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from dg_core.data.choice import LETTERS
 from dg_core.data.example import Example, content_id
 from dg_core.errors import DGError
+from dg_core.utils import integral_ints
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "tr"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
@@ -45,6 +46,7 @@ class QASpec:
     style_mix: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        integral_ints(self)
         if self.style_mix is not None:
             if not self.style_mix or set(self.style_mix) - set(STYLES):
                 raise DGError(f"synthetic_qa option 'style_mix': got {self.style_mix!r}, expected weights of {STYLES}")
