@@ -31,10 +31,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist), one test file per worker at a time: module fixtures
-# are built once, and the long end-to-end files spread over the cores.
+# are built once, and the long end-to-end files spread over the cores. The 25 slowest tests are listed at the end.
 TEST_WORKERS ?= 2
 test: setup tools lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 demo: setup
 	$(BIN)/python -m pipelines.demo

@@ -120,6 +120,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+@pytest.fixture(scope="module")
+def zoo_root(tmp_path_factory) -> Iterator[str]:
+    """A private store and download cache for one module, so the zoo models it builds are built once."""
+    root = tmp_path_factory.mktemp("store").as_uri()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DG_STORE_ROOT", root)
+    mp.setenv("DG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield root
+    mp.undo()
+
+
 @pytest.fixture
 def store_root(clean_env, tmp_path) -> str:
     """A private local store (file://) as DG_STORE_ROOT."""

@@ -21,16 +21,6 @@ SHOW, BARE = "show steps", "answer only"
 
 
 @pytest.fixture(scope="module")
-def zoo_root(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("store").as_uri()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DG_STORE_ROOT", root)
-    mp.setenv("DG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield root
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def task():
     return get_task("synthetic_math", **TASK_OPTS)
 

@@ -20,16 +20,6 @@ TASK_OPTS = dict(a_digits=1, b_digits=1, terms=1, term_digits=1, style_mix={"dec
 
 
 @pytest.fixture(scope="module")
-def zoo_root(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("store").as_uri()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DG_STORE_ROOT", root)
-    mp.setenv("DG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield root
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def task():
     return get_task("synthetic_math", **TASK_OPTS)
 

@@ -12,14 +12,7 @@ from dg_core.base.generate import pack_texts
 from dg_core.base.logprobs import enable_checkpointing, token_logprobs
 from dg_core.models import attach_lora, load_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def zoo_root(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DG_STORE_ROOT", tmp_path_factory.mktemp("store").as_uri())
-    mp.setenv("DG_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("zoo_root")
 
 
 def _full(model, batch, temperature=1.0):
