@@ -100,6 +100,25 @@ def output_uri(store_root: str, stage: str, inputs: dict[str, Any]) -> str:
     return _output_uri(f"runs/{stage}", inputs, root=store_root or None)
 
 
+def placement(
+    num_processes: int, launch_strategy: str, num_nodes: int, trainer_runtime: str, trainer_image: str
+) -> dict[str, Any]:
+    """Where a training component's stage runs, as :func:`run_stage` keyword arguments.
+
+    One node: ``num_processes`` processes here (one per GPU of the task) under ``launch_strategy``. Several: a
+    Kubeflow Trainer TrainJob of ``num_nodes`` x ``num_processes`` GPUs that this task only follows.
+    """
+    trainjob = None
+    if num_nodes > 1:
+        trainjob = {
+            "num_nodes": num_nodes,
+            "gpus_per_node": num_processes,
+            "runtime": trainer_runtime,
+            "image": trainer_image,
+        }
+    return {"num_processes": num_processes, "strategy": launch_strategy, "trainjob": trainjob}
+
+
 def write_ref(artifact: Any, uri: str, **metadata: Any) -> str:
     """Write ``{"uri", "sha256"}`` into a KFP output artifact (file + metadata); return the pinned reference."""
     sha = content_sha(uri)

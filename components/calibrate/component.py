@@ -55,6 +55,7 @@ def calibrate(
         content_sha,
         log_metrics,
         output_uri,
+        placement,
         run_stage,
         setup,
         unpin,
@@ -83,16 +84,7 @@ def calibrate(
             "calibrate",
             params,
             options,
-            num_processes=num_processes,
-            strategy=launch_strategy,
-            trainjob={
-                "num_nodes": num_nodes,
-                "gpus_per_node": num_processes,
-                "runtime": trainer_runtime,
-                "image": trainer_image,
-            }
-            if num_nodes > 1
-            else None,
+            **placement(num_processes, launch_strategy, num_nodes, trainer_runtime, trainer_image),
         )
     except DGError as e:
         if not str(e).startswith("pre-flight"):

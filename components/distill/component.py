@@ -41,7 +41,7 @@ def distill(
     torch-distributed; `num_processes` GPUs per node; `trainer_image`, default the runtime's): this task creates
     it, streams its logs, waits, and reads rank 0's outputs back from the store.
     """
-    from components._common import log_metrics, run_stage, setup, unpin, write_ref
+    from components._common import log_metrics, placement, run_stage, setup, unpin, write_ref
 
     setup(store_root)
     params = {
@@ -62,16 +62,7 @@ def distill(
         "distill",
         params,
         options,
-        num_processes=num_processes,
-        strategy=launch_strategy,
-        trainjob={
-            "num_nodes": num_nodes,
-            "gpus_per_node": num_processes,
-            "runtime": trainer_runtime,
-            "image": trainer_image,
-        }
-        if num_nodes > 1
-        else None,
+        **placement(num_processes, launch_strategy, num_nodes, trainer_runtime, trainer_image),
     )
     log_metrics(metrics, {k: v for k, v in result.items() if k != "model"})
     return write_ref(model, result["model"], method=method, seed=seed, teacher=teacher, reused=result.get("reused"))
