@@ -174,3 +174,11 @@ def test_train_component_passes_through_at_zero_steps_and_trains_otherwise(env):
     ref = boot.outputs["Output"]
     assert ref.startswith(store.join(root, "trained")) and _common.unpin(ref)
     assert json.loads(Path(boot.outputs["trained"].path).read_text())["bootstrapped"] is True
+
+
+def test_placement_runs_here_on_one_node_and_as_a_trainjob_on_several():
+    """calibrate and distill share this: processes here on one node, a TrainJob of nodes x GPUs on several."""
+    here = _common.placement(4, "fsdp", 1, "torch-distributed", "")
+    assert here == {"num_processes": 4, "strategy": "fsdp", "trainjob": None}
+    job = _common.placement(8, "ddp", 2, "torch-distributed", "img:1")
+    assert job["trainjob"] == {"num_nodes": 2, "gpus_per_node": 8, "runtime": "torch-distributed", "image": "img:1"}
