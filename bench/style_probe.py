@@ -19,11 +19,11 @@ from collections import Counter, defaultdict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def style_of(response: str) -> str:
-    from bench.knob import _style_mix
-
-    mix = _style_mix([response])
-    return next(iter(mix))
+def style_of(task, example, response: str) -> str:
+    """The reference style whose trace (the text before the answer) is closest in length to the response's."""
+    refs = example.meta["references"]
+    head = task.answer_start(example, response)
+    return min(refs, key=lambda s: abs(task.answer_start(example, refs[s]) - head))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from dg_core.base.align import sequence_logprob
     from dg_core.base.generate import generate
+    from dg_core.calibrate.rewards import CalibrationReward
     from dg_core.data import load_split, task_of
     from dg_core.models import load_model
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for ex, group in zip(rows, outs):
         styles = Counter()
         for r in group:
-            s = style_of(r)
+            s = style_of(task, ex, r)
             styles[s] += 1
             by_style[s].append(task.score(ex, r).reward)
         mixed += len(styles) > 1
@@ -66,29 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     for s, v in sorted(by_style.items()):
         print(f"  {s:<11} share {len(v) / total:.2f}  accuracy {sum(v) / len(v):.3f}")
 
-    # 2. forced compressed: the answer alone, greedy after '#'
-    forced = generate(teacher, ttok, [p + "#" for p in prompts], n=1, do_sample=False, max_new_tokens=8)
-    acc = sum(task.score(ex, "#" + o[0]).reward for ex, o in zip(rows, forced)) / len(rows)
-    print(f"forced compressed greedy accuracy: {acc:.3f}")
+    # 2. forced compressed (synthetic math): the answer alone, greedy after '#'
+    if task.name == "synthetic_math":
+        forced = generate(teacher, ttok, [p + "#" for p in prompts], n=1, do_sample=False, max_new_tokens=8)
+        acc = sum(task.score(ex, "#" + o[0]).reward for ex, o in zip(rows, forced)) / len(rows)
+        print(f"forced compressed greedy accuracy: {acc:.3f}")
 
-    # 3. r_cal per style reference (correct by construction), each model with its own tokenizer
-    refs = {s: [ex.meta["references"][s] for ex in rows] for s in ("decomposed", "compressed", "checked")}
-    lp_t = {s: sequence_logprob(teacher, ttok, prompts, r, append_eos=True, batch_size=64) for s, r in refs.items()}
-    print("r_cal = log q - log pi0 per style reference (mean over prompts):")
-    print(
-        f"  {'style':<11} {'logpi0':>8} "
-        + " ".join(f"{'logq' + str(i):>8} {'sum':>7} {'char':>7}" for i in range(len(args.proxy)))
-    )
+    # 3. r_cal per style reference (correct by construction), each model with its own tokenizer, per span and
+    # normalisation: the sign of eta that pushes towards a style is the sign of its r_cal relative to the others.
+    refs: dict[str, list[str]] = defaultdict(list)
+    for ex in rows:
+        for s, text in ex.meta.get("references", {}).items():
+            refs[s].append(text)
+    styles = [s for s, v in refs.items() if len(v) == len(rows)]
     proxies = [load_model(p, device="cpu") for p in args.proxy]
-    for s, r in refs.items():
-        chars = sum(len(x) + 1 for x in r) / len(r)
-        cols = []
-        for pm, ptok in proxies:
-            pp = [task.prompt(ex, ptok) for ex in rows]
-            lq = sequence_logprob(pm, ptok, pp, r, append_eos=True, batch_size=64)
-            d = (lq - lp_t[s]).mean().item()
-            cols.append(f"{lq.mean().item():>8.2f} {d:>7.2f} {d / chars:>7.3f}")
-        print(f"  {s:<11} {lp_t[s].mean().item():>8.2f} " + " ".join(cols))
+    print("r_cal = log q - log pi0 per style reference (mean over prompts; eta < 0 pushes towards the lowest):")
+    print(f"  {'span':<9} {'normalize':<9} " + " ".join(f"{s:>11}" for s in styles))
+    source = lambda tok: [task.prompt(ex, tok) for ex in rows]  # noqa: E731
+    for span in ("response", "answer"):
+        for normalize in ("sum", "char"):
+            cal = CalibrationReward(teacher, ttok, proxies, normalize=normalize, span=span, task=task)
+            means = [cal(source, refs[s], examples=rows).mean().item() for s in styles]
+            print(f"  {span:<9} {normalize:<9} " + " ".join(f"{m:>11.3f}" for m in means))
     return 0
 
 

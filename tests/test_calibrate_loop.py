@@ -14,6 +14,7 @@ from dg_core.calibrate.grpo import CalibrationSettings, make_policy, run_calibra
 from dg_core.calibrate.rewards import CalibrationReward, TaskReward, score_text
 from dg_core.checkpoint import Checkpointer
 from dg_core.data import get_task
+from dg_core.errors import DGError
 from dg_core.models import adapter_disabled, attach_lora, load_model
 
 TASK_OPTS = dict(a_digits=1, b_digits=1, terms=1, term_digits=1, style_mix={"decomposed": 1.0, "compressed": 1.0})
@@ -91,6 +92,43 @@ def test_r_cal_scores_the_same_text_with_two_tokenizers(zoo_root, proxy):
     t_sum = float(score_text(teacher, ttok, prompts[:1], responses[:1]))
     assert float(tok_norm[0]) == pytest.approx(q_sum / n_q - t_sum / n_t, abs=1e-4)
     assert float(char_norm[0]) == pytest.approx((q_sum - t_sum) / len(responses[0]), abs=1e-4)
+
+
+def test_answer_span_scores_only_the_answer_after_its_trace(zoo_root, proxy, task):
+    """span='answer': r_cal is the log-ratio of the stated answer alone, conditioned on the prompt and the trace
+    before it (the whitespace before the answer goes with it, as a BPE tokenizer reads it)."""
+    qa = get_task("synthetic_qa", world_size=40, hops=2, mc_fraction=0.0, style_mix={"bare": 1.0, "chain": 1.0})
+    ex = qa.generate(4, 0)[0]
+    chain = ex.meta["references"]["chain"]
+    start = qa.answer_start(ex, chain)
+    assert 0 < start < len(chain) and chain[start:].strip().startswith(ex.answer) and chain[start].isspace()
+    assert qa.answer_start(ex, "I do not know") == 0
+    assert task.answer_start(None, "12*3=36 36+4=40 #40") == len("12*3=36 36+4=40")
+    assert task.answer_start(None, "#47") == 0
+
+    teacher, ttok = load_model("zoo:teacher", device="cpu")
+    pmodel, ptok = proxy
+    exs = task.generate(2, 3)
+    prompts = [task.prompt(e, ttok) for e in exs]
+    responses = ["12*3=36 36+4=40 #40", "#47"]
+    cal = CalibrationReward(teacher, ttok, [(pmodel, ptok)], normalize="char", span="answer", task=task)
+    got = cal(prompts, responses, examples=exs)
+    heads, tails = [prompts[0] + "12*3=36 36+4=40", prompts[1]], [" #40", "#47"]
+    want = score_text(pmodel, ptok, heads, tails, "char") - score_text(teacher, ttok, heads, tails, "char")
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
+    whole = CalibrationReward(teacher, ttok, [(pmodel, ptok)], normalize="char")(prompts, responses)
+    assert abs(float(whole[0] - got[0])) > 1e-3  # the trace no longer counts
+    assert float(whole[1]) == pytest.approx(float(got[1]), abs=1e-5)  # a bare answer is all answer
+    same = CalibrationReward(teacher, ttok, [(teacher, ttok)], span="answer", task=task)
+    assert same(prompts, responses, examples=exs).abs().max() < 1e-5
+    assert not cal.reference_matches_anchor(ttok)  # the KL anchor's pass covers whole responses
+
+    with pytest.raises(DGError, match="span 'answer': no task given"):
+        CalibrationReward(teacher, ttok, [(pmodel, ptok)], span="answer")
+    with pytest.raises(DGError, match="no examples for 2 responses"):
+        cal(prompts, responses)
+    with pytest.raises(DGError, match="TRL's reward signature"):
+        cal.as_trl()
 
 
 def test_several_proxies_combine_by_mean_or_worst_case(zoo_root, proxy):

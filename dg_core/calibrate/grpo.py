@@ -129,6 +129,14 @@ class CalibrationSettings(StageConfig):
         choices=("sum", "token", "char"),
     )
     combine: str = option("mean", "How several proxies combine.", choices=("mean", "min", "max", "worst"))
+    span: str = option(
+        "response",
+        "What r_cal scores: the whole response, or only the stated answer after the response before it (answer: how "
+        "hard the answer is for a small model once it has read the trace). On synthetic_qa the whole-response ratio "
+        "calls fact chains copied from the prompt hard (a proxy finds invented names unlikely) though students "
+        "learn them best, which turns the knob against its sign.",
+        choices=("response", "answer"),
+    )
     reference: str = option(
         "base", "r_cal reference: pi_0 (base) or the current pi_theta.", choices=("base", "current")
     )
@@ -391,7 +399,7 @@ def rollout_step(learner: Learner, train: Sequence[Example], step: int) -> Rollo
                 learner.cal_reward, tok, roll, packed, ref_lp, cfg.micro_batch, inputs.prompts
             )
         if asked:
-            reference = _guided_reference(learner.cal_reward, roll, asked, reference, inputs.prompts)
+            reference = _guided_reference(learner.cal_reward, roll, asked, reference, inputs.prompts, reps)
         scored = RewardInputs(
             reps, inputs.prompts, roll.texts, roll.finished, correct=r_task >= 1.0, reference=reference
         )
@@ -452,16 +460,20 @@ def _guided_reference(
     asked: Sequence[str | None],
     reference: torch.Tensor | None,
     source: PromptSource,
+    examples: Sequence[Example],
 ) -> torch.Tensor:
     """r_cal's π_ref term with a guided answer scored after the prompt it was sampled on: after the group's own
     prompt an obedient π₀ finds it nearly impossible, and r_cal would then measure the teacher's obedience, not how
     learnable the answer is (the proxy still scores it after the group's prompt, as a student would learn it)."""
     if reference is None:
-        reference = cal_reward.reference_logprob(source, roll.texts, roll.finished)
+        reference = cal_reward.reference_logprob(source, roll.texts, roll.finished, examples)
     reference = reference.clone()
     idx = [i for i, a in enumerate(asked) if a is not None]
     reference[idx] = cal_reward.reference_logprob(
-        [asked[i] for i in idx], [roll.texts[i] for i in idx], [roll.finished[i] for i in idx]
+        [asked[i] for i in idx],
+        [roll.texts[i] for i in idx],
+        [roll.finished[i] for i in idx],
+        [examples[i] for i in idx],
     )
     return reference
 

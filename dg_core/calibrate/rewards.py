@@ -30,6 +30,7 @@ from dg_core.models.lora import adapter_disabled
 NORMALIZE = ("sum", "token", "char")
 COMBINE = ("mean", "min", "max", "worst")
 REFERENCE = ("base", "current")
+SPAN = ("response", "answer")
 
 PromptSource = Sequence[str] | Callable[[Any], Sequence[str]]
 
@@ -165,6 +166,12 @@ class CalibrationReward:
             η > 0), so calibration must satisfy every proxy, not their average.
         reference: ``base`` scores with π₀ (adapter off, the paper's term) or ``current`` with π_θ.
         eta_sign: the sign of η, needed only by ``combine='worst'``.
+        span: ``response`` scores the whole response; ``answer`` only the stated answer (from
+            :meth:`Task.answer_start <dg_core.data.tasks.Task.answer_start>` on), after the prompt *and the response
+            before it*: how hard the answer is for a small model once it has read the trace. A trace made of spans
+            copied from the prompt (a QA fact chain) is unlikely to a proxy per character, yet a student copies it
+            easily and then reads the answer off it; the whole-response ratio calls such a trace hard to distil.
+        task: the task (needed by ``span='answer'`` to find the answer).
         append_eos: score the end of each response too (see :func:`score_text`); only of responses that ended
             when the caller passes ``finished`` (a sample cut off at its token budget has no end to score, on
             either side of the log-ratio).
@@ -184,6 +191,8 @@ class CalibrationReward:
         combine: str = "mean",
         reference: str = "base",
         eta_sign: float = -1.0,
+        span: str = "response",
+        task: Task | None = None,
         append_eos: bool = True,
         add_bos: bool | None = None,
         batch_size: int = 64,
@@ -196,7 +205,13 @@ class CalibrationReward:
             raise DGError(f"r_cal reference {reference!r}: expected one of {list(REFERENCE)}")
         self.teacher = teacher
         self.teacher_tokenizer = teacher_tokenizer
+        if span not in SPAN:
+            raise DGError(f"r_cal span {span!r}: expected one of {list(SPAN)}")
+        if span == "answer" and task is None:
+            raise DGError("r_cal span 'answer': no task given, expected the task that finds each response's answer")
         self.proxies = list(proxies)
+        self.span = span
+        self.task = task
         self.normalize = _normalizer(normalize)
         self.combine = combine
         self.reference = reference
@@ -236,11 +251,34 @@ class CalibrationReward:
     def _prompts_for(prompts: PromptSource, tokenizer: Any) -> list[str]:
         return list(prompts(tokenizer) if callable(prompts) else prompts)
 
-    def reference_logprob(
-        self, prompts: PromptSource, responses: Sequence[str], finished: Sequence[bool] | None = None
-    ) -> torch.Tensor:
-        """log π_ref(y|x) per response (π₀ with the adapter off, or the current π_θ)."""
+    def view(
+        self, prompts: PromptSource, responses: Sequence[str], examples: Sequence[Example] | None = None
+    ) -> tuple[PromptSource, list[str]]:
+        """The (prompt, scored text) pairs of ``span``: the whole responses, or each stated answer after its prompt
+        and the response before it."""
+        if self.span == "response":
+            return prompts, list(responses)
+        if examples is None or len(examples) != len(responses):
+            got = "no" if examples is None else len(examples)
+            raise DGError(f"r_cal span 'answer': {got} examples for {len(responses)} responses, expected one each")
+        starts = [self.task.answer_start(e, r) for e, r in zip(examples, responses)]
+        heads = [r[:s] for r, s in zip(responses, starts)]
 
+        def source(tokenizer: Any) -> list[str]:
+            return [p + h for p, h in zip(self._prompts_for(prompts, tokenizer), heads)]
+
+        return source, [r[s:] for r, s in zip(responses, starts)]
+
+    def reference_logprob(
+        self,
+        prompts: PromptSource,
+        responses: Sequence[str],
+        finished: Sequence[bool] | None = None,
+        examples: Sequence[Example] | None = None,
+    ) -> torch.Tensor:
+        """log π_ref(y|x) per response (π₀ with the adapter off, or the current π_θ), over ``span``."""
+
+        prompts, responses = self.view(prompts, responses, examples)
         ctx = adapter_disabled(self.teacher) if self.reference == "base" else contextlib.nullcontext()
         with ctx:
             return self._score(self.teacher, self.teacher_tokenizer, prompts, responses, finished)
@@ -263,15 +301,17 @@ class CalibrationReward:
         responses: Sequence[str],
         reference: torch.Tensor | None = None,
         finished: Sequence[bool] | None = None,
+        examples: Sequence[Example] | None = None,
     ) -> torch.Tensor:
         """``[n_proxies, n]`` matrix of r_cal, one row per proxy (``reference``: a precomputed π_ref term, scored
-        on the same text with the same ``finished`` flags)."""
+        on the same text and span with the same ``finished`` flags; ``examples``: needed by ``span='answer'``)."""
         if len(responses) == 0:
             return torch.zeros(len(self.proxies), 0)
         if reference is None:
-            ref = self.reference_logprob(prompts, responses, finished)
+            ref = self.reference_logprob(prompts, responses, finished, examples)
         else:
             ref = reference.float().cpu()
+        prompts, responses = self.view(prompts, responses, examples)
         rows = []
         for model, tok in self.proxies:
             rows.append(self._score(model, tok, prompts, responses, finished) - ref)
@@ -294,13 +334,14 @@ class CalibrationReward:
         responses: Sequence[str],
         reference: torch.Tensor | None = None,
         finished: Sequence[bool] | None = None,
+        examples: Sequence[Example] | None = None,
     ) -> torch.Tensor:
         """r_cal per response (a detached tensor: the stop-gradient of the definition). ``finished``: whether each
         response ended (EOS) or was cut off at its budget; both sides then score the same (un)terminated text."""
-        return self.reduce(self.per_proxy(prompts, responses, reference, finished)).detach()
+        return self.reduce(self.per_proxy(prompts, responses, reference, finished, examples)).detach()
 
     def score(self, inputs: RewardInputs) -> torch.Tensor:
-        return self(inputs.prompts, inputs.completions, inputs.reference, inputs.finished)
+        return self(inputs.prompts, inputs.completions, inputs.reference, inputs.finished, inputs.examples)
 
     def reference_matches_anchor(self, tokenizer: Any) -> bool:
         """Whether π_ref's term can be summed from the KL anchor's pass of a policy sampled with ``tokenizer`` (at
@@ -308,6 +349,7 @@ class CalibrationReward:
         sample ended, in the training layout."""
         return (
             self.reference == "base"
+            and self.span == "response"
             and self.teacher_tokenizer is tokenizer
             and self.append_eos
             and self.add_bos is None
@@ -315,6 +357,12 @@ class CalibrationReward:
 
     def as_trl(self) -> Callable[..., list[float]]:
         """TRL signature; prompts arrive already formatted (TRL applies the chat template itself)."""
+
+        if self.span != "response":
+            raise DGError(
+                f"r_cal span {self.span!r}: TRL's reward signature carries no examples to find answers in; "
+                "expected span='response' (or call score(RewardInputs) with the examples)"
+            )
 
         def r_cal(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
             ps = [p if isinstance(p, str) else _completion_text(p) for p in prompts]

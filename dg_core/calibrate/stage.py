@@ -157,7 +157,7 @@ def measure_teacher(
     reps = [e for e in examples for _ in range(k)]
     prompts = lambda tok: [task.prompt(e, tok) for e in reps]  # noqa: E731
     texts = roll.texts
-    r_cal = cal(prompts, texts, None, roll.finished)
+    r_cal = cal(prompts, texts, None, roll.finished, reps)
     correct = torch.tensor([s.correct for s in task.score_batch(reps, texts)])
     return {
         "greedy_accuracy": greedy,
@@ -259,6 +259,8 @@ def run(cfg: Config) -> dict:
     cal_kw = dict(
         normalize=cfg.normalize,
         combine=cfg.combine,
+        span=cfg.span,
+        task=task,
         reference=cfg.reference,
         eta_sign=cfg.eta,  # only combine='worst' reads it; at eta = 0 r_cal has no weight
         batch_size=cfg.score_batch,

@@ -78,6 +78,14 @@ class Task:
     def score(self, example: Example, response: str) -> Score:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def answer_start(self, example: Example, response: str) -> int:
+        """Where the stated answer begins in ``response`` (the whitespace before it included, so a BPE tokenizer
+        sees `` Sek`` as it would in the whole text); 0 when no answer is found. r_cal's ``span='answer'``
+        scores only ``response[start:]``, after the prompt and the response before it."""
+        parsed = self.score(example, response).parsed
+        at = response.rfind(parsed) if parsed else -1
+        return _back_over_space(response, at) if at > 0 else 0
+
     def score_batch(self, examples: Sequence[Example], responses: Sequence[str]) -> list[Score]:
         """Score many responses (reward-model tasks override this to batch the model)."""
         if len(examples) != len(responses):
@@ -92,6 +100,12 @@ class Task:
     def generate(self, n: int, seed: int) -> list[Example]:
         """Synthetic tasks: ``n`` examples, deterministic in (options, n, seed)."""
         raise DGError(f"task '{self.name}' is not synthetic: load it from a dataset source instead")
+
+
+def _back_over_space(text: str, at: int) -> int:
+    while at > 0 and text[at - 1].isspace():
+        at -= 1
+    return at
 
 
 # --------------------------------------------------------------------------------------------- math
@@ -154,6 +168,10 @@ class SyntheticMathTask(Task):
         if own and example.prompt.endswith(f" {own}"):
             example = replace(example, prompt=example.prompt[: -len(own) - 1])
         return super().ask(example, request)
+
+    def answer_start(self, example: Example, response: str) -> int:
+        """The last ``#`` marker (the answer is the marker and its number)."""
+        return _back_over_space(response, max(0, response.rfind("#")))
 
     def validate(self, example: Example) -> None:
         super().validate(example)
