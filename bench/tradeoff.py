@@ -9,7 +9,8 @@ Retention = acc(calibrated) / acc(original) on the test split; its interval is a
 problems (both teachers answer the same ones). Transfer = mean acc(student <- calibrated) / mean acc(student <-
 original) over the attack's seeds; its interval is the gate's (:func:`dg_core.gate.transfer_interval`: the delta
 method on the log ratio with a t quantile; few seeds, wide, as it should be). The worst case is the attack with the highest transfer for eta < 0 and the lowest
-for eta > 0. The teacher's style is read off its greedy test answers (``bare``: the answer alone, ``#90``).
+for eta > 0. The teacher's style is read off its greedy test answers (``bare``: no more text before the answer than
+the family's shortest reference style has: ``#90`` in math, ``The answer is Sek.`` in QA).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def samples(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-problem greedy answers of one evaluation record."""
     path = store.local_payload(record["eval"]) / "samples.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def bare_share(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> float:
+    """Share of answers with no trace before the answer (see the module docstring)."""
+    from dg_core.data import load_split, task_of
+
+    dataset = results["prep"]["dataset"]
+    task, rows = task_of(dataset), {e.id: e for e in load_split(dataset, "test")}
+    bare = []
+    for i, g in got.items():
+        ex, text = rows[i], g["response"].strip()
+        refs = ex.meta.get("references") or {"": ""}
+        bare.append(task.answer_start(ex, text) <= min(task.answer_start(ex, r) for r in refs.values()))
+    return sum(bare) / len(bare)
 
 
 def paired_interval(orig: list[bool], cal: list[bool], boot: int, seed: int = 0) -> tuple[float, float]:
@@ -71,7 +86,7 @@ def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
                 "accuracy": sum(ok) / len(ok),
                 "retention": sum(ok) / sum(ok0),
                 "retention_95": [lo, hi],
-                "bare": sum(a.startswith("#") for a in answers) / len(answers),
+                "bare": bare_share(results, {i: got[i] for i in sorted(orig)}),
                 "chars": statistics.fmean(len(a) for a in answers),
             }
         )

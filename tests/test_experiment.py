@@ -95,7 +95,10 @@ def test_adaptive_attacks_overlay_plans_valid_distill_jobs():
     assert by_name["student-llama/gkd-sft"].settings["sft_steps"] < cfg["distill"]["steps"]
 
 
-_SWEEPS = [("demo.yaml", "tradeoff.yaml", p.name) for p in sorted(BENCH.glob("tradeoff-*.yaml"))] + [("qa.yaml",)]
+_SWEEPS = [("demo.yaml", "tradeoff.yaml", p.name) for p in sorted(BENCH.glob("tradeoff-*.yaml"))] + [
+    ("qa.yaml",),
+    ("qa.yaml", "qa-answer.yaml"),
+]
 
 
 @pytest.mark.parametrize("files", _SWEEPS, ids=lambda f: f[-1])
