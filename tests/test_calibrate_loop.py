@@ -370,7 +370,10 @@ def test_stage_publishes_model_adapter_and_card_when_the_gate_passes(bootstrappe
     card = json.loads((store.fetch(summary["card"]) / "card.json").read_text())
     assert card["status"] == "passed" and card["eta"] == -0.5 and card["direction"] == "undistillable"
     assert card["teacher"]["sha256"] and card["proxies"][0]["uri"] == "zoo:proxy"
-    assert set(card["teacher_metrics"]["before"]) >= {"greedy_accuracy", "sampled_accuracy", "r_cal_mean"}
+    before = card["teacher_metrics"]["before"]
+    assert set(before) >= {"greedy_accuracy", "sampled_accuracy", "r_cal_mean"}
+    # r_cal of each reference style, read before training: which style each sign of eta pushes towards
+    assert before["r_cal_style_decomposed"] != before["r_cal_style_compressed"]
     assert len(card["training"]["history"]) == 2
     md = (store.fetch(summary["card"]) / "card.md").read_text()
     assert "Status: passed" in md and "greedy_accuracy" in md

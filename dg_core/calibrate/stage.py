@@ -169,6 +169,20 @@ def measure_teacher(
         "tokens_per_second": sum(len(r) for r in roll.response_ids) / max(t_gen, 1e-9),
         "seconds": time.perf_counter() - t0,
         "n": float(len(examples)),
+        **{f"r_cal_style_{k}": v for k, v in style_r_cal(task, examples, cal).items()},
+    }
+
+
+def style_r_cal(task: Any, examples: list, cal: CalibrationReward) -> dict[str, float]:
+    """Mean r_cal of each reference style the examples carry (synthetic families): which style the knob pushes
+    towards, read before training (eta < 0 towards the lowest), so a sign the proxy gets wrong shows on the card."""
+    styles = set.intersection(*(set(ex.meta.get("references") or {}) for ex in examples)) if examples else set()
+    if len(styles) < 2:
+        return {}
+    prompts = lambda tok: [task.prompt(e, tok) for e in examples]  # noqa: E731
+    return {
+        s: float(cal(prompts, [e.meta["references"][s] for e in examples], examples=examples).mean())
+        for s in sorted(styles)
     }
 
 
@@ -271,6 +285,14 @@ def run(cfg: Config) -> dict:
         teacher, tok, task, held, CalibrationReward(teacher, tok, proxies, **cal_kw), cfg, cfg.sampled_k, cfg.seed
     )
     log.info("teacher before calibration: %s", before)
+    if by_style := {k[len("r_cal_style_") :]: v for k, v in before.items() if k.startswith("r_cal_style_")}:
+        low, high = min(by_style, key=by_style.get), max(by_style, key=by_style.get)
+        log.info(
+            "r_cal per reference style: %s; eta < 0 pushes towards %r, eta > 0 towards %r",
+            ", ".join(f"{k} {v:.3f}" for k, v in by_style.items()),
+            low,
+            high,
+        )
     pf = preflight(before["sampled_accuracy"], len(held) * cfg.sampled_k, cfg.preflight_accuracy)
     if cfg.preflight_accuracy > 0 and not pf.ok:
         raise DGError(

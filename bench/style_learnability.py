@@ -1,0 +1,92 @@
+"""Which answer style a student learns best, next to which style r_cal calls easy to distil: the check that the
+knob's sign means on a task family what it should, minutes before a sweep of an hour.
+
+For each style of the dataset's references, a probe student is fine-tuned on the train split's references in that
+style alone (the `train` stage: published, and reused on a second run), then scored greedy on the test split. Next
+to it, r_cal per style (teacher against the proxies, mean over the test references, which are correct by
+construction) for each span and normalisation. Calibration at eta < 0 pushes towards the style with the lowest
+r_cal; the knob points the right way when that is the style the probe student learns worst.
+
+    DG_STORE_ROOT=file:///tmp/fc/.dg/store .venv/bin/python bench/style_learnability.py --dataset URI \\
+        --teacher URI --proxy URI [--student zoo:student-gpt2] [--steps 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--proxy", action="append", required=True)
+    ap.add_argument("--student", default="zoo:student-gpt2", help="the probe student (not a calibration proxy)")
+    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.003)
+    ap.add_argument("--limit", type=int, default=150, help="test problems scored")
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from dg_core.calibrate.rewards import CalibrationReward
+    from dg_core.data import load_split, task_of
+    from dg_core.distill import train_stage
+    from dg_core.evaluate import evaluate_model
+    from dg_core.models import load_model
+
+    torch.set_num_threads(int(os.environ.get("DG_THREADS", "1")))
+    task = task_of(args.dataset)
+    test = load_split(args.dataset, "test")[: args.limit]
+    styles = sorted(set.intersection(*(set(ex.meta.get("references", {})) for ex in test)))
+    if len(styles) < 2:
+        raise SystemExit(f"{args.dataset}: test rows carry {styles or 'no'} reference styles, expected two or more")
+
+    learned = {}
+    for s in styles:
+        cfg = train_stage.Config(
+            model=args.student,
+            dataset=args.dataset,
+            style=s,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_steps=100,
+        )
+        uri = train_stage.run(cfg)["model"]
+        model, tok = load_model(uri, device="cpu")
+        ev = evaluate_model(model, tok, task, test, k=0, max_new_tokens=args.max_new_tokens, progress=False)
+        learned[s] = ev["greedy_accuracy"]
+
+    teacher, ttok = load_model(args.teacher, device="cpu")
+    proxies = [load_model(p, device="cpu") for p in args.proxy]
+    source = lambda tok: [task.prompt(ex, tok) for ex in test]  # noqa: E731
+    rcal = {}
+    for span in ("response", "answer"):
+        for normalize in ("sum", "char"):
+            cal = CalibrationReward(teacher, ttok, proxies, normalize=normalize, span=span, task=task)
+            rcal[span, normalize] = {
+                s: cal(source, [ex.meta["references"][s] for ex in test], examples=test).mean().item() for s in styles
+            }
+
+    print(f"probe student {args.student}, {args.steps} SFT steps per style; {len(test)} test problems")
+    print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in styles))
+    print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in styles))
+    for (span, normalize), by in rcal.items():
+        print(f"  {'r_cal ' + span + '/' + normalize:<22} " + " ".join(f"{by[s]:>10.3f}" for s in styles))
+    hardest = min(styles, key=learned.get)
+    print(f"the probe student learns {hardest!r} worst; eta < 0 pushes towards it under:")
+    for (span, normalize), by in rcal.items():
+        ok = min(styles, key=by.get) == hardest
+        print(f"  span={span} normalize={normalize}: {'yes' if ok else 'NO, towards ' + repr(min(styles, key=by.get))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
