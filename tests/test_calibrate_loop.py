@@ -542,9 +542,9 @@ class _RecordingReward(CalibrationReward):
         super().__init__(*a, **kw)
         self.seen: list[tuple[torch.Tensor, list[bool]]] = []
 
-    def __call__(self, prompts, responses, reference=None, *finished):
-        out = super().__call__(prompts, responses, reference, *finished)
-        self.seen.append((out.clone(), list(finished[0]) if finished and finished[0] is not None else []))
+    def __call__(self, prompts, responses, reference=None, finished=None, examples=None):
+        out = super().__call__(prompts, responses, reference, finished, examples)
+        self.seen.append((out.clone(), list(finished) if finished is not None else []))
         return out
 
 
