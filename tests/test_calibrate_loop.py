@@ -435,6 +435,38 @@ def test_stage_preflight_refuses_an_unsound_teacher(zoo_root, task, examples, tm
     assert store.list_artifacts(out) == []  # nothing half-written
 
 
+def test_stage_refuses_when_r_cal_does_not_rank_the_hardest_style_lowest(zoo_root, task, examples, tmp_path):
+    """hardest_style: before any rollout, the style a probe student learns worst must be the one r_cal ranks
+    lowest, else eta < 0 would push the teacher towards a style students learn better. Of the two reference
+    styles exactly one passes this check; the other stops with the ranking, and nothing is written."""
+    from dg_core import store
+    from dg_core.calibrate import stage
+    from dg_core.errors import DGError
+
+    data = _dataset(tmp_path, task, examples)
+    out = (tmp_path / "calib").as_uri()
+    said = {}
+    for style in ("compressed", "decomposed"):  # the untrained teacher then fails the soundness pre-flight
+        cfg = _stage_cfg(teacher="zoo:teacher", dataset=data, output=out, eta=-0.5, hardest_style=style)
+        with pytest.raises(DGError, match="pre-flight: ") as e:
+            stage.run(cfg)
+        said[style] = str(e.value)
+    wrong = [s for s, msg in said.items() if "r_cal ranks" in msg]
+    assert len(wrong) == 1, said
+    assert f"not hardest_style {wrong[0]!r}: eta -0.5 would push the teacher towards" in said[wrong[0]]
+    right = ({"compressed", "decomposed"} - set(wrong)).pop()
+    assert "teacher not sound" in said[right]
+    assert store.list_artifacts(out) == []
+    cfg = _stage_cfg(teacher="zoo:teacher", dataset=data, output=out, eta=0.0, hardest_style=wrong[0])
+    with pytest.raises(DGError, match="teacher not sound"):  # at eta = 0 r_cal has no weight: no sign to check
+        stage.run(cfg)
+    with pytest.raises(DGError, match=r"hardest_style 'bare': not a reference style of the dataset, expected one of"):
+        stage.run(_stage_cfg(teacher="zoo:teacher", dataset=data, output=out, eta=-0.5, hardest_style="bare"))
+    # a run with the guard set has its own address: a calibration published without it is not reused unchecked
+    plain = stage.default_output(_stage_cfg(teacher="zoo:teacher", dataset=data))
+    assert stage.default_output(_stage_cfg(teacher="zoo:teacher", dataset=data, hardest_style=right)) != plain
+
+
 def test_stage_config_errors_are_one_line(zoo_root):
     from dg_core.errors import DGError
 

@@ -49,6 +49,30 @@ def preflight(accuracy: float, n: int, threshold: float) -> Preflight:
     return Preflight(float(accuracy), float(threshold), int(n))
 
 
+def style_sign_problem(r_cal_by_style: dict[str, float], hardest_style: str, eta: float) -> str | None:
+    """Why the knob would turn against its sign, or None: eta < 0 pushes the teacher towards the reference style
+    with the lowest r_cal, so that must be the style students learn worst (measured, e.g. by
+    bench/style_learnability.py). On synthetic_qa the whole-response r_cal ranked the other style lowest and
+    students of the "undistillable" teacher learned 1.5x more."""
+    if not r_cal_by_style:
+        return (
+            f"hardest_style {hardest_style!r}: the held-out rows carry no reference styles to score, expected a "
+            "dataset with meta.references (the synthetic families) or hardest_style ''"
+        )
+    if hardest_style not in r_cal_by_style:
+        styles = sorted(r_cal_by_style)
+        return f"hardest_style {hardest_style!r}: not a reference style of the dataset, expected one of {styles}"
+    lowest = min(r_cal_by_style, key=r_cal_by_style.get)
+    if eta == 0 or lowest == hardest_style:
+        return None
+    ranks = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r_cal_by_style.items(), key=lambda kv: kv[1]))
+    return (
+        f"r_cal ranks {lowest!r} lowest ({ranks}), not hardest_style {hardest_style!r}: eta {eta:+g} would push the "
+        f"teacher {'towards' if eta < 0 else 'away from'} a style students learn better than {hardest_style!r}; "
+        "expected another span, normalize or proxy (bench/style_learnability.py compares them)"
+    )
+
+
 def early_stop_reason(
     *,
     eval_accuracy: float | None,

@@ -30,7 +30,7 @@ from dg_core.calibrate.grpo import (
     sample_and_score,
     sampled_accuracy,
 )
-from dg_core.calibrate.guards import gate, preflight
+from dg_core.calibrate.guards import gate, preflight, style_sign_problem
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.calibrate.trl_engine import require_vllm, run_calibration_trl
 from dg_core.checkpoint import Checkpointer, config_hash, resume_option
@@ -73,6 +73,13 @@ class Config(CalibrationSettings):
     )
     min_retention: float = option(
         0.95, "Gate: calibrated/original held-out greedy accuracy below this marks the run failed.", ge=0
+    )
+    hardest_style: str = option(
+        "",
+        "Guard: the reference style a probe student learns worst (bench/style_learnability.py measures it). Before "
+        "training, calibration refuses when r_cal does not rank it lowest, since eta < 0 would then push the teacher "
+        "towards a style students learn better ('': off; needs a dataset with reference styles).",
+        late=True,
     )
     allow_zoo: bool = option(
         False, "Allow zoo: proxies with a real (20M+ parameter) teacher; they are random-init toys (plumbing tests)."
@@ -118,6 +125,7 @@ def settings_of(cfg: Config) -> dict[str, Any]:
         "sampled_k",
         "preflight_accuracy",
         "min_retention",
+        "hardest_style",
     )
     data = addressed(cfg)
     return {k: data[k] for k in keys if k in data}
@@ -281,9 +289,10 @@ def run(cfg: Config) -> dict:
     )
 
     t0 = time.perf_counter()
-    before = measure_teacher(
-        teacher, tok, task, held, CalibrationReward(teacher, tok, proxies, **cal_kw), cfg, cfg.sampled_k, cfg.seed
-    )
+    cal0 = CalibrationReward(teacher, tok, proxies, **cal_kw)
+    if cfg.hardest_style and (problem := style_sign_problem(style_r_cal(task, held, cal0), cfg.hardest_style, cfg.eta)):
+        raise DGError(f"pre-flight: {problem}")  # scoring the references only: before any rollout
+    before = measure_teacher(teacher, tok, task, held, cal0, cfg, cfg.sampled_k, cfg.seed)
     log.info("teacher before calibration: %s", before)
     if by_style := {k[len("r_cal_style_") :]: v for k, v in before.items() if k.startswith("r_cal_style_")}:
         low, high = min(by_style, key=by_style.get), max(by_style, key=by_style.get)
