@@ -103,6 +103,11 @@ def attack_name(record: dict[str, Any]) -> str:
     return record.get("attack") or f"{record['student']}/{record.get('method') or 'default'}"
 
 
+def t95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom (>= 1)."""
+    return _T95[df - 1] if df <= len(_T95) else 1.96
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -125,7 +130,7 @@ def transfer_interval(calibrated: list[float], original: list[float]) -> tuple[f
     var = lambda xs, m: sum((x - m) ** 2 for x in xs) / (len(xs) - 1)  # noqa: E731
     se = math.sqrt(var(calibrated, mc) / (nc * mc**2) + var(original, mo) / (no * mo**2))
     df = nc + no - 2
-    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * se
+    half = t95(df) * se
     r = mc / mo
     return r * math.exp(-half), r * math.exp(half)
 

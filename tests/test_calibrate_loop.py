@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -451,10 +452,13 @@ def test_stage_refuses_when_r_cal_does_not_rank_the_hardest_style_lowest(zoo_roo
         with pytest.raises(DGError, match="pre-flight: ") as e:
             stage.run(cfg)
         said[style] = str(e.value)
-    wrong = [s for s, msg in said.items() if "r_cal ranks" in msg]
+    wrong = [s for s, msg in said.items() if "r_cal does not rank" in msg]
     assert len(wrong) == 1, said
-    assert f"not hardest_style {wrong[0]!r}: eta -0.5 would push the teacher towards" in said[wrong[0]]
     right = ({"compressed", "decomposed"} - set(wrong)).pop()
+    assert re.search(
+        rf"hardest_style {wrong[0]!r} lowest: r_cal\({wrong[0]}\) - r_cal\(\w+\) = \+0\.\d+ \[95% ", said[wrong[0]]
+    )
+    assert "held-out references, so eta -0.5 would push the teacher towards" in said[wrong[0]]
     assert "teacher not sound" in said[right]
     assert store.list_artifacts(out) == []
     cfg = _stage_cfg(teacher="zoo:teacher", dataset=data, output=out, eta=0.0, hardest_style=wrong[0])
@@ -605,3 +609,18 @@ def test_r_cal_is_zero_when_the_proxy_is_pi0_for_finished_and_truncated_samples(
     if which == "teacher":  # both kinds of sample were really there
         flags = [f for _, fs in cal.seen for f in fs]
         assert any(flags) and not all(flags)
+
+
+def test_style_sign_refuses_a_wrong_ranking_and_says_when_a_right_one_is_a_close_call():
+    from dg_core.calibrate.guards import style_sign
+
+    clear = {"bare": [-0.30, -0.28, -0.33, -0.31], "chain": [-0.10, -0.12, -0.09, -0.11]}
+    ok = style_sign(clear, "bare", -1.0)
+    assert ok.problem is None and ok.resolved and "r_cal(bare) - r_cal(chain) = -0.200 [95% -0." in ok.summary
+    assert "r_cal(chain) - r_cal(bare) = +0.200" in style_sign(clear, "chain", -1.0).problem
+    assert "away from a style students learn better" in style_sign(clear, "chain", 0.5).problem
+    assert style_sign(clear, "chain", 0.0).problem is None  # the control: r_cal has no weight
+    # the mean ranks bare lowest, but two references in four say otherwise: not refused, not resolved either
+    close = {"bare": [-0.30, -0.05, -0.33, -0.02], "chain": [-0.10, -0.12, -0.09, -0.11]}
+    sign = style_sign(close, "bare", -1.0)
+    assert sign.problem is None and not sign.resolved and "over 4 held-out references" in sign.summary

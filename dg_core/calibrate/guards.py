@@ -12,13 +12,19 @@ proxy's own mistakes. The defences, each an option of the ``calibrate`` stage:
   the calibration temperature ≥ a threshold), since drift towards the proxy needs room to be wrong;
 - **early stopping** (:func:`early_stop_reason`): stop when held-out teacher accuracy or the KL to π₀ crosses a
   bound;
+- **style sign** (:func:`style_sign`, option ``hardest_style``): r_cal must rank the style a probe
+  student learns worst lowest before any rollout, else the knob turns against its sign;
 - **release gate** (:func:`gate`): a calibrated teacher whose retention falls below a threshold is marked failed
   with the reason and not published.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from dg_core.gate import t95
 
 
 @dataclass(frozen=True)
@@ -49,28 +55,49 @@ def preflight(accuracy: float, n: int, threshold: float) -> Preflight:
     return Preflight(float(accuracy), float(threshold), int(n))
 
 
-def style_sign_problem(r_cal_by_style: dict[str, float], hardest_style: str, eta: float) -> str | None:
-    """Why the knob would turn against its sign, or None: eta < 0 pushes the teacher towards the reference style
-    with the lowest r_cal, so that must be the style students learn worst (measured, e.g. by
-    bench/style_learnability.py). On synthetic_qa the whole-response r_cal ranked the other style lowest and
-    students of the "undistillable" teacher learned 1.5x more."""
-    if not r_cal_by_style:
-        return (
+@dataclass(frozen=True)
+class StyleSign:
+    """r_cal's ranking of the style students learn worst: ``problem`` (refuse) when the mean paired gap says
+    another style scores lower, ``resolved`` when the gap is below 0 at its 95% bound (else a close call)."""
+
+    problem: str | None
+    resolved: bool
+    summary: str
+
+
+def style_sign(r_cal_rows: dict[str, Sequence[float]], hardest_style: str, eta: float) -> StyleSign:
+    """eta < 0 pushes the teacher towards the reference style with the lowest r_cal, so that must be the style
+    students learn worst (measured, e.g. by bench/style_learnability.py), else the knob turns against its sign.
+    Judged on the paired gap per reference (same prompt, two styles): on synthetic_qa 49 held-out references and
+    140 test ones put the gap of whole-response r_cal on opposite sides of 0, so the interval is reported too."""
+    if not r_cal_rows:
+        why = (
             f"hardest_style {hardest_style!r}: the held-out rows carry no reference styles to score, expected a "
             "dataset with meta.references (the synthetic families) or hardest_style ''"
         )
-    if hardest_style not in r_cal_by_style:
-        styles = sorted(r_cal_by_style)
-        return f"hardest_style {hardest_style!r}: not a reference style of the dataset, expected one of {styles}"
-    lowest = min(r_cal_by_style, key=r_cal_by_style.get)
-    if eta == 0 or lowest == hardest_style:
-        return None
-    ranks = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r_cal_by_style.items(), key=lambda kv: kv[1]))
-    return (
-        f"r_cal ranks {lowest!r} lowest ({ranks}), not hardest_style {hardest_style!r}: eta {eta:+g} would push the "
-        f"teacher {'towards' if eta < 0 else 'away from'} a style students learn better than {hardest_style!r}; "
-        "expected another span, normalize or proxy (bench/style_learnability.py compares them)"
-    )
+        return StyleSign(why, False, why)
+    if hardest_style not in r_cal_rows:
+        styles = sorted(r_cal_rows)
+        why = f"hardest_style {hardest_style!r}: not a reference style of the dataset, expected one of {styles}"
+        return StyleSign(why, False, why)
+    hard, parts, resolved = r_cal_rows[hardest_style], [], True
+    for other in sorted(set(r_cal_rows) - {hardest_style}):
+        gaps = [a - b for a, b in zip(hard, r_cal_rows[other])]
+        n = len(gaps)
+        mean = sum(gaps) / n
+        half = t95(n - 1) * math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1) / n) if n > 1 else math.inf
+        gap = f"r_cal({hardest_style}) - r_cal({other}) = {mean:+.3f} [95% {mean - half:+.3f}, {mean + half:+.3f}]"
+        parts.append(gap)
+        resolved = resolved and mean + half < 0
+        if mean >= 0 and eta != 0:  # at eta = 0 r_cal has no weight: no sign to turn
+            why = (
+                f"r_cal does not rank hardest_style {hardest_style!r} lowest: {gap} over {n} held-out references, "
+                f"so eta {eta:+g} would push the teacher {'towards' if eta < 0 else 'away from'} a style students "
+                "learn better; expected a gap below 0 (another span, normalize or proxy: "
+                "bench/style_learnability.py compares them)"
+            )
+            return StyleSign(why, False, why)
+    return StyleSign(None, resolved, f"{'; '.join(parts)} over {len(hard)} held-out references")
 
 
 def early_stop_reason(

@@ -30,7 +30,7 @@ from dg_core.calibrate.grpo import (
     sample_and_score,
     sampled_accuracy,
 )
-from dg_core.calibrate.guards import gate, preflight, style_sign_problem
+from dg_core.calibrate.guards import gate, preflight, style_sign
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.calibrate.trl_engine import require_vllm, run_calibration_trl
 from dg_core.checkpoint import Checkpointer, config_hash, resume_option
@@ -184,13 +184,17 @@ def measure_teacher(
 def style_r_cal(task: Any, examples: list, cal: CalibrationReward) -> dict[str, float]:
     """Mean r_cal of each reference style the examples carry (synthetic families): which style the knob pushes
     towards, read before training (eta < 0 towards the lowest), so a sign the proxy gets wrong shows on the card."""
+    return {s: sum(rows) / len(rows) for s, rows in style_r_cal_rows(task, examples, cal).items()}
+
+
+def style_r_cal_rows(task: Any, examples: list, cal: CalibrationReward) -> dict[str, list[float]]:
+    """r_cal of each example's reference in each style all examples carry ({} below two styles)."""
     styles = set.intersection(*(set(ex.meta.get("references") or {}) for ex in examples)) if examples else set()
     if len(styles) < 2:
         return {}
     prompts = lambda tok: [task.prompt(e, tok) for e in examples]  # noqa: E731
     return {
-        s: float(cal(prompts, [e.meta["references"][s] for e in examples], examples=examples).mean())
-        for s in sorted(styles)
+        s: cal(prompts, [e.meta["references"][s] for e in examples], examples=examples).tolist() for s in sorted(styles)
     }
 
 
@@ -290,8 +294,16 @@ def run(cfg: Config) -> dict:
 
     t0 = time.perf_counter()
     cal0 = CalibrationReward(teacher, tok, proxies, **cal_kw)
-    if cfg.hardest_style and (problem := style_sign_problem(style_r_cal(task, held, cal0), cfg.hardest_style, cfg.eta)):
-        raise DGError(f"pre-flight: {problem}")  # scoring the references only: before any rollout
+    if cfg.hardest_style:  # scoring the references only: before any rollout
+        sign = style_sign(style_r_cal_rows(task, held, cal0), cfg.hardest_style, cfg.eta)
+        if sign.problem:
+            raise DGError(f"pre-flight: {sign.problem}")
+        (log.info if sign.resolved else log.warning)(
+            "hardest_style %r: %s%s",
+            cfg.hardest_style,
+            sign.summary,
+            "" if sign.resolved else " (not below 0 at the 95% bound: a close call, more references would tell)",
+        )
     before = measure_teacher(teacher, tok, task, held, cal0, cfg, cfg.sampled_k, cfg.seed)
     log.info("teacher before calibration: %s", before)
     if by_style := {k[len("r_cal_style_") :]: v for k, v in before.items() if k.startswith("r_cal_style_")}:
