@@ -5,7 +5,8 @@ For each style of the dataset's references, a probe student is fine-tuned on the
 style alone (the `train` stage: published, and reused on a second run), then scored greedy on the test split. Next
 to it, r_cal per style (teacher against the proxies, mean over the test references, which are correct by
 construction) for each span and normalisation. Calibration at eta < 0 pushes towards the style with the lowest
-r_cal; the knob points the right way when that is the style the probe student learns worst.
+r_cal; the knob points the right way when that is the style the probe student learns worst, which is what
+calibrate's `hardest_style` guard checks (its verdict is printed for each variant).
 
     DG_STORE_ROOT=file:///tmp/fc/.dg/store .venv/bin/python bench/style_learnability.py --dataset URI \\
         --teacher URI --proxy URI [--student zoo:student-gpt2] [--steps 900]
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from dg_core.calibrate.guards import style_sign
     from dg_core.calibrate.rewards import CalibrationReward
+    from dg_core.calibrate.stage import style_r_cal_rows
     from dg_core.data import load_split, task_of
     from dg_core.distill import train_stage
     from dg_core.evaluate import evaluate_model
@@ -66,25 +69,26 @@ def main(argv: list[str] | None = None) -> int:
 
     teacher, ttok = load_model(args.teacher, device="cpu")
     proxies = [load_model(p, device="cpu") for p in args.proxy]
-    source = lambda tok: [task.prompt(ex, tok) for ex in test]  # noqa: E731
-    rcal = {}
+    rows = {}
     for span in ("response", "answer"):
         for normalize in ("sum", "char"):
             cal = CalibrationReward(teacher, ttok, proxies, normalize=normalize, span=span, task=task)
-            rcal[span, normalize] = {
-                s: cal(source, [ex.meta["references"][s] for ex in test], examples=test).mean().item() for s in styles
-            }
+            rows[span, normalize] = style_r_cal_rows(task, test, cal)
 
     print(f"probe student {args.student}, {args.steps} SFT steps per style; {len(test)} test problems")
     print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in styles))
     print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in styles))
-    for (span, normalize), by in rcal.items():
-        print(f"  {'r_cal ' + span + '/' + normalize:<22} " + " ".join(f"{by[s]:>10.3f}" for s in styles))
+    for (span, normalize), by in rows.items():
+        means = " ".join(f"{sum(by[s]) / len(by[s]):>10.3f}" for s in styles)
+        print(f"  {'r_cal ' + span + '/' + normalize:<22} " + means)
     hardest = min(styles, key=learned.get)
-    print(f"the probe student learns {hardest!r} worst; eta < 0 pushes towards it under:")
-    for (span, normalize), by in rcal.items():
-        ok = min(styles, key=by.get) == hardest
-        print(f"  span={span} normalize={normalize}: {'yes' if ok else 'NO, towards ' + repr(min(styles, key=by.get))}")
+    print(f"the probe student learns {hardest!r} worst; calibrate hardest_style={hardest} at eta < 0 would:")
+    for (span, normalize), by in rows.items():
+        sign = style_sign(by, hardest, -1.0)
+        verdict = f"REFUSE: {sign.problem}" if sign.problem else ("pass" if sign.resolved else "pass (close call)")
+        print(
+            f"  span={span} normalize={normalize}: {verdict}; {sign.summary if not sign.problem else ''}".rstrip("; ")
+        )
     return 0
 
 
