@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the probe student learns {hardest!r} worst; calibrate hardest_style={hardest} at eta < 0 would:")
     for (span, normalize), by in rows.items():
         sign = style_sign(by, hardest, -1.0)
-        verdict = f"REFUSE: {sign.problem}" if sign.problem else ("pass" if sign.resolved else "pass (close call)")
-        print(
-            f"  span={span} normalize={normalize}: {verdict}; {sign.summary if not sign.problem else ''}".rstrip("; ")
+        verdict = (
+            f"REFUSE: {sign.problem}"
+            if sign.problem
+            else f"pass{'' if sign.resolved else ' (close call)'}: {sign.summary}"
         )
+        print(f"  span={span} normalize={normalize}: {verdict}")
     return 0
 
 

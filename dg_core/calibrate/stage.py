@@ -146,8 +146,10 @@ def measure_teacher(
     cfg: CalibrationSettings,
     k: int,
     seed: int,
+    style_rows: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
-    """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples."""
+    """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples
+    (``style_rows``: the references' r_cal when the caller has scored them already)."""
     t0 = time.perf_counter()
     greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
     t1 = time.perf_counter()
@@ -177,18 +179,17 @@ def measure_teacher(
         "tokens_per_second": sum(len(r) for r in roll.response_ids) / max(t_gen, 1e-9),
         "seconds": time.perf_counter() - t0,
         "n": float(len(examples)),
-        **{f"r_cal_style_{k}": v for k, v in style_r_cal(task, examples, cal).items()},
+        **{
+            f"r_cal_style_{k}": sum(v) / len(v)
+            for k, v in (style_rows or style_r_cal_rows(task, examples, cal)).items()
+        },
     }
 
 
-def style_r_cal(task: Any, examples: list, cal: CalibrationReward) -> dict[str, float]:
-    """Mean r_cal of each reference style the examples carry (synthetic families): which style the knob pushes
-    towards, read before training (eta < 0 towards the lowest), so a sign the proxy gets wrong shows on the card."""
-    return {s: sum(rows) / len(rows) for s, rows in style_r_cal_rows(task, examples, cal).items()}
-
-
 def style_r_cal_rows(task: Any, examples: list, cal: CalibrationReward) -> dict[str, list[float]]:
-    """r_cal of each example's reference in each style all examples carry ({} below two styles)."""
+    """r_cal of each example's reference in each style all examples carry ({} below two styles): which style the
+    knob pushes towards, read before training (eta < 0 towards the lowest), so a sign the proxy gets wrong shows on
+    the card and stops the ``hardest_style`` guard."""
     styles = set.intersection(*(set(ex.meta.get("references") or {}) for ex in examples)) if examples else set()
     if len(styles) < 2:
         return {}
@@ -294,8 +295,9 @@ def run(cfg: Config) -> dict:
 
     t0 = time.perf_counter()
     cal0 = CalibrationReward(teacher, tok, proxies, **cal_kw)
-    if cfg.hardest_style:  # scoring the references only: before any rollout
-        sign = style_sign(style_r_cal_rows(task, held, cal0), cfg.hardest_style, cfg.eta)
+    style_rows = style_r_cal_rows(task, held, cal0)  # scoring the references only: before any rollout
+    if cfg.hardest_style:
+        sign = style_sign(style_rows, cfg.hardest_style, cfg.eta)
         if sign.problem:
             raise DGError(f"pre-flight: {sign.problem}")
         (log.info if sign.resolved else log.warning)(
@@ -304,7 +306,7 @@ def run(cfg: Config) -> dict:
             sign.summary,
             "" if sign.resolved else " (not below 0 at the 95% bound: a close call, more references would tell)",
         )
-    before = measure_teacher(teacher, tok, task, held, cal0, cfg, cfg.sampled_k, cfg.seed)
+    before = measure_teacher(teacher, tok, task, held, cal0, cfg, cfg.sampled_k, cfg.seed, style_rows)
     log.info("teacher before calibration: %s", before)
     if by_style := {k[len("r_cal_style_") :]: v for k, v in before.items() if k.startswith("r_cal_style_")}:
         low, high = min(by_style, key=by_style.get), max(by_style, key=by_style.get)
