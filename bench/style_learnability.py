@@ -9,7 +9,10 @@ r_cal; the knob points the right way when that is the style the probe student le
 calibrate's `hardest_style` guard checks (its verdict is printed for each variant).
 
     DG_STORE_ROOT=file:///tmp/fc/.dg/store .venv/bin/python bench/style_learnability.py --dataset URI \\
-        --teacher URI --proxy URI [--student zoo:student-gpt2] [--steps 900]
+        [--teacher URI --proxy URI] [--styles bare,decoy] [--student zoo:student-gpt2] [--steps 900]
+
+Without --teacher it prints the probe accuracies alone: which style to name as calibrate's `hardest_style`, known
+before a teacher is trained on it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
-    ap.add_argument("--teacher", required=True)
-    ap.add_argument("--proxy", action="append", required=True)
+    ap.add_argument("--teacher", default="", help="with --proxy: also r_cal per style and the guard's verdicts")
+    ap.add_argument("--proxy", action="append", default=[])
+    ap.add_argument("--styles", default="", help="comma list of reference styles to probe (default: every one)")
     ap.add_argument("--student", default="zoo:student-gpt2", help="the probe student (not a calibration proxy)")
     ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -48,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     task = task_of(args.dataset)
     test = load_split(args.dataset, "test")[: args.limit]
     styles = sorted(set.intersection(*(set(ex.meta.get("references", {})) for ex in test)))
+    if args.styles:
+        unknown = sorted(set(args.styles.split(",")) - set(styles))
+        if unknown:
+            raise SystemExit(f"--styles: {unknown} are not reference styles of {args.dataset}, expected of {styles}")
+        styles = args.styles.split(",")
     if len(styles) < 2:
         raise SystemExit(f"{args.dataset}: test rows carry {styles or 'no'} reference styles, expected two or more")
+    if bool(args.teacher) != bool(args.proxy):
+        raise SystemExit("--teacher and --proxy go together (r_cal needs both), or leave both out for the probes alone")
 
     learned = {}
     for s in styles:
@@ -67,21 +78,24 @@ def main(argv: list[str] | None = None) -> int:
         ev = evaluate_model(model, tok, task, test, k=0, max_new_tokens=args.max_new_tokens, progress=False)
         learned[s] = ev["greedy_accuracy"]
 
+    print(f"probe student {args.student}, {args.steps} SFT steps per style; {len(test)} test problems")
+    print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in styles))
+    print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in styles))
+    hardest = min(styles, key=learned.get)
+    if not args.teacher:
+        print(f"the probe student learns {hardest!r} worst")
+        return 0
     teacher, ttok = load_model(args.teacher, device="cpu")
     proxies = [load_model(p, device="cpu") for p in args.proxy]
     rows = {}
     for span in ("response", "answer"):
         for normalize in ("sum", "char"):
             cal = CalibrationReward(teacher, ttok, proxies, normalize=normalize, span=span, task=task)
-            rows[span, normalize] = style_r_cal_rows(task, test, cal)
+            rows[span, normalize] = {s: r for s, r in style_r_cal_rows(task, test, cal).items() if s in styles}
 
-    print(f"probe student {args.student}, {args.steps} SFT steps per style; {len(test)} test problems")
-    print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in styles))
-    print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in styles))
     for (span, normalize), by in rows.items():
         means = " ".join(f"{sum(by[s]) / len(by[s]):>10.3f}" for s in styles)
         print(f"  {'r_cal ' + span + '/' + normalize:<22} " + means)
-    hardest = min(styles, key=learned.get)
     print(f"the probe student learns {hardest!r} worst; calibrate hardest_style={hardest} at eta < 0 would:")
     for (span, normalize), by in rows.items():
         sign = style_sign(by, hardest, -1.0)

@@ -188,6 +188,9 @@ MC_CASES = [
     ("A is correct, though B is correct too.", 0),
     ("I think B is correct. No wait, C is correct.", 0),
     ("A is a city in France and so is Paris, Texas? No.", 0),
+    # a statement taken back on the same line: the last one counts
+    ("The answer is (A). No, that is wrong. The answer is (B).", 1),
+    ("The answer is (B). No, the answer is (C).", 0),
 ]
 
 
@@ -209,6 +212,8 @@ SHORT_CASES = [
     ("", 0),
     ("Lake", 0),
     ("Lake Tarns", 0),
+    ("The answer is Mount Bo. No, that is wrong. The answer is Lake Tarn.", 1),
+    ("The answer is Lake Tarn. Actually, the answer is Mount Bo.", 0),
 ]
 
 

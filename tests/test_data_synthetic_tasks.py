@@ -83,6 +83,43 @@ def test_qa_answer_styles_bare_and_chain_are_correct_and_the_default_is_unchange
         get_task("synthetic_qa", style_mix={"bare": 0.0})
 
 
+def test_qa_misleading_styles_end_correct_and_their_steps_point_away_from_the_answer():
+    """decoy, retract and noise (written only when style_mix names them, so older datasets keep their bytes): each
+    scores 1 and ends in the bare style's final statement, where r_cal's answer span begins; decoy's steps are
+    the prompt's facts the answer does not rest on, noise's are true facts the prompt does not state, retract's
+    first guess is a wrong answer of the answer's type."""
+    from dg_core.data.synthetic.qa import QASpec, build_world
+
+    opts = {"hops": 2, "mc_fraction": 0.3, "distractor_facts": 2}
+    base = get_task("synthetic_qa", **opts, style_mix={"bare": 1.0, "chain": 1.0}).generate(200, seed=0)
+    assert all(set(e.meta["references"]) == {"bare", "chain"} for e in base)
+    mix = {"bare": 1.0, "chain": 1.0, "decoy": 0.0, "retract": 0.0, "noise": 0.0}
+    t = get_task("synthetic_qa", **opts, style_mix=mix)
+    styled = t.generate(200, seed=0)
+    assert [(e.prompt, e.reference) for e in styled] == [(e.prompt, e.reference) for e in base]
+    w = build_world(QASpec(**opts))
+    kinds = {"city": set(w.cities), "country": set(w.countries), "person": set(w.born)}
+    for e in styled:
+        refs = e.meta["references"]
+        bare = refs["bare"]
+        chain_facts = set(refs["chain"][: -len(bare)].split(". "))
+        for style in ("decoy", "retract", "noise"):
+            ref = refs[style]
+            assert ref.endswith(bare) and t.score(e, ref).reward == 1.0, (style, ref)
+            assert ref[t.answer_start(e, ref) :] == bare[t.answer_start(e, bare) :]
+        decoy = [f for f in refs["decoy"][: -len(bare)].split(". ") if f]
+        assert len(decoy) == 2 and all(f.rstrip(".") + "." in e.prompt and f not in chain_facts for f in decoy)
+        noise = [f.rstrip(".") + "." for f in refs["noise"][: -len(bare)].split(". ") if f]
+        assert len(noise) == e.meta["hops"] and not any(f in e.prompt for f in noise)
+        first = t.score(e, refs["retract"].split(" No, ")[0])
+        assert first.reward == 0.0 and first.parsed
+        if not e.choices:
+            kind = next((k for k, names in kinds.items() if e.answer in names), None)
+            assert kind is None or first.parsed in kinds[kind]
+    with pytest.raises(DGError, match="decoy.*distractor_facts >= 1"):
+        get_task("synthetic_qa", distractor_facts=0, style_mix={"bare": 1.0, "decoy": 1.0})
+
+
 def test_instructions_deterministic_references_pass_and_no_conflicts():
     t = get_task("synthetic_instructions", n_constraints=3)
     exs = t.generate(300, seed=2)

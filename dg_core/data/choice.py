@@ -49,6 +49,15 @@ def _clean(text: str) -> str:
     return s.replace("$", "").strip()
 
 
+def _last_answer_span(text: str) -> re.Match | None:
+    """The last "answer is" statement, also when an earlier one on the same line is taken back ("The answer is A.
+    No, the answer is B."): the span runs to the end of the line, so plain ``finditer`` would stop at the first."""
+    last, pos = None, 0
+    while (m := _ANSWER_SPAN.search(text, pos)) is not None:
+        last, pos = m, m.start() + 1
+    return last
+
+
 def _sentence(span: str) -> str:
     """The answer statement up to the end of its sentence."""
     m = re.match(r"^(.*?)(?:\.\s|\.$|;|$)", span.strip())
@@ -105,9 +114,9 @@ def parse_choice(response: str, choices: list[str]) -> tuple[int | None, str]:
     boxed = re.findall(r"\\boxed\s*\{([^{}]*)\}", response)
     if boxed:
         return _resolve(boxed[-1], choices)
-    spans = list(_ANSWER_SPAN.finditer(text))
-    if spans:
-        return _resolve(_sentence(spans[-1].group("span")), choices)
+    span = _last_answer_span(text)
+    if span:
+        return _resolve(_sentence(span.group("span")), choices)
     # a letter named as the verdict ("I think B is correct") outranks option texts mentioned in the reasoning
     verdicts = {m.group("a") or m.group("b") for m in _VERDICT_LETTER.finditer(text)} - {"I"}
     if len(verdicts) == 1:
@@ -132,8 +141,8 @@ def parse_choice(response: str, choices: list[str]) -> tuple[int | None, str]:
 def parse_short_answer(response: str) -> str:
     """The answer text of a short-answer response: an "answer is" statement if any, else the first line."""
     text = _clean(response)
-    spans = list(_ANSWER_SPAN.finditer(text))
-    if spans:
-        return _sentence(spans[-1].group("span"))
+    span = _last_answer_span(text)
+    if span:
+        return _sentence(span.group("span"))
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[0].strip().rstrip(".").strip() if lines else ""

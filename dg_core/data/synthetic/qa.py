@@ -29,7 +29,8 @@ _CODAS = ["", "", "", "n", "r", "s", "l", "k"]
 PROFESSIONS = ["baker", "pilot", "doctor", "farmer", "painter", "sailor", "judge", "miner", "poet", "smith"]
 RELATIONS_1 = ("capital", "city_country", "born", "job", "founder", "hq")
 RELATIONS_2 = ("born_country", "founder_born", "hq_country")
-STYLES = ("bare", "chain")
+STYLES = ("bare", "chain", "decoy", "retract", "noise")
+BASE_STYLES = ("bare", "chain")  # always written; the others only when style_mix names them (weight 0 included)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class QASpec:
                 raise DGError(f"synthetic_qa option 'style_mix': got {self.style_mix!r}, expected weights >= 0")
             if sum(self.style_mix.values()) <= 0:
                 raise DGError("synthetic_qa option 'style_mix': all weights are 0, expected at least one > 0")
+            if "decoy" in self.style_mix and (not self.context or self.distractor_facts < 1):
+                raise DGError(
+                    "synthetic_qa option 'style_mix': style 'decoy' writes out the context's distractor facts, "
+                    f"expected context on and distractor_facts >= 1 (got context={self.context!r}, "
+                    f"distractor_facts={self.distractor_facts!r})"
+                )
         if not isinstance(self.world_size, int) or not 20 <= self.world_size <= 100_000:
             raise DGError(f"synthetic_qa option 'world_size': got {self.world_size!r}, expected 20..100000")
         if self.hops not in (1, 2):
@@ -209,6 +216,7 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         question, answer, kind, needed = _question(w, rel, subj)
         context = ""
         mentioned: list[str] = []
+        facts: list[tuple[str, str, str]] = []
         if spec.context:
             facts = list(needed)
             while len(facts) < len(needed) + spec.distractor_facts:
@@ -221,9 +229,12 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         prompt = context + question
         ex_id = content_id("synthetic_qa", spec.world_seed, spec.world_size, rel, subj, fmt, prompt)
         meta = {"relation": rel, "subject": subj, "hops": 2 if rel in RELATIONS_2 else 1, "format": fmt}
+        decoys = [f for f in facts if f not in needed]
         if fmt == "short":
             if spec.style_mix:
-                ref = _styled(spec, style_rng, meta, needed, answer)
+                wrong = _wrong(w, kind, answer, mentioned, random.Random(f"synthetic_qa:wrong:{ex_id}"))
+                noise = _noise(all_facts, facts, len(needed), random.Random(f"synthetic_qa:noise:{ex_id}"))
+                ref = _styled(spec, style_rng, meta, needed, answer, wrong=wrong, decoys=decoys, noise=noise)
                 out.append(Example(id=ex_id, prompt=prompt, reference=ref, answer=answer, meta=meta))
                 continue
             out.append(Example(id=ex_id, prompt=prompt, reference=answer, answer=answer, meta=meta))
@@ -237,15 +248,59 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         rng.shuffle(choices)
         letter = LETTERS[choices.index(answer)]
         meta["answer_text"] = answer
-        ref = _styled(spec, style_rng, meta, needed, f"({letter})") if spec.style_mix else letter
+        ref = letter
+        if spec.style_mix:
+            wrong = f"({LETTERS[random.Random(f'synthetic_qa:wrong:{ex_id}').choice([i for i, c in enumerate(choices) if c != answer])]})"
+            noise = _noise(all_facts, facts, len(needed), random.Random(f"synthetic_qa:noise:{ex_id}"))
+            ref = _styled(spec, style_rng, meta, needed, f"({letter})", wrong=wrong, decoys=decoys, noise=noise)
         out.append(Example(id=ex_id, prompt=prompt, reference=ref, answer=letter, choices=choices, meta=meta))
     return out
 
 
-def _styled(spec: QASpec, rng: random.Random, meta: dict, needed: list, stated: str) -> str:
-    """Both reference styles into ``meta`` (see module doc); the one drawn from the mix is returned."""
+def _wrong(w: World, kind: str, answer: str, mentioned: list[str], rng: random.Random) -> str:
+    """A wrong answer of the right type, one the context mentions when it can (the retracted first guess)."""
+    pool = [x for x in _pool(w, kind) if x != answer]
+    near = sorted({x for x in mentioned if x in pool})
+    return rng.choice(near or pool)
+
+
+def _noise(all_facts: list, shown: list, k: int, rng: random.Random) -> list[tuple[str, str, str]]:
+    """``k`` true facts of the world that the prompt does not state: steps that look like a chain and carry nothing."""
+    out: list[tuple[str, str, str]] = []
+    while len(out) < k:
+        f = all_facts[rng.randrange(len(all_facts))]
+        if f not in shown and f not in out:
+            out.append(f)
+    return out
+
+
+def _styled(
+    spec: QASpec,
+    rng: random.Random,
+    meta: dict,
+    needed: list,
+    stated: str,
+    *,
+    wrong: str,
+    decoys: list,
+    noise: list,
+) -> str:
+    """The reference styles into ``meta`` (see module doc); the one drawn from the mix is returned.
+
+    ``decoy``, ``retract`` and ``noise`` are the paper's misleading traces in this family: each ends in the same
+    correct final statement as ``bare``, so a teacher loses nothing by writing them, but the steps before it point
+    a student the wrong way (``decoy``: the context's distractor facts; ``retract``: a wrong answer of the right
+    type taken back; ``noise``: true facts of the world the question does not touch)."""
     final = f"The answer is {stated}."
-    meta["references"] = {"bare": final, "chain": " ".join([_fact(*f) for f in needed] + [final])}
-    styles = sorted(k for k, w in (spec.style_mix or {}).items() if w > 0)
-    meta["style"] = rng.choices(styles, [spec.style_mix[k] for k in styles])[0]
-    return meta["references"][meta["style"]]
+    refs = {"bare": final, "chain": " ".join([_fact(*f) for f in needed] + [final])}
+    mix = spec.style_mix or {}
+    if "decoy" in mix:
+        refs["decoy"] = " ".join([_fact(*f) for f in decoys] + [final])
+    if "retract" in mix:
+        refs["retract"] = f"The answer is {wrong}. No, that is wrong. {final}"
+    if "noise" in mix:
+        refs["noise"] = " ".join([_fact(*f) for f in noise] + [final])
+    meta["references"] = refs
+    styles = sorted(k for k, wt in mix.items() if wt > 0)
+    meta["style"] = rng.choices(styles, [mix[k] for k in styles])[0]
+    return refs[meta["style"]]
