@@ -11,6 +11,13 @@ do: ``bare`` states the answer only (``The answer is Sek.``), ``chain`` first wr
 (``Sobrude founded Datro Co. Sobrude was born in Sek. The answer is Sek.``). A small student copies a chain of
 facts from the context far more easily than it composes two hops in one step: the room the knob needs, in a
 knowledge family. Without it the reference is the answer (or letter) alone, as before.
+
+Three more styles are the paper's misleading traces, written only when ``style_mix`` names them (weight 0 keeps
+them as references without drawing them): ``decoy`` writes out the context's distractor facts, ``retract`` states
+a wrong answer of the right type and takes it back, ``noise`` writes true facts of the world the question does not
+touch. All end in the bare style's final statement: the teacher pays nothing for the steps, a student copying them
+is pointed away from the answer. Which of them a student learns worst is measured, not assumed
+(``bench/style_learnability.py``).
 """
 
 from __future__ import annotations
