@@ -37,7 +37,6 @@ PROFESSIONS = ["baker", "pilot", "doctor", "farmer", "painter", "sailor", "judge
 RELATIONS_1 = ("capital", "city_country", "born", "job", "founder", "hq")
 RELATIONS_2 = ("born_country", "founder_born", "hq_country")
 STYLES = ("bare", "chain", "decoy", "retract", "noise")
-BASE_STYLES = ("bare", "chain")  # always written; the others only when style_mix names them (weight 0 included)
 
 
 @dataclass(frozen=True)
@@ -236,12 +235,12 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         prompt = context + question
         ex_id = content_id("synthetic_qa", spec.world_seed, spec.world_size, rel, subj, fmt, prompt)
         meta = {"relation": rel, "subject": subj, "hops": 2 if rel in RELATIONS_2 else 1, "format": fmt}
-        decoys = [f for f in facts if f not in needed]
         if fmt == "short":
             if spec.style_mix:
-                wrong = _wrong(w, kind, answer, mentioned, random.Random(f"synthetic_qa:wrong:{ex_id}"))
-                noise = _noise(all_facts, facts, len(needed), random.Random(f"synthetic_qa:noise:{ex_id}"))
-                ref = _styled(spec, style_rng, meta, needed, answer, wrong=wrong, decoys=decoys, noise=noise)
+                pool = [x for x in _pool(w, kind) if x != answer]
+                wrong = sorted({x for x in mentioned if x in pool}) or pool  # the context's first, as mc's
+                steps = _misleading(spec, ex_id, needed, facts, all_facts, wrong)
+                ref = _styled(spec, style_rng, meta, needed, answer, steps)
                 out.append(Example(id=ex_id, prompt=prompt, reference=ref, answer=answer, meta=meta))
                 continue
             out.append(Example(id=ex_id, prompt=prompt, reference=answer, answer=answer, meta=meta))
@@ -257,57 +256,41 @@ def generate(spec: QASpec, n: int, seed: int) -> list[Example]:
         meta["answer_text"] = answer
         ref = letter
         if spec.style_mix:
-            wrong = f"({LETTERS[random.Random(f'synthetic_qa:wrong:{ex_id}').choice([i for i, c in enumerate(choices) if c != answer])]})"
-            noise = _noise(all_facts, facts, len(needed), random.Random(f"synthetic_qa:noise:{ex_id}"))
-            ref = _styled(spec, style_rng, meta, needed, f"({letter})", wrong=wrong, decoys=decoys, noise=noise)
+            wrong = [f"({LETTERS[i]})" for i, c in enumerate(choices) if c != answer]
+            steps = _misleading(spec, ex_id, needed, facts, all_facts, wrong)
+            ref = _styled(spec, style_rng, meta, needed, f"({letter})", steps)
         out.append(Example(id=ex_id, prompt=prompt, reference=ref, answer=letter, choices=choices, meta=meta))
     return out
 
 
-def _wrong(w: World, kind: str, answer: str, mentioned: list[str], rng: random.Random) -> str:
-    """A wrong answer of the right type, one the context mentions when it can (the retracted first guess)."""
-    pool = [x for x in _pool(w, kind) if x != answer]
-    near = sorted({x for x in mentioned if x in pool})
-    return rng.choice(near or pool)
+def _misleading(spec: QASpec, ex_id: str, needed: list, shown: list, all_facts: list, wrong: list[str]) -> dict:
+    """The steps of each misleading style ``style_mix`` names, by style; each draws from its own stream keyed by
+    the question, so adding a style moves nothing else."""
+    mix = spec.style_mix or {}
+    steps: dict[str, str] = {}
+    if "decoy" in mix:  # the prompt's facts the answer does not rest on
+        steps["decoy"] = " ".join(_fact(*f) for f in shown if f not in needed)
+    if "retract" in mix:  # a wrong answer of the right type, taken back
+        guess = random.Random(f"synthetic_qa:retract:{ex_id}").choice(wrong)
+        steps["retract"] = f"The answer is {guess}. No, that is wrong."
+    if "noise" in mix:  # as many true facts as the chain has, none of which the prompt states
+        rng, noise = random.Random(f"synthetic_qa:noise:{ex_id}"), []
+        while len(noise) < len(needed):
+            f = all_facts[rng.randrange(len(all_facts))]
+            if f not in shown and f not in noise:
+                noise.append(f)
+        steps["noise"] = " ".join(_fact(*f) for f in noise)
+    return steps
 
 
-def _noise(all_facts: list, shown: list, k: int, rng: random.Random) -> list[tuple[str, str, str]]:
-    """``k`` true facts of the world that the prompt does not state: steps that look like a chain and carry nothing."""
-    out: list[tuple[str, str, str]] = []
-    while len(out) < k:
-        f = all_facts[rng.randrange(len(all_facts))]
-        if f not in shown and f not in out:
-            out.append(f)
-    return out
-
-
-def _styled(
-    spec: QASpec,
-    rng: random.Random,
-    meta: dict,
-    needed: list,
-    stated: str,
-    *,
-    wrong: str,
-    decoys: list,
-    noise: list,
-) -> str:
-    """The reference styles into ``meta`` (see module doc); the one drawn from the mix is returned.
-
-    ``decoy``, ``retract`` and ``noise`` are the paper's misleading traces in this family: each ends in the same
-    correct final statement as ``bare``, so a teacher loses nothing by writing them, but the steps before it point
-    a student the wrong way (``decoy``: the context's distractor facts; ``retract``: a wrong answer of the right
-    type taken back; ``noise``: true facts of the world the question does not touch)."""
+def _styled(spec: QASpec, rng: random.Random, meta: dict, needed: list, stated: str, misleading: dict) -> str:
+    """The reference styles into ``meta`` (see module doc); the one drawn from the mix is returned. The misleading
+    ones end in the same final statement as ``bare``: a teacher loses nothing by writing their steps."""
     final = f"The answer is {stated}."
     refs = {"bare": final, "chain": " ".join([_fact(*f) for f in needed] + [final])}
-    mix = spec.style_mix or {}
-    if "decoy" in mix:
-        refs["decoy"] = " ".join([_fact(*f) for f in decoys] + [final])
-    if "retract" in mix:
-        refs["retract"] = f"The answer is {wrong}. No, that is wrong. {final}"
-    if "noise" in mix:
-        refs["noise"] = " ".join([_fact(*f) for f in noise] + [final])
+    refs.update({style: f"{steps} {final}" for style, steps in misleading.items()})
     meta["references"] = refs
+    mix = spec.style_mix or {}
     styles = sorted(k for k, wt in mix.items() if wt > 0)
     meta["style"] = rng.choices(styles, [mix[k] for k in styles])[0]
     return refs[meta["style"]]
