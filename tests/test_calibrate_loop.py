@@ -471,6 +471,35 @@ def test_stage_refuses_when_r_cal_does_not_rank_the_hardest_style_lowest(zoo_roo
     assert stage.default_output(_stage_cfg(teacher="zoo:teacher", dataset=data, hardest_style=right)) != plain
 
 
+def test_style_accuracy_reads_what_the_teacher_answers_after_a_style_s_steps(bootstrapped, task, examples):
+    """The soundness half of hardest_style: the teacher's answer once its response starts with a style's steps.
+    Steps that carry the right sum lead it to the answer; the same steps with the sum off by one lead it astray,
+    and the pre-flight refuses a style whose accuracy would fail the retention gate (only where eta < 0 moves
+    the teacher towards it)."""
+    from dataclasses import replace
+
+    from dg_core.calibrate.guards import style_soundness
+    from dg_core.calibrate.stage import style_accuracy
+
+    model, tok = bootstrapped
+    rows = []
+    for e in examples[:40]:
+        ref = e.meta["references"]["decomposed"]
+        head, total = ref.rsplit(" #", 1)[0].rsplit("=", 1)
+        off = f"{head}={int(total) + 1} #{int(total) + 1}"
+        rows.append(replace(e, meta={**e.meta, "references": {**e.meta["references"], "off": off}}))
+    right = style_accuracy(model, tok, task, rows, "decomposed", 24)
+    astray = style_accuracy(model, tok, task, rows, "off", 24)
+    assert right >= 0.8 and astray <= 0.2, (right, astray)
+
+    why = style_soundness(astray, right, "off", 0.95, -1.0)
+    assert why and f"answers {astray:.3f} of held-out problems after writing hardest_style 'off'" in why
+    assert "min_retention 0.95" in why and "eta -1" in why
+    assert style_soundness(right, right, "decomposed", 0.95, -1.0) is None
+    assert style_soundness(astray, right, "off", 0.95, 0.5) is None  # eta > 0 moves away from it
+    assert style_soundness(astray, right, "off", 0.0, -1.0) is None  # the retention gate is off
+
+
 def test_stage_config_errors_are_one_line(zoo_root):
     from dg_core.errors import DGError
 

@@ -14,6 +14,8 @@ proxy's own mistakes. The defences, each an option of the ``calibrate`` stage:
   bound;
 - **style sign** (:func:`style_sign`, option ``hardest_style``): r_cal must rank the style a probe
   student learns worst lowest before any rollout, else the knob turns against its sign;
+- **style soundness** (:func:`style_soundness`, with ``hardest_style``): the teacher must still answer after
+  writing that style's steps, else η < 0 trades its accuracy for the style and fails the retention gate;
 - **release gate** (:func:`gate`): a calibrated teacher whose retention falls below a threshold is marked failed
   with the reason and not published.
 """
@@ -98,6 +100,25 @@ def style_sign(r_cal_rows: dict[str, Sequence[float]], hardest_style: str, eta: 
             )
             return StyleSign(why, False, why)
     return StyleSign(None, resolved, f"{'; '.join(parts)} over {len(hard)} held-out references")
+
+
+def style_soundness(
+    style_accuracy: float, greedy_accuracy: float, hardest_style: str, min_retention: float, eta: float
+) -> str | None:
+    """Why to refuse (None: go on). Calibration at eta < 0 moves the teacher towards ``hardest_style``; its accuracy
+    once its responses start with that style's steps is where retention ends up, so a ratio to its own greedy
+    accuracy below the retention gate fails the run before training would."""
+    if eta >= 0 or min_retention <= 0 or greedy_accuracy <= 0:
+        return None
+    ratio = style_accuracy / greedy_accuracy
+    if ratio >= min_retention:
+        return None
+    return (
+        f"the teacher answers {style_accuracy:.3f} of held-out problems after writing hardest_style "
+        f"{hardest_style!r}'s steps against {greedy_accuracy:.3f} in its own style (ratio {ratio:.3f} < "
+        f"min_retention {min_retention:g}), so eta {eta:+g} would trade its accuracy for the style; expected a "
+        "teacher trained to be sound on it (its train style) or another hardest_style"
+    )
 
 
 def early_stop_reason(

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from dg_core import store
+from dg_core.base.generate import generate_tokens
 from dg_core.calibrate.card import artifact_digest, build_card, model_readme, write_card
 from dg_core.calibrate.grpo import (
     CalibrationSettings,
@@ -30,7 +31,7 @@ from dg_core.calibrate.grpo import (
     sample_and_score,
     sampled_accuracy,
 )
-from dg_core.calibrate.guards import gate, preflight, style_sign
+from dg_core.calibrate.guards import gate, preflight, style_sign, style_soundness
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.calibrate.trl_engine import require_vllm, run_calibration_trl
 from dg_core.checkpoint import Checkpointer, config_hash, resume_option
@@ -78,7 +79,9 @@ class Config(CalibrationSettings):
         "",
         "Guard: the reference style a probe student learns worst (bench/style_learnability.py measures it). Before "
         "training, calibration refuses when r_cal does not rank it lowest, since eta < 0 would then push the teacher "
-        "towards a style students learn better ('': off; needs a dataset with reference styles).",
+        "towards a style students learn better, or when the teacher, made to start its responses with that "
+        "style's steps, answers below min_retention of its greedy accuracy ('': off; needs a dataset with "
+        "reference styles).",
         late=True,
     )
     allow_zoo: bool = option(
@@ -199,6 +202,17 @@ def style_r_cal_rows(task: Any, examples: list, cal: CalibrationReward) -> dict[
     }
 
 
+def style_accuracy(model: Any, tokenizer: Any, task: Any, examples: list, style: str, max_new_tokens: int) -> float:
+    """Greedy accuracy of ``model`` when its response starts with each reference's steps in ``style`` (everything
+    before the stated answer): how sound a teacher is at the style calibration would move it to."""
+    steps = [e.meta["references"][style] for e in examples]
+    steps = [r[: task.answer_start(e, r)] for e, r in zip(examples, steps)]
+    prompts = [task.prompt(e, tokenizer) + s for e, s in zip(examples, steps)]
+    roll = generate_tokens(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, do_sample=False)
+    scores = task.score_batch(examples, [s + t for s, t in zip(steps, roll.texts)])
+    return sum(x.reward for x in scores) / len(scores)
+
+
 def check_proxies(cfg: Config, teacher: Any, tok: Any, proxies: list, task: Any, examples: list) -> None:
     """Before any rollout: no zoo proxy stands in for a real teacher's (unless asked), the teacher's budget fits
     its context, each proxy can score the teacher's longest responses after its own prompt, and each proxy
@@ -315,6 +329,18 @@ def run(cfg: Config) -> dict:
             ", ".join(f"{k} {v:.3f}" for k, v in by_style.items()),
             low,
             high,
+        )
+    if cfg.hardest_style:
+        acc = style_accuracy(teacher, tok, task, held, cfg.hardest_style, cfg.max_new_tokens)
+        before[f"accuracy_style_{cfg.hardest_style}"] = acc
+        problem = style_soundness(acc, before["greedy_accuracy"], cfg.hardest_style, cfg.min_retention, cfg.eta)
+        if problem:
+            raise DGError(f"pre-flight: {problem}")
+        log.info(
+            "hardest_style %r: the teacher answers %.3f after its steps (greedy accuracy %.3f)",
+            cfg.hardest_style,
+            acc,
+            before["greedy_accuracy"],
         )
     pf = preflight(before["sampled_accuracy"], len(held) * cfg.sampled_k, cfg.preflight_accuracy)
     if cfg.preflight_accuracy > 0 and not pf.ok:
