@@ -3,8 +3,9 @@ knob's sign means on a task family what it should, minutes before a sweep of an 
 
 For each style of the dataset's references, a probe student is fine-tuned on the train split's references in that
 style alone (the `train` stage: published, and reused on a second run), then scored greedy on the test split. Next
-to it, r_cal per style (teacher against the proxies, mean over the test references, which are correct by
-construction) for each span and normalisation. Calibration at eta < 0 pushes towards the style with the lowest
+to it, the teacher's accuracy once its response starts with that style's steps (how sound it is at the style: where
+retention ends up if calibration moves it there), and r_cal per style (teacher against the proxies, mean over the
+test references, which are correct by construction) for each span and normalisation. Calibration at eta < 0 pushes towards the style with the lowest
 r_cal; the knob points the right way when that is the style the probe student learns worst, which is what
 calibrate's `hardest_style` guard checks (its verdict is printed for each variant).
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dg_core.calibrate.guards import style_sign
     from dg_core.calibrate.rewards import CalibrationReward
-    from dg_core.calibrate.stage import style_r_cal_rows
+    from dg_core.calibrate.stage import style_accuracy, style_r_cal_rows
     from dg_core.data import load_split, task_of
     from dg_core.distill import train_stage
     from dg_core.evaluate import evaluate_model
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     teacher, ttok = load_model(args.teacher, device="cpu")
     proxies = [load_model(p, device="cpu") for p in args.proxy]
+    sound = {s: style_accuracy(teacher, ttok, task, test, s, args.max_new_tokens) for s in styles}
+    print(f"  {'teacher after steps':<22} " + " ".join(f"{sound[s]:>10.3f}" for s in styles))
     rows = {}
     for span in ("response", "answer"):
         for normalize in ("sum", "char"):
