@@ -10,7 +10,8 @@ problems (both teachers answer the same ones). Transfer = mean acc(student <- ca
 original) over the attack's seeds; its interval is the gate's (:func:`dg_core.gate.transfer_interval`: the delta
 method on the log ratio with a t quantile; few seeds, wide, as it should be). The worst case is the attack with the highest transfer for eta < 0 and the lowest
 for eta > 0. The teacher's style is read off its greedy test answers (``bare``: no more text before the answer than
-the family's shortest reference style has: ``#90`` in math, ``The answer is Sek.`` in QA).
+the family's shortest reference style has: ``#90`` in math, ``The answer is Sek.`` in QA); ``traces`` says which
+reference style's steps each answer repeats exactly, ``own`` for steps of the teacher's own making.
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ def bare_share(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> float
     return sum(bare) / len(bare)
 
 
+def style_shares(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Share of answers whose trace (the text before the stated answer) is exactly one reference style's, and of
+    those written in a style of the teacher's own (``own``: e.g. the facts it makes up when imitating ``noise``)."""
+    from dg_core.data import load_split, task_of
+
+    dataset = results["prep"]["dataset"]
+    task, rows = task_of(dataset), {e.id: e for e in load_split(dataset, "test")}
+    counts: dict[str, int] = {}
+    for i, g in got.items():
+        ex, text = rows[i], g["response"].strip()
+        trace = text[: task.answer_start(ex, text)].strip()
+        refs = ex.meta.get("references") or {}
+        match = [k for k, r in sorted(refs.items()) if r[: task.answer_start(ex, r)].strip() == trace]
+        key = match[0] if match else "own"
+        counts[key] = counts.get(key, 0) + 1
+    return {k: v / len(got) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
 def paired_interval(orig: list[bool], cal: list[bool], boot: int, seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of sum(cal) / sum(orig) resampling problems (both answered the same ones)."""
     rng, n, ratios = random.Random(seed), len(orig), []
@@ -87,6 +106,7 @@ def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
                 "retention": sum(ok) / sum(ok0),
                 "retention_95": [lo, hi],
                 "bare": bare_share(results, {i: got[i] for i in sorted(orig)}),
+                "styles": style_shares(results, {i: got[i] for i in sorted(orig)}),
                 "chars": statistics.fmean(len(a) for a in answers),
             }
         )
@@ -127,8 +147,8 @@ def _ci(lo: float | None, hi: float | None) -> str:
 def markdown(c: dict[str, Any]) -> list[str]:
     """The two tables: teachers (retention, style, worst case) and every attack's transfer per eta."""
     out = [
-        "| teacher | accuracy | retention [95%] | bare answers | chars | worst-case attack | transfer [95%] |",
-        "|---|---|---|---|---|---|---|",
+        "| teacher | accuracy | retention [95%] | bare answers | traces | chars | worst-case attack | transfer [95%] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in c["teachers"]:
         w = t.get("worst")
@@ -136,7 +156,8 @@ def markdown(c: dict[str, Any]) -> list[str]:
         name = "original" if t["eta"] is None else f"eta={t['eta']:+g}"
         out.append(
             f"| {name} | {t['accuracy']:.3f} | {t['retention']:.3f} {_ci(*t['retention_95'])} | "
-            f"{t['bare']:.0%} | {t['chars']:.1f} | {worst} |"
+            f"{t['bare']:.0%} | {', '.join(f'{k} {v:.0%}' for k, v in t['styles'].items())} | {t['chars']:.1f} | "
+            f"{worst} |"
         )
     sides = [t for t in c["teachers"] if t["eta"] is not None]
     out += [
