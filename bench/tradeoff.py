@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import random
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -53,22 +54,26 @@ def bare_share(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> float
     return sum(bare) / len(bare)
 
 
-def style_shares(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> dict[str, float]:
+def style_shares(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> tuple[dict[str, float], float]:
     """Share of answers whose trace (the text before the stated answer) is exactly one reference style's, and of
-    those written in a style of the teacher's own (``own``: e.g. the facts it makes up when imitating ``noise``)."""
+    those written in a style of the teacher's own (``own``: e.g. the facts it makes up when imitating ``noise``);
+    and the share whose trace already names the answer (what a student copying the trace is handed)."""
     from dg_core.data import load_split, task_of
 
     dataset = results["prep"]["dataset"]
     task, rows = task_of(dataset), {e.id: e for e in load_split(dataset, "test")}
     counts: dict[str, int] = {}
+    told = 0
     for i, g in got.items():
         ex, text = rows[i], g["response"].strip()
         trace = text[: task.answer_start(ex, text)].strip()
+        told += bool(re.search(rf"(?<!\w){re.escape(ex.meta.get('answer_text', ex.answer))}(?!\w)", trace))
         refs = ex.meta.get("references") or {}
         match = [k for k, r in sorted(refs.items()) if r[: task.answer_start(ex, r)].strip() == trace]
         key = match[0] if match else "own"
         counts[key] = counts.get(key, 0) + 1
-    return {k: v / len(got) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    shares = {k: v / len(got) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return shares, told / len(got)
 
 
 def paired_interval(orig: list[bool], cal: list[bool], boot: int, seed: int = 0) -> tuple[float, float]:
@@ -106,7 +111,7 @@ def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
                 "retention": sum(ok) / sum(ok0),
                 "retention_95": [lo, hi],
                 "bare": bare_share(results, {i: got[i] for i in sorted(orig)}),
-                "styles": style_shares(results, {i: got[i] for i in sorted(orig)}),
+                **dict(zip(("styles", "told"), style_shares(results, {i: got[i] for i in sorted(orig)}))),
                 "chars": statistics.fmean(len(a) for a in answers),
             }
         )
@@ -147,8 +152,9 @@ def _ci(lo: float | None, hi: float | None) -> str:
 def markdown(c: dict[str, Any]) -> list[str]:
     """The two tables: teachers (retention, style, worst case) and every attack's transfer per eta."""
     out = [
-        "| teacher | accuracy | retention [95%] | bare answers | traces | chars | worst-case attack | transfer [95%] |",
-        "|---|---|---|---|---|---|---|---|",
+        "| teacher | accuracy | retention [95%] | bare answers | traces | trace names the answer | chars "
+        "| worst-case attack | transfer [95%] |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in c["teachers"]:
         w = t.get("worst")
@@ -156,7 +162,8 @@ def markdown(c: dict[str, Any]) -> list[str]:
         name = "original" if t["eta"] is None else f"eta={t['eta']:+g}"
         out.append(
             f"| {name} | {t['accuracy']:.3f} | {t['retention']:.3f} {_ci(*t['retention_95'])} | "
-            f"{t['bare']:.0%} | {', '.join(f'{k} {v:.0%}' for k, v in t['styles'].items())} | {t['chars']:.1f} | "
+            f"{t['bare']:.0%} | {', '.join(f'{k} {v:.0%}' for k, v in t['styles'].items())} | {t['told']:.0%} | "
+            f"{t['chars']:.1f} | "
             f"{worst} |"
         )
     sides = [t for t in c["teachers"] if t["eta"] is not None]
