@@ -40,40 +40,29 @@ def samples(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def bare_share(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> float:
-    """Share of answers with no trace before the answer (see the module docstring)."""
+def traces(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a teacher's greedy answers write before the answer: ``bare``, the share with no more text there than
+    the family's shortest reference style (see the module docstring); ``styles``, the share whose trace is exactly
+    one reference style's (``own``: steps of the teacher's making, e.g. the facts it makes up when imitating
+    ``noise``); ``told``, the share whose trace already names the answer (what a student copying it is handed)."""
     from dg_core.data import load_split, task_of
 
     dataset = results["prep"]["dataset"]
     task, rows = task_of(dataset), {e.id: e for e in load_split(dataset, "test")}
-    bare = []
-    for i, g in got.items():
-        ex, text = rows[i], g["response"].strip()
-        refs = ex.meta.get("references") or {"": ""}
-        bare.append(task.answer_start(ex, text) <= min(task.answer_start(ex, r) for r in refs.values()))
-    return sum(bare) / len(bare)
-
-
-def style_shares(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> tuple[dict[str, float], float]:
-    """Share of answers whose trace (the text before the stated answer) is exactly one reference style's, and of
-    those written in a style of the teacher's own (``own``: e.g. the facts it makes up when imitating ``noise``);
-    and the share whose trace already names the answer (what a student copying the trace is handed)."""
-    from dg_core.data import load_split, task_of
-
-    dataset = results["prep"]["dataset"]
-    task, rows = task_of(dataset), {e.id: e for e in load_split(dataset, "test")}
+    bare = told = 0
     counts: dict[str, int] = {}
-    told = 0
     for i, g in got.items():
         ex, text = rows[i], g["response"].strip()
-        trace = text[: task.answer_start(ex, text)].strip()
-        told += bool(re.search(rf"(?<!\w){re.escape(ex.meta.get('answer_text', ex.answer))}(?!\w)", trace))
         refs = ex.meta.get("references") or {}
-        match = [k for k, r in sorted(refs.items()) if r[: task.answer_start(ex, r)].strip() == trace]
-        key = match[0] if match else "own"
-        counts[key] = counts.get(key, 0) + 1
-    shares = {k: v / len(got) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
-    return shares, told / len(got)
+        at = task.answer_start(ex, text)
+        bare += at <= min((task.answer_start(ex, r) for r in refs.values()), default=0)
+        trace = text[:at].strip()
+        told += bool(re.search(rf"(?<!\w){re.escape(ex.meta.get('answer_text', ex.answer))}(?!\w)", trace))
+        style = next((k for k, r in sorted(refs.items()) if r[: task.answer_start(ex, r)].strip() == trace), "own")
+        counts[style] = counts.get(style, 0) + 1
+    n = len(got)
+    styles = {k: v / n for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return {"bare": bare / n, "styles": styles, "told": told / n}
 
 
 def paired_interval(orig: list[bool], cal: list[bool], boot: int, seed: int = 0) -> tuple[float, float]:
@@ -110,8 +99,7 @@ def collect(summaries: list[dict[str, Any]], boot: int) -> dict[str, Any]:
                 "accuracy": sum(ok) / len(ok),
                 "retention": sum(ok) / sum(ok0),
                 "retention_95": [lo, hi],
-                "bare": bare_share(results, {i: got[i] for i in sorted(orig)}),
-                **dict(zip(("styles", "told"), style_shares(results, {i: got[i] for i in sorted(orig)}))),
+                **traces(results, {i: got[i] for i in sorted(orig)}),
                 "chars": statistics.fmean(len(a) for a in answers),
             }
         )
