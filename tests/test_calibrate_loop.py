@@ -491,6 +491,10 @@ def test_style_accuracy_reads_what_the_teacher_answers_after_a_style_s_steps(boo
     right = style_accuracy(model, tok, task, rows, "decomposed", 24)
     astray = style_accuracy(model, tok, task, rows, "off", 24)
     assert right >= 0.8 and astray <= 0.2, (right, astray)
+    # the steps come out of the response's budget: a budget that fits the context after the prompt alone fits
+    # after the prompt and the steps too (it once asked for prompt + steps + the whole budget)
+    fits = model.config.max_position_embeddings - max(len(tok(task.prompt(e, tok))["input_ids"]) for e in rows)
+    assert style_accuracy(model, tok, task, rows, "decomposed", fits) == right
 
     why = style_soundness(astray, right, "off", 0.95, -1.0)
     assert why and f"answers {astray:.3f} of held-out problems after writing hardest_style 'off'" in why

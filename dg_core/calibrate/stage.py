@@ -208,7 +208,10 @@ def style_accuracy(model: Any, tokenizer: Any, task: Any, examples: list, style:
     steps = [e.meta["references"][style] for e in examples]
     steps = [r[: task.answer_start(e, r)] for e, r in zip(examples, steps)]
     prompts = [task.prompt(e, tokenizer) + s for e, s in zip(examples, steps)]
-    roll = generate_tokens(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, do_sample=False)
+    # the steps spend the response's budget: what is left keeps prompt + response within what was checked to fit
+    longest = max(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in steps)
+    left = max(1, max_new_tokens - longest)
+    roll = generate_tokens(model, tokenizer, prompts, n=1, max_new_tokens=left, do_sample=False)
     scores = task.score_batch(examples, [s + t for s, t in zip(steps, roll.texts)])
     return sum(x.reward for x in scores) / len(scores)
 
