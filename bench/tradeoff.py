@@ -58,7 +58,7 @@ def traces(results: dict[str, Any], got: dict[str, dict[str, Any]]) -> dict[str,
         bare += at <= min((task.answer_start(ex, r) for r in refs.values()), default=0)
         trace = text[:at].strip()
         told += bool(re.search(rf"(?<!\w){re.escape(ex.meta.get('answer_text', ex.answer))}(?!\w)", trace))
-        style = next((k for k, r in sorted(refs.items()) if r[: task.answer_start(ex, r)].strip() == trace), "own")
+        style = task.trace_style(ex, text) or "own"
         counts[style] = counts.get(style, 0) + 1
     n = len(got)
     styles = {k: v / n for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}

@@ -657,3 +657,22 @@ def test_style_sign_refuses_a_wrong_ranking_and_says_when_a_right_one_is_a_close
     close = {"bare": [-0.30, -0.05, -0.33, -0.02], "chain": [-0.10, -0.12, -0.09, -0.11]}
     sign = style_sign(close, "bare", -1.0)
     assert sign.problem is None and not sign.resolved and "over 4 held-out references" in sign.summary
+
+
+def test_sample_style_sign_judges_the_teacher_s_own_samples_and_refuses_a_style_it_does_not_write():
+    """What calibration ranks is the teacher's samples, grouped by the style their trace follows (unequal groups:
+    an unpaired gap), and a style the teacher never samples cannot be selected at eta < 0."""
+    from dg_core.calibrate.guards import sample_style_sign
+
+    rows = {"decoy": [-1.1, -1.0, -1.2, -0.9], "bare": [-0.4, -0.3, -0.5], "own": [-0.2, -0.3, -0.4, -0.3, -0.2]}
+    ok = sample_style_sign(rows, "decoy", -1.0)
+    assert ok.problem is None and ok.resolved, ok.summary
+    assert "r_cal(decoy) - r_cal(bare) = -0.650" in ok.summary and "(4 vs 3 samples)" in ok.summary
+    wrong = sample_style_sign({**rows, "own": [-1.5, -1.6, -1.4]}, "decoy", -1.0).problem
+    assert "does not rank hardest_style 'decoy' lowest" in wrong and "towards its 'own' answers" in wrong
+    absent = sample_style_sign({"bare": [-0.4, -0.3], "decoy": [-1.0]}, "decoy", -1.0)
+    assert "writes hardest_style 'decoy' on 1 of its 3 correct held-out samples" in absent.problem
+    assert sample_style_sign({"bare": [-0.4, -0.3], "decoy": [-1.0]}, "decoy", 0.5).problem is None
+    assert sample_style_sign(rows, "bare", 0.0).problem is None  # the control: r_cal has no weight
+    # a style sampled once has no spread to judge: left out, not a refusal
+    assert sample_style_sign({**rows, "chain": [-5.0]}, "decoy", -1.0).problem is None

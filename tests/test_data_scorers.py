@@ -306,3 +306,25 @@ def test_synthetic_references_score_full_reward():
         # a wrong answer scores 0: another example's reference
         wrong = sum(task.score(a, b.reference).reward for a, b in zip(exs, exs[1:]) if a.answer != b.answer)
         assert wrong < 0.5 * len(exs)
+
+
+def test_trace_style_names_the_reference_style_a_response_repeats_or_own():
+    """The style a teacher's sample follows, as calibration's sample guard and bench/tradeoff.py read it."""
+    refs = {
+        "bare": "The answer is Sek.",
+        "chain": "Bo was born in Sek. The answer is Sek.",
+        "decoy": "Zor is in Nak. The answer is Sek.",
+    }
+    ex = Example(
+        id="x",
+        prompt="Zor is in Nak. Bo was born in Sek. Where was Bo born?",
+        reference=refs["bare"],
+        answer="Sek",
+        meta={"references": refs},
+    )
+    task = get_task("synthetic_qa")
+    assert task.trace_style(ex, "Zor is in Nak. The answer is Sek. ") == "decoy"
+    assert task.trace_style(ex, "The answer is Nak.") == "bare"  # the trace, not the answer, decides
+    assert task.trace_style(ex, "Bo was born in Sek. The answer is Sek.") == "chain"
+    assert task.trace_style(ex, "Bo is a poet. The answer is Sek.") == "own"
+    assert task.trace_style(Example(id="y", prompt="q", reference="a", answer="a"), "a") == ""

@@ -102,6 +102,49 @@ def style_sign(r_cal_rows: dict[str, Sequence[float]], hardest_style: str, eta: 
     return StyleSign(None, resolved, f"{'; '.join(parts)} over {len(hard)} held-out references")
 
 
+def sample_style_sign(rows: dict[str, Sequence[float]], hardest_style: str, eta: float) -> StyleSign:
+    """The same question as :func:`style_sign`, asked of what calibration actually ranks: the teacher's own correct
+    samples, grouped by the reference style their trace follows (``own``: steps of its making). A proxy can rank
+    the references right and the teacher's renderings wrong (on synthetic_qa with ``decoy``: references decoy
+    -1.02 < bare -0.37 < chain 0.00, yet eta = +0.5 made the teacher answer bare 100% and eta < 0 moved it to its
+    own steps and chains). Groups differ in size and prompts, so the gap is unpaired (Welch); a style the teacher
+    writes on fewer than two correct samples has no mean to judge and is left out, as is ``hardest_style`` itself
+    when the teacher hardly writes it at eta < 0, which is refused: calibration can only select what it samples."""
+    n_all = sum(len(v) for v in rows.values())
+    hard = rows.get(hardest_style, [])
+    if eta == 0 or not rows:  # at eta = 0 r_cal has no weight; no reference styles: style_sign has said so
+        return StyleSign(None, True, "")
+    if len(hard) < 2:
+        why = (
+            f"the teacher writes hardest_style {hardest_style!r} on {len(hard)} of its {n_all} correct held-out "
+            f"samples, so eta {eta:+g} has nothing of it to select; expected two or more (train the teacher on it)"
+        )
+        return StyleSign(why if eta < 0 else None, False, why)
+    parts, resolved = [], True
+    for other in sorted(k for k, v in rows.items() if k != hardest_style and len(v) >= 2):
+        a, b = hard, rows[other]
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+        vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else 1.0
+        mean, half = ma - mb, t95(max(1, round(dof))) * math.sqrt(va + vb)
+        gap = (
+            f"r_cal({hardest_style}) - r_cal({other}) = {mean:+.3f} [95% {mean - half:+.3f}, {mean + half:+.3f}] "
+            f"({len(a)} vs {len(b)} samples)"
+        )
+        parts.append(gap)
+        resolved = resolved and mean + half < 0
+        if mean >= 0:
+            why = (
+                f"on the teacher's own correct samples r_cal does not rank hardest_style {hardest_style!r} lowest: "
+                f"{gap}, so eta {eta:+g} would push the teacher {'towards' if eta < 0 else 'away from'} its "
+                f"{other!r} answers rather than {'towards' if eta < 0 else 'away from'} {hardest_style!r}; expected a "
+                "gap below 0 (another span, normalize or proxy: bench/style_learnability.py compares them)"
+            )
+            return StyleSign(why, False, why)
+    return StyleSign(None, resolved, "; ".join(parts))
+
+
 def style_soundness(
     style_accuracy: float, greedy_accuracy: float, hardest_style: str, min_retention: float, eta: float
 ) -> str | None:

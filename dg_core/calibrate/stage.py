@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from dg_core import store
+from dg_core.base.advantages import gated_cal_advantage
 from dg_core.base.generate import generate_tokens
 from dg_core.calibrate.card import artifact_digest, build_card, model_readme, write_card
 from dg_core.calibrate.grpo import (
@@ -31,7 +32,7 @@ from dg_core.calibrate.grpo import (
     sample_and_score,
     sampled_accuracy,
 )
-from dg_core.calibrate.guards import gate, preflight, style_sign, style_soundness
+from dg_core.calibrate.guards import gate, preflight, sample_style_sign, style_sign, style_soundness
 from dg_core.calibrate.rewards import CalibrationReward
 from dg_core.calibrate.trl_engine import require_vllm, run_calibration_trl
 from dg_core.checkpoint import Checkpointer, config_hash, resume_option
@@ -150,9 +151,12 @@ def measure_teacher(
     k: int,
     seed: int,
     style_rows: dict[str, list[float]] | None = None,
+    sample_rows: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Held-out greedy accuracy, sampled accuracy at the calibration temperature, and r_cal of the samples
-    (``style_rows``: the references' r_cal when the caller has scored them already)."""
+    (``style_rows``: the references' r_cal when the caller has scored them already). Where the examples carry
+    reference styles, also r_cal of the correct samples by the style their trace follows (``own``: steps of the
+    teacher's making), into ``sample_rows`` when given: what calibration ranks is these, not the references."""
     t0 = time.perf_counter()
     greedy, _ = sampled_accuracy(model, tokenizer, task, examples, greedy=True, max_new_tokens=cfg.max_new_tokens)
     t1 = time.perf_counter()
@@ -172,6 +176,17 @@ def measure_teacher(
     texts = roll.texts
     r_cal = cal(prompts, texts, None, roll.finished, reps)
     correct = torch.tensor([s.correct for s in task.score_batch(reps, texts)])
+    # the step's own calibration advantage (standardised among each prompt's correct samples), summed by style:
+    # the share of the push eta gives each style, read before any step (sums to 0 over the styles)
+    a_cal = gated_cal_advantage(r_cal.view(-1, k), correct.view(-1, k).float(), "correct").view(-1).tolist()
+    by_style: dict[str, list[float]] = {}
+    push: dict[str, float] = {}
+    for e, t, r, a, ok in zip(reps, texts, r_cal.tolist(), a_cal, correct.tolist()):
+        if ok and (style := task.trace_style(e, t)):
+            by_style.setdefault(style, []).append(r)
+            push[style] = push.get(style, 0.0) + a / max(1, int(correct.sum()))
+    if sample_rows is not None:
+        sample_rows.update(by_style)
     return {
         "greedy_accuracy": greedy,
         "sampled_accuracy": sampled,
@@ -186,6 +201,9 @@ def measure_teacher(
             f"r_cal_style_{k}": sum(v) / len(v)
             for k, v in (style_rows or style_r_cal_rows(task, examples, cal)).items()
         },
+        **{f"sampled_share_{k}": len(v) / max(1, int(correct.sum())) for k, v in sorted(by_style.items())},
+        **{f"r_cal_sampled_{k}": sum(v) / len(v) for k, v in sorted(by_style.items())},
+        **{f"cal_push_{k}": v for k, v in sorted(push.items())},
     }
 
 
@@ -323,8 +341,30 @@ def run(cfg: Config) -> dict:
             sign.summary,
             "" if sign.resolved else " (not below 0 at the 95% bound: a close call, more references would tell)",
         )
-    before = measure_teacher(teacher, tok, task, held, cal0, cfg, cfg.sampled_k, cfg.seed, style_rows)
+    sample_rows: dict[str, list[float]] = {}
+    before = measure_teacher(teacher, tok, task, held, cal0, cfg, cfg.sampled_k, cfg.seed, style_rows, sample_rows)
     log.info("teacher before calibration: %s", before)
+    if sample_rows:
+        log.info(
+            "the teacher's correct samples by style (share, mean r_cal, calibration advantage per correct sample;"
+            " eta > 0 pushes along it, eta < 0 against): %s",
+            ", ".join(
+                f"{k} {before[f'sampled_share_{k}']:.0%} {before[f'r_cal_sampled_{k}']:.3f}"
+                f" {before[f'cal_push_{k}']:+.3f}"
+                for k in sample_rows
+            ),
+        )
+    if cfg.hardest_style:
+        sign = sample_style_sign(sample_rows, cfg.hardest_style, cfg.eta)
+        if sign.problem:
+            raise DGError(f"pre-flight: {sign.problem}")
+        if sign.summary:
+            (log.info if sign.resolved else log.warning)(
+                "hardest_style %r on the teacher's samples: %s%s",
+                cfg.hardest_style,
+                sign.summary,
+                "" if sign.resolved else " (not below 0 at the 95% bound: a close call)",
+            )
     if by_style := {k[len("r_cal_style_") :]: v for k, v in before.items() if k.startswith("r_cal_style_")}:
         low, high = min(by_style, key=by_style.get), max(by_style, key=by_style.get)
         log.info(

@@ -86,6 +86,16 @@ class Task:
         at = response.rfind(parsed) if parsed else -1
         return _back_over_space(response, at) if at > 0 else 0
 
+    def trace_style(self, example: Example, response: str) -> str:
+        """Which of the example's reference styles ``response`` follows: the one whose steps (everything before the
+        stated answer) its own repeat exactly, else ``own`` (steps of the model's making). What a teacher's samples
+        are, as calibration sees them; '' when the example carries no reference styles."""
+        refs = example.meta.get("references") or {}
+        if not refs:
+            return ""
+        trace = response[: self.answer_start(example, response)].strip()
+        return next((k for k, r in sorted(refs.items()) if r[: self.answer_start(example, r)].strip() == trace), "own")
+
     def score_batch(self, examples: Sequence[Example], responses: Sequence[str]) -> list[Score]:
         """Score many responses (reward-model tasks override this to batch the model)."""
         if len(examples) != len(responses):
