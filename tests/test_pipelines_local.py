@@ -98,7 +98,9 @@ def test_reharden_twice_second_run_is_a_no_op(trained, tmp_path, capsys, monkeyp
     root = (tmp_path / "store").as_uri()
     release = store.join(root, "releases", "team", "llm-a")
     store.publish(store.fetch(trained), release, metadata={"kind": "release"})
-    lenient = [f"attack_students=[{release}]", "min_retention=0", "max_transfer=100"]
+    # a light touch on the release itself keeps the student far from accuracy 0 (where transfer is undefined and
+    # the gate fails) on any CPU's floating point: 20 steps left it at 3/16 here, and a CI run failed this assertion
+    lenient = [f"attack_students=[{release}]", "min_retention=0", "max_transfer=100", "attack_steps=3"]
 
     first = _run(tmp_path, capsys, "reharden", *lenient)
     assert "1 of 1 release(s)" in first and "Release gate: PASSED (undistillable)" in first
