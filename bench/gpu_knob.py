@@ -1,6 +1,7 @@
 """The knob sweep at scale on one GPU: bench/knob.yaml's experiment with a 20M-parameter teacher instead of 0.8M.
 
-The same settings files as ``bench/knob.py`` (``pipelines/experiments/demo.yaml`` + ``bench/knob.yaml``), the same
+The same settings as ``bench/knob.py`` (``pipelines/experiments/demo.yaml`` + ``bench/knob.yaml``, with
+``bench/gpu-knob.yaml``: the teacher's learning rate, two etas, the held-out attacker added), the same
 stage code (``dg_core.runner.run_stage``: prep, train, evaluate, calibrate, distill) and the same gate
 (``dg_core.gate.decide``); only the teacher is a zoo-shaped teacher 25x larger (llama, the zoo's character
 tokenizer, 512 hidden x 6 layers) and every stage runs on CUDA. The KFP wrappers are left out: a GPU image need not
@@ -8,8 +9,12 @@ carry kfp, and they add nothing to what scale can change. Tasks run ``--workers`
 process sharing the one GPU (the models are small: launch-bound work overlaps). Whatever is done by
 ``--deadline`` seconds is summarised; a task not started by then is skipped and named.
 
-    python bench/gpu_knob.py --out /tmp/gpu-knob                   # on a GPU machine (about 8 minutes, H200)
     python bench/gpu_knob.py --tiny --out /tmp/gpu-knob-tiny       # CPU, tiny settings: checks the script
+    python bench/gpu_knob.py --out /tmp/gpu-knob --workers 10 --threads 1 --deadline 320   # one GPU (not yet run)
+
+On a lent device (no kfp, minio or datasets needed; the image's torch): carry this project's transformers and peft
+as wheels (``.whl``, see the device notes), ``pip install --target /tmp/site .whl/*.whl``, ``PYTHONPATH=/tmp/site``,
+then the line above under ``timeout 480``; the deadline leaves the started students time to finish in one call.
 
 Prints the table (teacher accuracy and retention per eta, each attack's accuracy and transfer with seeds) and the
 gate of each eta with the knob's targets; writes ``gpu_knob.json``.
@@ -257,6 +262,15 @@ def table(res: dict[str, Any], gates: dict[str, Any]) -> list[str]:
     return lines
 
 
+def settings(overrides: list[str] = (), tiny: bool = False) -> dict[str, Any]:
+    """demo.yaml + knob.yaml + gpu-knob.yaml, then ``key.sub=JSON`` overrides; ``tiny`` shrinks every stage."""
+    from pipelines.experiment import _merge
+
+    files = [EXPERIMENTS / "demo.yaml", ROOT / "bench" / "knob.yaml", ROOT / "bench" / "gpu-knob.yaml"]
+    cfg = load_settings(*files, overrides=overrides)
+    return _merge(cfg, TINY) if tiny else cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/gpu-knob", help="store and gpu_knob.json go here")
@@ -264,17 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=8, help="tasks side by side, each its own process on the GPU")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per task")
     ap.add_argument("--deadline", type=float, default=420, help="seconds after which no new task starts")
-    ap.add_argument("overrides", nargs="*", help="settings as key.sub=JSON (over demo.yaml + knob.yaml)")
+    ap.add_argument("overrides", nargs="*", help="settings as key.sub=JSON (over demo + knob + gpu-knob.yaml)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.tiny else "cuda"
     try:
-        cfg = load_settings(EXPERIMENTS / "demo.yaml", ROOT / "bench" / "knob.yaml", overrides=args.overrides)
-        if args.tiny:
-            from pipelines.experiment import _merge
-
-            cfg = _merge(cfg, TINY)
+        cfg = settings(args.overrides, args.tiny)
         if device == "cuda":
             import torch
 

@@ -98,6 +98,7 @@ def test_adaptive_attacks_overlay_plans_valid_distill_jobs():
 _SWEEPS = [("demo.yaml", "tradeoff.yaml", p.name) for p in sorted(BENCH.glob("tradeoff-*.yaml"))] + [
     ("qa.yaml",),
     ("qa.yaml", "qa-answer.yaml"),
+    *[("qa.yaml", "qa-answer.yaml", p.name) for p in sorted(BENCH.glob("qa-*.yaml")) if p.name != "qa-answer.yaml"],
 ]
 
 
@@ -153,3 +154,74 @@ def test_the_summary_says_why_no_hardened_model_was_published():
     assert table(summary(True, "file:///s/hardened/x"))[-1] == "hardened model: file:///s/hardened/x"
     assert "publish is off" in table(summary(True))[-1]
     assert "no undistillable gate passed" in table(summary(False))[-1]
+
+
+def _gpu_knob():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_knob", BENCH / "gpu_knob.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_knob_settings_make_stage_configs_and_a_teacher_of_10_to_30m_parameters():
+    """bench/gpu_knob.py runs once per device lease: its settings must make every stage config it asks for, and
+    its teacher must be the size the issue asks for, before any lease is spent on it."""
+    from dg_core.config import from_dict
+    from dg_core.distill.stage import Config as DistillConfig
+    from dg_core.models.zoo import ZooMember, build_model, build_tokenizer
+    from dg_core.stages import get_stage
+
+    mod = _gpu_knob()
+    cfg = mod.settings()
+    label = {"model": "teacher", "teacher": "original"}  # device "auto": a config naming cuda needs one here
+    asks = {
+        "prep": mod.stage_values(cfg["prep"], output="file:///tmp/unused"),
+        "train": {**cfg["teacher"]["train"], "model": "m", "dataset": "d", "device": "auto"},
+        "calibrate": mod.stage_values(
+            cfg["calibrate"],
+            teacher="t",
+            proxies=["p"],
+            dataset="d",
+            eta=-0.5,
+            device="auto",
+            allow_zoo=True,
+            progress=False,
+        ),  # fmt: skip
+        "evaluate": mod.stage_values(cfg["evaluate"], model="m", dataset="d", device="auto", label=label),
+    }
+    for stage, values in asks.items():
+        from_dict(get_stage(stage).load().Config, values)
+    assert cfg["teacher"]["train"]["lr"] == 0.001 and cfg["teacher"]["train"]["steps"] == 4000  # knob.yaml's length
+    jobs = plan_attacks(cfg["attacks"], cfg["distill"])
+    for j in jobs:
+        from_dict(DistillConfig, {**j.settings, "teacher": "t", "dataset": "d", "seed": j.seed, "device": "auto"})
+    assert {j.attack for j in jobs} >= {"student-neox/sft", "student-llama/kd"} and len(jobs) == 12
+    model = build_model(ZooMember(**mod.TEACHER_20M), build_tokenizer("char"))
+    assert 10e6 <= sum(p.numel() for p in model.parameters()) <= 30e6
+
+
+@pytest.mark.slow
+def test_gpu_knob_tiny_runs_every_stage_and_judges_each_eta(tmp_path):
+    """The script's CPU check: every task runs in its own spawned process, and each eta gets a gate decision
+    from the original and calibrated teachers and two seeds of students on each side."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gk"
+    p = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_knob.py"), "--tiny", "--out", str(out), "--workers", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((out / "gpu_knob.json").read_text())
+    assert res["failed"] == {} and res["skipped"] == []
+    assert set(res["gates"]) == {"-0.5", "+0.5"}
+    for g in res["gates"].values():
+        assert g["retention"] is not None and g["teacher"]["original"] > 0
+        assert g["attacks"]["student-llama/sft"]["seeds"] == {"original": 2, "calibrated": 2}
+    assert "retention" in p.stdout and "eta -0.5" in p.stdout
