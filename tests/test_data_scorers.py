@@ -328,3 +328,10 @@ def test_trace_style_names_the_reference_style_a_response_repeats_or_own():
     assert task.trace_style(ex, "Bo was born in Sek. The answer is Sek.") == "chain"
     assert task.trace_style(ex, "Bo is a poet. The answer is Sek.") == "own"
     assert task.trace_style(Example(id="y", prompt="q", reference="a", answer="a"), "a") == ""
+    # retract's wrong answer is the writer's choice: any other answer taken back is that style, the given one is not
+    taken = {**refs, "retract": "The answer is Zor. No, that is wrong. The answer is Sek."}
+    ex = Example(id="z", prompt=ex.prompt, reference=refs["bare"], answer="Sek", meta={"references": taken})
+    assert task.trace_style(ex, "The answer is Zor. No, that is wrong. The answer is Sek.") == "retract"
+    assert task.trace_style(ex, "The answer is Nak. No, that is wrong. The answer is Sek.") == "retract"
+    assert task.trace_style(ex, "The answer is Sek. No, that is wrong. The answer is Sek.") == "own"
+    assert task.trace_style(ex, "The answer is Nak. No, that is wrong. The answer is Zor.") == "retract"  # wrong, still

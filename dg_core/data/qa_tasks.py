@@ -65,6 +65,9 @@ class QATask(Task):
         return Score(0.0, got, f"wrong: {got[:40]!r} != {example.answer!r}")
 
 
+_TAKEN_BACK = re.compile(r"The answer is (.+?)\. No, that is wrong\. The answer is")
+
+
 class SyntheticQATask(QATask):
     """Offline knowledge QA over a procedurally generated world (see ``dg_core.data.synthetic.qa``)."""
 
@@ -82,6 +85,21 @@ class SyntheticQATask(QATask):
     def generate(self, n: int, seed: int) -> list[Example]:
 
         return generate(self.spec_, n, seed)
+
+    def trace_style(self, example: Example, response: str) -> str:
+        """As the base class, except that ``retract``'s wrong answer is the writer's choice: a trace taking back any
+        other answer than the one it then gives is that style. One taking back the answer it gives (a teacher's
+        degenerate rendering, ``The answer is X. No, that is wrong. The answer is X.``) stays ``own``: it names the
+        answer twice, which students learn from more easily, not less."""
+        style = super().trace_style(example, response)
+        if style != "own" or "retract" not in (example.meta.get("references") or {}):
+            return style
+        start = self.answer_start(example, response)
+        taken_back = _TAKEN_BACK.fullmatch(response[:start].strip())
+        final = response[start:].strip().rstrip(".")
+        if taken_back and normalize_text(taken_back.group(1)) != normalize_text(final):
+            return "retract"
+        return style
 
 
 register_task(QATask, "multiple_choice", "short_answer", "csqa", "mmlu_pro", "supergpqa")
