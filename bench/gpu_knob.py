@@ -283,14 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.tiny else "cuda"
+    import torch
+    import transformers
+
+    where = {"device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__}
     try:
         cfg = settings(args.overrides, args.tiny)
         if device == "cuda":
-            import torch
-
             if not torch.cuda.is_available():
                 raise DGError("gpu_knob: no CUDA device; use --tiny to check the script on CPU")
-            print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
+            where["device"] = torch.cuda.get_device_name(0)
+        print(f"machine: {where}", flush=True)
         res = run(cfg, (out / "store").resolve().as_uri(), device, args.workers, args.threads, args.deadline,
                   args.tiny)  # fmt: skip
         gates = judge(cfg, res)
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu_knob.json").write_text(
         json.dumps(
             {
+                "machine": where,
                 "settings": cfg,
                 "tasks": tasks,
                 "gates": gates,
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             indent=2,
             default=str,
-        )  # fmt: skip
+        )
     )
     return 0
 
