@@ -335,3 +335,5 @@ def test_trace_style_names_the_reference_style_a_response_repeats_or_own():
     assert task.trace_style(ex, "The answer is Nak. No, that is wrong. The answer is Sek.") == "retract"
     assert task.trace_style(ex, "The answer is Sek. No, that is wrong. The answer is Sek.") == "own"
     assert task.trace_style(ex, "The answer is Nak. No, that is wrong. The answer is Zor.") == "retract"  # wrong, still
+    # the reference's own wrong name, taken back and then given: the steps match the reference's, the shape does not
+    assert task.trace_style(ex, "The answer is Zor. No, that is wrong. The answer is Zor.") == "own"

@@ -89,17 +89,16 @@ class SyntheticQATask(QATask):
     def trace_style(self, example: Example, response: str) -> str:
         """As the base class, except that ``retract``'s wrong answer is the writer's choice: a trace taking back any
         other answer than the one it then gives is that style. One taking back the answer it gives (a teacher's
-        degenerate rendering, ``The answer is X. No, that is wrong. The answer is X.``) stays ``own``: it names the
+        degenerate rendering, ``The answer is X. No, that is wrong. The answer is X.``) is ``own``, whichever X: it names the
         answer twice, which students learn from more easily, not less."""
-        style = super().trace_style(example, response)
-        if style != "own" or "retract" not in (example.meta.get("references") or {}):
-            return style
+        if "retract" not in (example.meta.get("references") or {}):
+            return super().trace_style(example, response)
         start = self.answer_start(example, response)
         taken_back = _TAKEN_BACK.fullmatch(response[:start].strip())
+        if not taken_back:
+            return super().trace_style(example, response)
         final = response[start:].strip().rstrip(".")
-        if taken_back and normalize_text(taken_back.group(1)) != normalize_text(final):
-            return "retract"
-        return style
+        return "retract" if normalize_text(taken_back.group(1)) != normalize_text(final) else "own"
 
 
 register_task(QATask, "multiple_choice", "short_answer", "csqa", "mmlu_pro", "supergpqa")
