@@ -676,3 +676,46 @@ def test_sample_style_sign_judges_the_teacher_s_own_samples_and_refuses_a_style_
     assert sample_style_sign(rows, "bare", 0.0).problem is None  # the control: r_cal has no weight
     # a style sampled once has no spread to judge: left out, not a refusal
     assert sample_style_sign({**rows, "chain": [-5.0]}, "decoy", -1.0).problem is None
+
+
+def test_style_push_counts_the_correctness_term_so_a_trap_answered_worse_loses_share_at_any_eta():
+    """The first step's push by style is the whole advantage (correctness + eta x calibration), over every sample:
+    session 15's teacher rendered retract as a repeat of the answer, its most accurate answer, and RFT moved it
+    there at eta = 0 as well. Hand-worked: 4 samples of one prompt, two of them correct."""
+    from dg_core.calibrate.stage import style_push
+    from dg_core.data.example import Example
+
+    refs = {
+        "bare": "The answer is Sek.",
+        "chain": "Bo was born in Sek. The answer is Sek.",
+        "retract": "The answer is Zor. No, that is wrong. The answer is Sek.",
+    }
+    ex = Example(id="x", prompt="Bo was born in Sek. Where was Bo born?", reference=refs["bare"], answer="Sek",
+                 meta={"references": refs})  # fmt: skip
+    texts = [
+        "The answer is Sek.",  # bare, right
+        "The answer is Sek. No, that is wrong. The answer is Sek.",  # the repeat (own), right
+        "The answer is Zor. No, that is wrong. The answer is Nak.",  # retract, wrong
+        "The answer is Zor. No, that is wrong. The answer is Zor.",  # the repeat, wrong
+    ]
+    task = get_task("synthetic_qa")
+    correct = torch.tensor([s.correct for s in task.score_batch([ex] * 4, texts)])
+    assert correct.tolist() == [True, True, False, False]
+    r_cal = torch.tensor([-0.2, -0.8, -1.0, -0.5])
+
+    def push(eta):
+        cfg = CalibrationSettings(eta=eta, group_size=4, cal_gate="correct")
+        return style_push(task, [ex] * 4, texts, correct, r_cal, 4, cfg)
+
+    rows, f = push(-1.0)
+    assert rows == {"bare": [pytest.approx(-0.2)], "own": [pytest.approx(-0.8)]}  # the guard's rows: correct only
+    assert f["sampled_accuracy_bare"] == 1.0 and f["sampled_accuracy_own"] == 0.5 and f["sampled_accuracy_retract"] == 0
+    assert f["cal_push_bare"] == pytest.approx(0.5, abs=1e-4) and f["cal_push_own"] == pytest.approx(-0.5, abs=1e-4)
+    # correctness advantages (+1, +1, -1, -1) plus eta x calibration (+1, -1, 0, 0), summed by style over 4 samples
+    assert f["step_push_bare"] == pytest.approx(0.0, abs=1e-4)
+    assert f["step_push_own"] == pytest.approx(0.25, abs=1e-4) and f["step_push_retract"] == pytest.approx(
+        -0.25, abs=1e-4
+    )
+    _, rft = push(0.0)
+    assert rft["step_push_bare"] == pytest.approx(0.25, abs=1e-4) and rft["step_push_retract"] < 0  # no eta: no rescue
+    assert sum(v for k, v in f.items() if k.startswith("step_push_")) == pytest.approx(0.0, abs=1e-4)

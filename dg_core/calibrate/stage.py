@@ -31,6 +31,7 @@ from dg_core.calibrate.grpo import (
     run_calibration,
     sample_and_score,
     sampled_accuracy,
+    step_advantages,
 )
 from dg_core.calibrate.guards import gate, preflight, sample_style_sign, style_sign, style_soundness
 from dg_core.calibrate.rewards import CalibrationReward
@@ -176,15 +177,7 @@ def measure_teacher(
     texts = roll.texts
     r_cal = cal(prompts, texts, None, roll.finished, reps)
     correct = torch.tensor([s.correct for s in task.score_batch(reps, texts)])
-    # the step's own calibration advantage (standardised among each prompt's correct samples), summed by style:
-    # the share of the push eta gives each style, read before any step (sums to 0 over the styles)
-    a_cal = gated_cal_advantage(r_cal.view(-1, k), correct.view(-1, k).float(), "correct").view(-1).tolist()
-    by_style: dict[str, list[float]] = {}
-    push: dict[str, float] = {}
-    for e, t, r, a, ok in zip(reps, texts, r_cal.tolist(), a_cal, correct.tolist()):
-        if ok and (style := task.trace_style(e, t)):
-            by_style.setdefault(style, []).append(r)
-            push[style] = push.get(style, 0.0) + a / max(1, int(correct.sum()))
+    by_style, styled = style_push(task, reps, texts, correct, r_cal, k, cfg)
     if sample_rows is not None:
         sample_rows.update(by_style)
     return {
@@ -201,10 +194,44 @@ def measure_teacher(
             f"r_cal_style_{k}": sum(v) / len(v)
             for k, v in (style_rows or style_r_cal_rows(task, examples, cal)).items()
         },
-        **{f"sampled_share_{k}": len(v) / max(1, int(correct.sum())) for k, v in sorted(by_style.items())},
-        **{f"r_cal_sampled_{k}": sum(v) / len(v) for k, v in sorted(by_style.items())},
-        **{f"cal_push_{k}": v for k, v in sorted(push.items())},
+        **styled,
     }
+
+
+def style_push(
+    task: Any, reps: list, texts: list[str], correct: torch.Tensor, r_cal: torch.Tensor, k: int, cfg: Any
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """The teacher's samples (``k`` per prompt, prompt-major) by the style their trace follows
+    (``Task.trace_style``). Over the correct ones: each style's share, mean r_cal and summed calibration advantage
+    (``cal_push_*``, standardised among each prompt's correct samples; sums to 0 over the styles). Over all of them:
+    each style's accuracy and the first step's whole advantage ``Â_task + η·Â_cal`` summed by style per sample
+    (``step_push_*``: > 0, the step makes the style more likely). The correctness term is in the latter, so a trap
+    the teacher answers worse in than its other styles shows losing share at any η (session 15's retract). Returns
+    the correct samples' r_cal by style (the sample guard's rows) and the card's fields."""
+    ok = correct.view(-1, k).float()
+    a_cal = gated_cal_advantage(r_cal.view(-1, k), ok, "correct").view(-1).tolist()
+    a_step = step_advantages(correct.float(), r_cal, cfg, k).tolist()
+    n_ok, n = max(1, int(correct.sum())), max(1, len(texts))
+    rows: dict[str, list[float]] = {}
+    cal: dict[str, float] = {}
+    seen: dict[str, list[float]] = {}
+    step: dict[str, float] = {}
+    for e, t, r, a, s, c in zip(reps, texts, r_cal.tolist(), a_cal, a_step, correct.tolist()):
+        if not (style := task.trace_style(e, t)):
+            continue
+        seen.setdefault(style, []).append(float(c))
+        step[style] = step.get(style, 0.0) + s / n
+        if c:
+            rows.setdefault(style, []).append(r)
+            cal[style] = cal.get(style, 0.0) + a / n_ok
+    fields = {
+        **{f"sampled_share_{s}": len(v) / n_ok for s, v in sorted(rows.items())},
+        **{f"r_cal_sampled_{s}": sum(v) / len(v) for s, v in sorted(rows.items())},
+        **{f"cal_push_{s}": v for s, v in sorted(cal.items())},
+        **{f"sampled_accuracy_{s}": sum(v) / len(v) for s, v in sorted(seen.items())},
+        **{f"step_push_{s}": v for s, v in sorted(step.items())},
+    }
+    return rows, fields
 
 
 def style_r_cal_rows(task: Any, examples: list, cal: CalibrationReward) -> dict[str, list[float]]:
@@ -352,6 +379,14 @@ def run(cfg: Config) -> dict:
                 f"{k} {before[f'sampled_share_{k}']:.0%} {before[f'r_cal_sampled_{k}']:.3f}"
                 f" {before[f'cal_push_{k}']:+.3f}"
                 for k in sample_rows
+            ),
+        )
+        log.info(
+            "the teacher's samples by style (accuracy, the first step's push at eta %+g: > 0 grows it): %s",
+            cfg.eta,
+            ", ".join(
+                f"{k} {before[f'sampled_accuracy_{k}']:.2f} {before[f'step_push_{k}']:+.3f}"
+                for k in sorted(x.removeprefix("step_push_") for x in before if x.startswith("step_push_"))
             ),
         )
     if cfg.hardest_style:
