@@ -199,14 +199,21 @@ def measure_teacher(
 
 
 def style_push(
-    task: Any, reps: list, texts: list[str], correct: torch.Tensor, r_cal: torch.Tensor, k: int, cfg: Any
+    task: Any,
+    reps: list,
+    texts: list[str],
+    correct: torch.Tensor,
+    r_cal: torch.Tensor,
+    k: int,
+    cfg: CalibrationSettings,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """The teacher's samples (``k`` per prompt, prompt-major) by the style their trace follows
     (``Task.trace_style``). Over the correct ones: each style's share, mean r_cal and summed calibration advantage
     (``cal_push_*``, standardised among each prompt's correct samples; sums to 0 over the styles). Over all of them:
     each style's accuracy and the first step's whole advantage ``Â_task + η·Â_cal`` summed by style per sample
     (``step_push_*``: > 0, the step makes the style more likely). The correctness term is in the latter, so a trap
-    the teacher answers worse in than its other styles shows losing share at any η (session 15's retract). Returns
+    the teacher answers worse in than its other styles shows losing share at η = 0, and at any η the calibration
+    term does not outweigh (session 15: bare answers lost share at η = 0 and −1 alike). Returns
     the correct samples' r_cal by style (the sample guard's rows) and the card's fields."""
     ok = correct.view(-1, k).float()
     a_cal = gated_cal_advantage(r_cal.view(-1, k), ok, "correct").view(-1).tolist()
