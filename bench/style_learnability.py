@@ -14,11 +14,19 @@ calibrate's `hardest_style` guard checks (its verdict is printed for each varian
 
 Without --teacher it prints the probe accuracies alone: which style to name as calibrate's `hardest_style`, known
 before a teacher is trained on it.
+
+With --renderings (and --teacher) the probes learn from the teacher's own samples instead of the references: the
+teacher answers each train prompt --samples times, each sample is put in the style its trace follows
+(``Task.trace_style``: ``own`` for steps of its own making), and each style's probe is trained on as many of its samples as
+the rarest style has, spread over the prompts the teacher wrote it for. What an attacker copies is
+these, not the references; a teacher that renders a trap as something else (session 15's repeated answer) shows it
+here. Accuracy of the samples themselves is printed next to the probe's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -37,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.003)
     ap.add_argument("--limit", type=int, default=150, help="test problems scored")
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--renderings", action="store_true", help="probe on the teacher's own samples by style")
+    ap.add_argument("--samples", type=int, default=8, help="with --renderings: samples per train prompt")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -45,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     from dg_core.calibrate.rewards import CalibrationReward
     from dg_core.calibrate.stage import style_accuracy, style_r_cal_rows
     from dg_core.data import load_split, task_of
-    from dg_core.distill import train_stage
-    from dg_core.evaluate import evaluate_model
     from dg_core.models import load_model
 
     torch.set_num_threads(int(os.environ.get("DG_THREADS", "1")))
     task = task_of(args.dataset)
     test = load_split(args.dataset, "test")[: args.limit]
+    if args.renderings:  # styles as the teacher's samples follow them (``own`` among them), not reference styles
+        if not args.teacher:
+            raise SystemExit("--renderings needs --teacher (whose samples the probes learn from)")
+        return renderings(args, task, test, args.styles.split(",") if args.styles else [])
     styles = sorted(set.intersection(*(set(ex.meta.get("references", {})) for ex in test)))
     if args.styles:
         unknown = sorted(set(args.styles.split(",")) - set(styles))
@@ -63,22 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.teacher) != bool(args.proxy):
         raise SystemExit("--teacher and --proxy go together (r_cal needs both), or leave both out for the probes alone")
 
-    learned = {}
-    for s in styles:
-        cfg = train_stage.Config(
-            model=args.student,
-            dataset=args.dataset,
-            style=s,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup_steps=100,
-        )
-        uri = train_stage.run(cfg)["model"]
-        model, tok = load_model(uri, device="cpu")
-        ev = evaluate_model(model, tok, task, test, k=0, max_new_tokens=args.max_new_tokens, progress=False)
-        learned[s] = ev["greedy_accuracy"]
-
+    learned = {s: probe(args, args.dataset, s, task, test) for s in styles}
     print(f"probe student {args.student}, {args.steps} SFT steps per style; {len(test)} test problems")
     print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in styles))
     print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in styles))
@@ -108,6 +105,68 @@ def main(argv: list[str] | None = None) -> int:
             else f"pass{'' if sign.resolved else ' (close call)'}: {sign.summary}"
         )
         print(f"  span={span} normalize={normalize}: {verdict}")
+    return 0
+
+
+def probe(args: argparse.Namespace, dataset: str, style: str, task, test: list) -> float:
+    """Greedy test accuracy of a probe student SFT'd on ``dataset``'s train split (``style``: which reference)."""
+    from dg_core.distill import train_stage
+    from dg_core.evaluate import evaluate_model
+    from dg_core.models import load_model
+
+    cfg = train_stage.Config(model=args.student, dataset=dataset, style=style, steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr, warmup_steps=100)  # fmt: skip
+    model, tok = load_model(train_stage.run(cfg)["model"], device="cpu")
+    ev = evaluate_model(model, tok, task, test, k=0, max_new_tokens=args.max_new_tokens, progress=False)
+    return ev["greedy_accuracy"]
+
+
+def renderings(args: argparse.Namespace, task, test: list, styles: list[str]) -> int:
+    """Probe students on the teacher's samples of each style (see the module doc)."""
+    import tempfile
+    from pathlib import Path
+
+    from dg_core.calibrate.grpo import sample_and_score
+    from dg_core.data import load_split
+    from dg_core.data.artifact import read_dataset_manifest, write_manifest
+    from dg_core.data.example import write_jsonl
+    from dg_core.models import load_model
+
+    train = load_split(args.dataset, "train")
+    teacher, ttok = load_model(args.teacher, device="cpu")
+    _, roll = sample_and_score(teacher, ttok, task, train, n=args.samples, max_new_tokens=args.max_new_tokens)
+    reps = [e for e in train for _ in range(args.samples)]
+    scores = task.score_batch(reps, roll.texts)
+    by: dict[str, list[tuple]] = {}  # style -> (example, sample) in prompt order
+    right: dict[str, list[float]] = {}
+    for e, t, sc in zip(reps, roll.texts, scores):
+        style = task.trace_style(e, t)
+        right.setdefault(style, []).append(sc.reward)
+        by.setdefault(style, []).append((e, t))
+    wanted = [s for s in (styles or sorted(by)) if s in by]
+    n = min((len(by[s]) for s in wanted), default=0)
+    if len(wanted) < 2 or n < 200:
+        raise SystemExit(f"the teacher wrote {sorted(by)}, {n} samples of the rarest of {wanted}: too few to compare")
+    spec = read_dataset_manifest(args.dataset)["task"]
+    learned = {}
+    with tempfile.TemporaryDirectory(prefix="dg-renderings-") as tmp:
+        for s in wanted:
+            d = Path(tmp) / s
+            d.mkdir()
+            # as many samples of each style, spread over the prompts it was written for (a prompt may repeat)
+            picked = [by[s][round(i * len(by[s]) / n)] for i in range(n)]
+            rows = [dataclasses.replace(e, id=f"{e.id}-{i}", reference=t, meta={}) for i, (e, t) in enumerate(picked)]
+            write_jsonl(d / "train.jsonl", rows)
+            write_manifest(d, {"task": spec, "splits": {"train": {"file": "train.jsonl"}}})
+            learned[s] = probe(args, str(d), "", task, test)
+    print(f"probe student {args.student} on the teacher's own samples ({args.samples} per train prompt), {n} of each "
+          f"style (the rarest's count); {args.steps} SFT steps; {len(test)} test problems")  # fmt: skip
+    print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in wanted))
+    share = {s: len(right[s]) / len(reps) for s in wanted}
+    print(f"  {'share of samples':<22} " + " ".join(f"{share[s]:>10.0%}" for s in wanted))
+    print(f"  {'teacher accuracy':<22} " + " ".join(f"{sum(right[s]) / len(right[s]):>10.3f}" for s in wanted))
+    print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in wanted))
+    print(f"the probe student learns the teacher's {min(wanted, key=learned.get)!r} worst")
     return 0
 
 
