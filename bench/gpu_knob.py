@@ -148,7 +148,7 @@ def run(cfg: dict[str, Any], root: str, device: str, workers: int, threads: int,
     jobs = plan_attacks(cfg["attacks"], cfg.get("distill"))
     jobs.sort(key=lambda j: (j.seed, j.attack))  # every attack's seed 0 first: a cut-off run still covers them all
     teacher_uri = store.join(root, "models", "teacher-20m")
-    results: dict[str, Any] = {"dataset": dataset, "tasks": {}, "skipped": [], "failed": {}}
+    results: dict[str, Any] = {"skipped": [], "failed": {}}
 
     ctx = mp.get_context("spawn")  # CUDA in children needs spawn
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(root, threads))
@@ -220,6 +220,7 @@ def run(cfg: dict[str, Any], root: str, device: str, workers: int, threads: int,
 def judge(cfg: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
     """Per eta, the gate's decision with the knob's targets (eta < 0 undistillable, > 0 distillable)."""
     from dg_core import gate
+    from dg_core.knob import direction_of
 
     t = res["tasks"]
     original = [t["eval/original"]["record"]] if "eval/original" in t else []
@@ -233,9 +234,7 @@ def judge(cfg: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
             side = name.split("/")[1] if name.startswith("attack/") else None
             if side in ("original", key):
                 recs.append(v["record"])
-        direction = gate.UNDISTILLABLE if eta < 0 else gate.DISTILLABLE if eta > 0 else gate.CONTROL
-        g = {k: v for k, v in cfg["gate"].items()}
-        out[key] = gate.decide(recs, direction=direction, **g)
+        out[key] = gate.decide(recs, direction=direction_of(eta), **cfg["gate"])
     return out
 
 
@@ -246,7 +245,9 @@ def table(res: dict[str, Any], gates: dict[str, Any]) -> list[str]:
     lines.append(f"original teacher: {orig}")
     for key, g in gates.items():
         lines.append(
-            f"eta {key}: teacher {g['teacher']['calibrated']:.3f}, retention {g['retention']:.3f}; "
+            f"eta {key}: teacher {g['teacher']['calibrated']:.3f}, retention "
+            + ("undefined" if g["retention"] is None else f"{g['retention']:.3f}")
+            + "; "
             f"gate {'PASSED' if g['passed'] else 'FAILED'} ({g['direction']})"
         )
         for name, a in g["attacks"].items():

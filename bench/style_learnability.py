@@ -126,7 +126,7 @@ def renderings(args: argparse.Namespace, task, test: list, styles: list[str]) ->
     import tempfile
     from pathlib import Path
 
-    from dg_core.calibrate.grpo import sample_and_score
+    from dg_core.base.generate import generate_tokens
     from dg_core.data import load_split
     from dg_core.data.artifact import read_dataset_manifest, write_manifest
     from dg_core.data.example import write_jsonl
@@ -134,19 +134,20 @@ def renderings(args: argparse.Namespace, task, test: list, styles: list[str]) ->
 
     train = load_split(args.dataset, "train")
     teacher, ttok = load_model(args.teacher, device="cpu")
-    _, roll = sample_and_score(teacher, ttok, task, train, n=args.samples, max_new_tokens=args.max_new_tokens)
+    prompts = [task.prompt(e, ttok) for e in train]
+    roll = generate_tokens(teacher, ttok, prompts, n=args.samples, max_new_tokens=args.max_new_tokens, batch_size=256)
     reps = [e for e in train for _ in range(args.samples)]
-    scores = task.score_batch(reps, roll.texts)
-    by: dict[str, list[tuple]] = {}  # style -> (example, sample) in prompt order
-    right: dict[str, list[float]] = {}
-    for e, t, sc in zip(reps, roll.texts, scores):
-        style = task.trace_style(e, t)
-        right.setdefault(style, []).append(sc.reward)
-        by.setdefault(style, []).append((e, t))
-    wanted = [s for s in (styles or sorted(by)) if s in by]
-    n = min((len(by[s]) for s in wanted), default=0)
+    by: dict[str, list[tuple]] = {}  # style -> (example, sample, reward) in prompt order
+    for e, t, sc in zip(reps, roll.texts, task.score_batch(reps, roll.texts)):
+        by.setdefault(task.trace_style(e, t), []).append((e, t, sc.reward))
+    absent = [s for s in styles if s not in by]
+    if absent:
+        raise SystemExit(f"--styles: the teacher wrote none of {absent} in {len(reps)} samples, only {sorted(by)}")
+    wanted = styles or sorted(by)
+    n = min(len(by[s]) for s in wanted)
     if len(wanted) < 2 or n < 200:
-        raise SystemExit(f"the teacher wrote {sorted(by)}, {n} samples of the rarest of {wanted}: too few to compare")
+        raise SystemExit(f"the teacher wrote {sorted(by)}, {n} samples of the rarest of {wanted}: expected 2+ styles "
+                         "of 200+ samples each (more --samples)")  # fmt: skip
     spec = read_dataset_manifest(args.dataset)["task"]
     learned = {}
     with tempfile.TemporaryDirectory(prefix="dg-renderings-") as tmp:
@@ -155,16 +156,18 @@ def renderings(args: argparse.Namespace, task, test: list, styles: list[str]) ->
             d.mkdir()
             # as many samples of each style, spread over the prompts it was written for (a prompt may repeat)
             picked = [by[s][round(i * len(by[s]) / n)] for i in range(n)]
-            rows = [dataclasses.replace(e, id=f"{e.id}-{i}", reference=t, meta={}) for i, (e, t) in enumerate(picked)]
+            rows = [
+                dataclasses.replace(e, id=f"{e.id}-{i}", reference=t, meta={}) for i, (e, t, _) in enumerate(picked)
+            ]
             write_jsonl(d / "train.jsonl", rows)
             write_manifest(d, {"task": spec, "splits": {"train": {"file": "train.jsonl"}}})
             learned[s] = probe(args, str(d), "", task, test)
     print(f"probe student {args.student} on the teacher's own samples ({args.samples} per train prompt), {n} of each "
           f"style (the rarest's count); {args.steps} SFT steps; {len(test)} test problems")  # fmt: skip
     print(f"  {'':<22} " + " ".join(f"{s:>10}" for s in wanted))
-    share = {s: len(right[s]) / len(reps) for s in wanted}
-    print(f"  {'share of samples':<22} " + " ".join(f"{share[s]:>10.0%}" for s in wanted))
-    print(f"  {'teacher accuracy':<22} " + " ".join(f"{sum(right[s]) / len(right[s]):>10.3f}" for s in wanted))
+    print(f"  {'share of samples':<22} " + " ".join(f"{len(by[s]) / len(reps):>10.0%}" for s in wanted))
+    acc = {s: sum(r for *_, r in by[s]) / len(by[s]) for s in wanted}
+    print(f"  {'teacher accuracy':<22} " + " ".join(f"{acc[s]:>10.3f}" for s in wanted))
     print(f"  {'student accuracy':<22} " + " ".join(f"{learned[s]:>10.3f}" for s in wanted))
     print(f"the probe student learns the teacher's {min(wanted, key=learned.get)!r} worst")
     return 0
